@@ -1,0 +1,6 @@
+"""Selective state-space layers (Mamba, Mamba-2) that run exactly on the CPU, drop-in for ``mamba_ssm``."""
+
+from condorbrain.ssm.reference import selective_scan_ref, ssd_scan_ref
+from condorbrain.ssm.scans import scan_backend, selective_scan, ssd_scan
+
+__all__ = ["selective_scan", "ssd_scan", "selective_scan_ref", "ssd_scan_ref", "scan_backend"]
