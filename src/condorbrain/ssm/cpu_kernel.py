@@ -6,7 +6,7 @@ with ctypes, so it needs neither torch's headers nor ninja. It is cached under `
 If no compiler is found or the build fails, :func:`available` is False, the reason is in :func:`unavailable_reason`,
 and the scans fall back to their pure-PyTorch chunked path.
 
-Set ``CONDORBRAIN_SCAN_BACKEND=torch`` to skip this path altogether.
+``CONDORBRAIN_SCAN_BACKEND=torch`` makes the scans skip this path (see :func:`condorbrain.ssm.scans.scan_backend`).
 """
 
 from __future__ import annotations
@@ -89,13 +89,10 @@ def load() -> ctypes.CDLL | None:
         return _lib
     with _lock:
         if _lib is None and _reason is None:
-            if os.environ.get("CONDORBRAIN_SCAN_BACKEND", "auto") == "torch":
-                _reason = "disabled by CONDORBRAIN_SCAN_BACKEND=torch"
-            else:
-                try:
-                    _lib = _build()
-                except (OSError, RuntimeError) as ex:
-                    _reason = str(ex)
+            try:
+                _lib = _build()
+            except (OSError, RuntimeError) as ex:
+                _reason = str(ex)
     return _lib
 
 

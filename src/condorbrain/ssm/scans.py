@@ -69,15 +69,14 @@ def _check_bc(name: str, X: Tensor, batch: int, dim: int, L: int, N: int) -> Non
     check_tensor(name, X, *shapes[X.dim()])
 
 
-def _bc_chunk(X: Tensor, batch: int, dim: int, t0: int, t1: int) -> Tensor:
-    """B or C restricted to steps [t0, t1), broadcast to (batch, dim, T, N) (a copy of one chunk only)."""
+def _bc_broadcast(X: Tensor, batch: int, dim: int, T: int) -> Tensor:
+    """One chunk of B or C (its own layout, T steps) broadcast to (batch, dim, T, N); copies only for groups."""
     if X.dim() == 2:  # (dim, N)
-        return X[None, :, None, :].expand(batch, dim, t1 - t0, X.shape[1])
-    if X.dim() == 3:  # (batch, N, L)
-        return X[:, :, t0:t1].transpose(1, 2)[:, None].expand(batch, dim, t1 - t0, X.shape[1])
-    b, G, N, _ = X.shape
-    Xc = X[..., t0:t1].transpose(2, 3)[:, :, None]  # (batch, G, 1, T, N)
-    return Xc.expand(b, G, dim // G, t1 - t0, N).reshape(b, dim, t1 - t0, N)
+        return X[None, :, None, :].expand(batch, dim, T, X.shape[1])
+    if X.dim() == 3:  # (batch, N, T)
+        return X.transpose(1, 2)[:, None].expand(batch, dim, T, X.shape[1])
+    b, G, N, _ = X.shape  # (batch, G, N, T)
+    return X.transpose(2, 3)[:, :, None].expand(b, G, dim // G, T, N).reshape(b, dim, T, N)
 
 
 def _log_depth_scan(a: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,13 +94,16 @@ def _log_depth_scan(a: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     return a, x
 
 
-def _selective_chunk(u: Tensor, delta: Tensor, A: Tensor, Bc: Tensor, Cc: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-    # u, delta: (b, d, T); A: (d, N); Bc, Cc: (b, d, T, N); h: (b, d, N)
+def _selective_chunk(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    # u, delta: (b, d, T); A: (d, N); B, C: one chunk of B and C in their own layout; h: (b, d, N)
+    batch, dim, T = u.shape
+    Bc, Cc = _bc_broadcast(B, batch, dim, T), _bc_broadcast(C, batch, dim, T)  # (b, d, T, N), inside the checkpoint
     dA = torch.exp(delta[..., None] * A[:, None, :])  # (b, d, T, N)
     x = (delta * u)[..., None] * Bc  # (b, d, T, N)
     decay, hs = _log_depth_scan(dA, x)
     hs = hs + decay * h[:, :, None, :]  # (b, d, T, N)
-    return (hs * Cc).sum(-1), hs[:, :, -1]  # (b, d, T), (b, d, N)
+    # clone: a view of the last step would keep the whole (b, d, T, N) chunk alive as the next chunk's input
+    return (hs * Cc).sum(-1), hs[:, :, -1].clone()  # (b, d, T), (b, d, N)
 
 
 def _selective_scan_torch(u, delta, A, B, C, h0, chunk):
@@ -110,8 +112,8 @@ def _selective_scan_torch(u, delta, A, B, C, h0, chunk):
     ys = []
     for t0 in range(0, L, chunk):  # a loop over chunks, not over time steps
         t1 = min(L, t0 + chunk)
-        args = (u[..., t0:t1], delta[..., t0:t1], A, _bc_chunk(B, batch, dim, t0, t1),
-                _bc_chunk(C, batch, dim, t0, t1), h)
+        args = (u[..., t0:t1], delta[..., t0:t1], A, B if B.dim() == 2 else B[..., t0:t1],
+                C if C.dim() == 2 else C[..., t0:t1], h)
         if torch.is_grad_enabled():  # keep only the chunk boundary states for backward
             y, h = checkpoint(_selective_chunk, *args, use_reentrant=False)
         else:
