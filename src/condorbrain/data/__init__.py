@@ -33,6 +33,21 @@ from condorbrain.data.synthetic import (
     synth_market,
     write_synth_market,
 )
+from condorbrain.data.normalize import ClippedZScore
+from condorbrain.data.sequences import (
+    AugmentConfig,
+    Batch,
+    LazySequenceDataset,
+    RandomBatchSampler,
+    SequentialBatchSampler,
+    StratifiedBatchSampler,
+    augment,
+    feature_dropout,
+    gaussian_noise,
+    magnitude_warp,
+    mixup,
+)
+from condorbrain.data.splits import ChronologicalSplit, Fold, check_timestamps, chronological_split, purged_kfold, walk_forward
 from condorbrain.data.validate import DataValidationError, Problem, ValidationReport, validate_bars, validate_quotes
 
 __all__ = [
@@ -49,4 +64,8 @@ __all__ = [
     "iter_synth_sessions", "write_synth_market",
     # the as-of join
     "asof_join", "asof_join_reference",
+    # normalisation, lazy sequences, splits
+    "ClippedZScore", "LazySequenceDataset", "Batch", "RandomBatchSampler", "SequentialBatchSampler",
+    "StratifiedBatchSampler", "AugmentConfig", "augment", "gaussian_noise", "magnitude_warp", "mixup", "feature_dropout",
+    "ChronologicalSplit", "Fold", "check_timestamps", "chronological_split", "walk_forward", "purged_kfold",
 ]

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from condorbrain.ssm.conv import causal_conv1d
 from condorbrain.ssm.scans import selective_scan
 
 __all__ = ["Mamba", "SSMState"]
@@ -78,27 +79,6 @@ def check_state(name: str, t: Tensor, shape: tuple[int, ...], expected: str) -> 
     if not isinstance(t, Tensor) or tuple(t.shape) != tuple(shape):
         got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
         raise ValueError(f"{name} must have shape {expected} = {tuple(shape)}, got {got}")
-
-
-def causal_conv_with_state(
-    x: Tensor, conv: nn.Conv1d, conv_state: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """Depthwise causal convolution of ``x`` (B, C, L), continuing from ``conv_state`` (B, C, d_conv).
-
-    Returns the convolution output (B, C, L) (before the activation) and the new conv state (B, C, d_conv): the
-    last ``d_conv`` inputs, as ``mamba_ssm`` keeps them. With ``conv_state=None`` the past is zeros, which is what
-    ``mamba_ssm``'s ``conv1d(x)[..., :L]`` computes.
-    """
-    batch, channels, _ = x.shape
-    d_conv = conv.kernel_size[0]
-    if conv_state is None:
-        past = x.new_zeros(batch, channels, d_conv)
-    else:
-        past = conv_state.to(x.dtype)
-    xp = torch.cat([past, x], dim=-1)  # (B, C, d_conv + L)
-    # Only the last d_conv - 1 past inputs reach the outputs; the oldest one only lives on in the state.
-    out = F.conv1d(xp[..., 1:], conv.weight, conv.bias, groups=channels)  # (B, C, L)
-    return out, xp[..., -d_conv:]
 
 
 class Mamba(nn.Module):
@@ -242,24 +222,24 @@ class Mamba(nn.Module):
             conv_state, ssm_state = self._checked_state(state, batch)
 
         xz = self.in_proj(hidden_states)  # (B, L, 2*d_inner)
-        x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
-        x, new_conv_state = causal_conv_with_state(x, self.conv1d, conv_state)
-        x = self.act(x)  # (B, d_inner, L)
+        x, z = xz.chunk(2, dim=-1)  # (B, L, d_inner) each, views
+        x, new_conv_state = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, "silu", conv_state,
+                                          return_final_state=True)  # (B, L, d_inner), (B, d_inner, d_conv)
 
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2*d_state)
+        x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2*d_state)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L); bias added inside the scan
         B = B.transpose(1, 2).contiguous()  # (B, d_state, L)
         C = C.transpose(1, 2).contiguous()  # (B, d_state, L)
         A = -torch.exp(upcast(self.A_log))  # (d_inner, d_state)
         y, last_state = selective_scan(
-            x,
+            x.transpose(1, 2),  # (B, d_inner, L)
             dt,
             A,
             B,
             C,
             upcast(self.D),
-            z=z,
+            z=z.transpose(1, 2),
             delta_bias=upcast(self.dt_proj.bias),
             delta_softplus=True,
             return_last_state=True,

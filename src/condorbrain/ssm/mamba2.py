@@ -26,12 +26,12 @@ from torch import Tensor
 
 from condorbrain.ssm.mamba import (
     SSMState,
-    causal_conv_with_state,
     check_hidden_states,
     check_state,
     inverse_softplus,
     upcast,
 )
+from condorbrain.ssm.conv import causal_conv1d
 from condorbrain.ssm.scans import ssd_scan
 
 __all__ = ["Mamba2", "RMSNormGated"]
@@ -291,8 +291,8 @@ class Mamba2(nn.Module):
         zxbcdt = self.in_proj(u)  # (B, L, d_in_proj)
         z0, x0, z, xBC, dt = torch.split(
             zxbcdt, [self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
-        xBC, new_conv_state = causal_conv_with_state(xBC.transpose(1, 2), self.conv1d, conv_state)
-        xBC = self.act(xBC).transpose(1, 2)  # (B, L, conv_dim)
+        xBC, new_conv_state = causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, "silu", conv_state,
+                                            return_final_state=True)  # (B, L, conv_dim), (B, conv_dim, d_conv)
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         A = -torch.exp(upcast(self.A_log))  # (nheads,)
         y, final = ssd_scan(

@@ -254,22 +254,6 @@ def _ssd_torch(x, dt, A, B, C, chunk, h0):
     return y.reshape(b, c * T, nh, p)[:, :L], s.reshape(b, nh, p, n)
 
 
-def _ssd_compiled(x, dt, A, B, C, chunk, h0):
-    """SSD as a selective scan with one row per (head, channel) and a scalar decay per row."""
-    b, L, nh, p = x.shape
-    g, n = B.shape[2], B.shape[3]
-    u = x.permute(0, 2, 3, 1).reshape(b, nh * p, L)  # (b, h*p, L)
-    delta = dt.permute(0, 2, 1)[:, :, None, :].expand(b, nh, p, L).reshape(b, nh * p, L)
-    Ar = A.repeat_interleave(p)  # (h*p,): one scalar decay rate per row
-    Bk = B.permute(0, 2, 1, 3).contiguous()  # (b, g, L, n)
-    Ck = C.permute(0, 2, 1, 3).contiguous()
-    lay = cpu_kernel.BCLayout(sb=g * L * n, sg=L * n, st=n, dpg=(nh // g) * p)
-    hk = h0.reshape(b, nh * p, n).contiguous() if h0 is not None else None
-    y, h_last = cpu_kernel.compiled_scan(u.contiguous(), delta.contiguous(), Ar.contiguous(), Bk, Ck, hk, lay, lay,
-                                         True, chunk)
-    return y.view(b, nh, p, L).permute(0, 3, 1, 2), h_last.view(b, nh, p, n)
-
-
 def ssd_scan(
     x: Tensor,
     dt: Tensor,
@@ -330,7 +314,7 @@ def ssd_scan(
     if dt_softplus:
         dtc = F.softplus(dtc)
 
-    scan = _ssd_compiled if scan_backend(x.device, cdt) == "compiled" else _ssd_torch
+    scan = cpu_kernel.compiled_ssd if scan_backend(x.device, cdt) == "compiled" else _ssd_torch
     y, final = scan(xc, dtc, Ac, Bc, Cc, chunk_size, h0)
 
     if D is not None:

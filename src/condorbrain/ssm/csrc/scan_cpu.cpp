@@ -26,6 +26,8 @@
 
 #include <omp.h>
 
+#include "common.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -46,43 +48,47 @@ void scan_fwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
               int64_t chunk, int nthreads) {
   const int64_t rows = batch * dim;
   const int64_t nchunks = (L + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t b = r / dim, d = r % dim;
-    const T* ur = u + r * L;
-    const T* dr = delta + r * L;
-    const T* Ar = a_scalar ? A + d : A + d * N;
-    const T* Br = B + lb.row_offset(b, d);
-    const T* Cr = C + lc.row_offset(b, d);
-    T* yr = y + r * L;
-    T* ck = ckpt + r * nchunks * N;
-    std::vector<T> hbuf(N);
-    T* __restrict h = hbuf.data();
-    for (int64_t n = 0; n < N; ++n) h[n] = h0 ? h0[r * N + n] : T(0);
-    for (int64_t t = 0; t < L; ++t) {
-      if (t % chunk == 0) std::memcpy(ck + (t / chunk) * N, h, sizeof(T) * N);
-      const T dt = dr[t];
-      const T dtu = dt * ur[t];
-      const T* __restrict Bt = Br + t * lb.st;
-      const T* __restrict Ct = Cr + t * lc.st;
-      T acc = 0;
-      if (a_scalar) {
-        const T a = std::exp(dt * Ar[0]);
-#pragma omp simd reduction(+ : acc)
-        for (int64_t n = 0; n < N; ++n) {
-          h[n] = a * h[n] + dtu * Bt[n];
-          acc += h[n] * Ct[n];
+#pragma omp parallel num_threads(nthreads)
+  {
+    FtzGuard ftz;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t b = r / dim, d = r % dim;
+      const T* ur = u + r * L;
+      const T* dr = delta + r * L;
+      const T* Ar = a_scalar ? A + d : A + d * N;
+      const T* Br = B + lb.row_offset(b, d);
+      const T* Cr = C + lc.row_offset(b, d);
+      T* yr = y + r * L;
+      T* ck = ckpt + r * nchunks * N;
+      std::vector<T> hbuf(N);
+      T* __restrict h = hbuf.data();
+      for (int64_t n = 0; n < N; ++n) h[n] = h0 ? h0[r * N + n] : T(0);
+      for (int64_t t = 0; t < L; ++t) {
+        if (t % chunk == 0) std::memcpy(ck + (t / chunk) * N, h, sizeof(T) * N);
+        const T dt = dr[t];
+        const T dtu = dt * ur[t];
+        const T* __restrict Bt = Br + t * lb.st;
+        const T* __restrict Ct = Cr + t * lc.st;
+        T acc = 0;
+        if (a_scalar) {
+          const T a = std::exp(dt * Ar[0]);
+  #pragma omp simd reduction(+ : acc)
+          for (int64_t n = 0; n < N; ++n) {
+            h[n] = a * h[n] + dtu * Bt[n];
+            acc += h[n] * Ct[n];
+          }
+        } else {
+  #pragma omp simd reduction(+ : acc)
+          for (int64_t n = 0; n < N; ++n) {
+            h[n] = std::exp(dt * Ar[n]) * h[n] + dtu * Bt[n];
+            acc += h[n] * Ct[n];
+          }
         }
-      } else {
-#pragma omp simd reduction(+ : acc)
-        for (int64_t n = 0; n < N; ++n) {
-          h[n] = std::exp(dt * Ar[n]) * h[n] + dtu * Bt[n];
-          acc += h[n] * Ct[n];
-        }
+        yr[t] = acc;
       }
-      yr[t] = acc;
+      std::memcpy(h_last + r * N, h, sizeof(T) * N);
     }
-    std::memcpy(h_last + r * N, h, sizeof(T) * N);
   }
 }
 
@@ -97,6 +103,7 @@ void scan_bwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
   const int64_t nchunks = (L + chunk - 1) / chunk;
 #pragma omp parallel num_threads(nthreads)
   {
+    FtzGuard ftz;
     const int tid = omp_get_thread_num();
     T* dA_t = dA_priv + tid * dA_numel;
     T* dB_t = dB_priv + tid * dB_numel;
