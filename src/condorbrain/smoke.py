@@ -58,7 +58,7 @@ def smoke_run(steps: int = 30, seed: int = 0, batch: int = 16, L: int = 64) -> d
         first = F.mse_loss(net(x_val), y_val).item()
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc="train", unit="step")
-    for _ in bar:
+    for i in bar:
         x, y = _batch(gen, batch, L, n_in)
         loss = F.mse_loss(net(x), y)
         if not torch.isfinite(loss):
@@ -66,7 +66,8 @@ def smoke_run(steps: int = 30, seed: int = 0, batch: int = 16, L: int = 64) -> d
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{batch * bar.format_dict['n'] / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+        rate = batch * (i + 1) / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.0f}")
     seconds = time.perf_counter() - t0
     net.eval()
     with torch.no_grad():
