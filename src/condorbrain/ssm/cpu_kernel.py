@@ -146,7 +146,7 @@ class _CompiledScan(torch.autograd.Function):
     """Autograd wrapper: (u, delta, A, B, C, h0) -> (y, h_last) with y_t = C_t h_t (no D, no z)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, lb: BCLayout, lc: BCLayout, a_scalar: bool, chunk: int):
+    def forward(ctx, u, delta, A, B, C, h0, lb: BCLayout, lc: BCLayout, chunk: int):
         lib = load()
         batch, dim, L = u.shape
         N = B.shape[-1]
@@ -156,19 +156,19 @@ class _CompiledScan(torch.autograd.Function):
         ckpt = u.new_empty(batch, dim, nchunks, N)  # the state entering each chunk; all the backward pass keeps
         nthreads = max(1, min(torch.get_num_threads(), batch * dim))
         getattr(lib, f"cb_scan_fwd_{_sfx(u.dtype)}")(
-            *_i(batch, dim, L, N), _ptr(u), _ptr(delta), _ptr(A), ctypes.c_int(int(a_scalar)),
+            *_i(batch, dim, L, N), _ptr(u), _ptr(delta), _ptr(A),
             _ptr(B), *_i(lb.sb, lb.sg, lb.st, lb.dpg), _ptr(C), *_i(lc.sb, lc.sg, lc.st, lc.dpg),
             _ptr(h0), _ptr(y), _ptr(h_last), _ptr(ckpt), ctypes.c_int64(chunk), ctypes.c_int(nthreads),
         )
         ctx.save_for_backward(u, delta, A, B, C, ckpt)
-        ctx.meta = (lb, lc, a_scalar, chunk, h0 is not None)
+        ctx.meta = (lb, lc, chunk, h0 is not None)
         return y, h_last
 
     @staticmethod
     def backward(ctx, dy, dh_last):
         lib = load()
         u, delta, A, B, C, ckpt = ctx.saved_tensors
-        lb, lc, a_scalar, chunk, has_h0 = ctx.meta
+        lb, lc, chunk, has_h0 = ctx.meta
         batch, dim, L = u.shape
         N = B.shape[-1]
         nthreads = max(1, min(torch.get_num_threads(), batch * dim))
@@ -181,25 +181,25 @@ class _CompiledScan(torch.autograd.Function):
         dC = C.new_zeros(nthreads, *C.shape)
         dh0 = u.new_empty(batch, dim, N) if has_h0 else None
         getattr(lib, f"cb_scan_bwd_{_sfx(u.dtype)}")(
-            *_i(batch, dim, L, N), _ptr(u), _ptr(delta), _ptr(A), ctypes.c_int(int(a_scalar)),
+            *_i(batch, dim, L, N), _ptr(u), _ptr(delta), _ptr(A),
             _ptr(B), *_i(lb.sb, lb.sg, lb.st, lb.dpg), _ptr(C), *_i(lc.sb, lc.sg, lc.st, lc.dpg),
             _ptr(ckpt), _ptr(dy), _ptr(dh_last), _ptr(du), _ptr(ddelta),
             _ptr(dA), ctypes.c_int64(A.numel()), _ptr(dB), ctypes.c_int64(B.numel()), _ptr(dC),
             ctypes.c_int64(C.numel()), _ptr(dh0), ctypes.c_int64(chunk), ctypes.c_int(nthreads),
         )
-        return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dh0, None, None, None, None
+        return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dh0, None, None, None
 
 
 def compiled_scan(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None,
-    lb: BCLayout, lc: BCLayout, a_scalar: bool, chunk: int,
+    lb: BCLayout, lc: BCLayout, chunk: int,
 ) -> tuple[Tensor, Tensor]:
     """Run the compiled scan. All tensors contiguous, on the CPU, one dtype (float32 or float64).
 
-    u, delta: (batch, dim, L); A: (dim, N), or (dim,) with ``a_scalar``; B, C: canonical buffers from
+    u, delta: (batch, dim, L); A: (dim, N); B, C: canonical buffers from
     :func:`canonical_bc`; h0: (batch, dim, N) or None. Returns y (batch, dim, L), h_last (batch, dim, N).
     """
-    return _CompiledScan.apply(u, delta, A, B, C, h0, lb, lc, a_scalar, chunk)
+    return _CompiledScan.apply(u, delta, A, B, C, h0, lb, lc, chunk)
 
 
 class _CompiledConv(torch.autograd.Function):

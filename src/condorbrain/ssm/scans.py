@@ -191,7 +191,7 @@ def selective_scan(
         Ck, lc = cpu_kernel.canonical_bc(Cc, batch, dim)
         y, h_last = cpu_kernel.compiled_scan(
             uc.contiguous(), dc.contiguous(), Ac.contiguous(), Bk, Ck,
-            h0.contiguous() if h0 is not None else None, lb, lc, False, chunk_size)
+            h0.contiguous() if h0 is not None else None, lb, lc, chunk_size)
     else:
         y, h_last = _selective_scan_torch(uc, dc, Ac, Bc, Cc, h0, chunk_size)
 

@@ -2,8 +2,8 @@
 //
 // Why hand-written: a pure-PyTorch scan must materialise (batch, dim, L, N) tensors for every elementwise step, so
 // on a CPU it is bound by memory traffic (tens of MB per layer per pass). Here each (batch, channel) row keeps its
-// N-vector state in registers / L1 and streams over time once; the loop over N is vectorised (with libmvec's
-// vector exp under -ffast-math). No existing package ships a CPU selective scan with a backward pass.
+// N-vector state in registers / L1 and streams over time once; the loop over N is vectorised (an inline float32
+// exp, compile-time N for common sizes). No existing package ships a CPU selective scan with a backward pass.
 //
 // The recurrence, per row r = (b, d) and state index n:
 //     h_t[n] = exp(delta_t * A[n]) * h_{t-1}[n] + delta_t * u_t * B_t[n]
@@ -19,7 +19,6 @@
 //
 // Layout of B and C: element (b, d, t, n) lives at  b*sb + (d / dpg)*sg + t*st + n  (n contiguous), which covers
 // time-invariant (dim, N), shared (batch, L, N) and grouped (batch, G, L, N) inputs without copies.
-// A is either (dim, N) or, for Mamba-2's SSD, one scalar per row (a_scalar = 1: one exp per step instead of N).
 //
 // Threads: rows are split into contiguous blocks over an OpenMP team. dA, dB and dC receive contributions from
 // many rows, so each thread accumulates into its own slice of a (nthreads, ...) buffer that the caller sums.
@@ -41,11 +40,12 @@ struct Layout {
   inline int64_t row_offset(int64_t b, int64_t d) const { return b * sb + (d / dpg) * sg; }
 };
 
-template <typename T>
-void scan_fwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restrict u, const T* __restrict delta,
-              const T* __restrict A, int a_scalar, const T* __restrict B, Layout lb, const T* __restrict C,
+template <typename T, int64_t NC>
+void scan_fwd(int64_t batch, int64_t dim, int64_t L, int64_t N_rt, const T* __restrict u, const T* __restrict delta,
+              const T* __restrict A, const T* __restrict B, Layout lb, const T* __restrict C,
               Layout lc, const T* __restrict h0, T* __restrict y, T* __restrict h_last, T* __restrict ckpt,
               int64_t chunk, int nthreads) {
+  const int64_t N = NC > 0 ? NC : N_rt;  // compile-time N for the common sizes (see CB_DISPATCH_N)
   const int64_t rows = batch * dim;
   const int64_t nchunks = (L + chunk - 1) / chunk;
 #pragma omp parallel num_threads(nthreads)
@@ -56,7 +56,7 @@ void scan_fwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
       const int64_t b = r / dim, d = r % dim;
       const T* ur = u + r * L;
       const T* dr = delta + r * L;
-      const T* Ar = a_scalar ? A + d : A + d * N;
+      const T* Ar = A + d * N;
       const T* Br = B + lb.row_offset(b, d);
       const T* Cr = C + lc.row_offset(b, d);
       T* yr = y + r * L;
@@ -71,19 +71,10 @@ void scan_fwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
         const T* __restrict Bt = Br + t * lb.st;
         const T* __restrict Ct = Cr + t * lc.st;
         T acc = 0;
-        if (a_scalar) {
-          const T a = std::exp(dt * Ar[0]);
-  #pragma omp simd reduction(+ : acc)
-          for (int64_t n = 0; n < N; ++n) {
-            h[n] = a * h[n] + dtu * Bt[n];
-            acc += h[n] * Ct[n];
-          }
-        } else {
-  #pragma omp simd reduction(+ : acc)
-          for (int64_t n = 0; n < N; ++n) {
-            h[n] = std::exp(dt * Ar[n]) * h[n] + dtu * Bt[n];
-            acc += h[n] * Ct[n];
-          }
+#pragma omp simd reduction(+ : acc)
+        for (int64_t n = 0; n < N; ++n) {
+          h[n] = fast_exp(dt * Ar[n]) * h[n] + dtu * Bt[n];
+          acc += h[n] * Ct[n];
         }
         yr[t] = acc;
       }
@@ -92,13 +83,14 @@ void scan_fwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
   }
 }
 
-template <typename T>
-void scan_bwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restrict u, const T* __restrict delta,
-              const T* __restrict A, int a_scalar, const T* __restrict B, Layout lb, const T* __restrict C,
+template <typename T, int64_t NC>
+void scan_bwd(int64_t batch, int64_t dim, int64_t L, int64_t N_rt, const T* __restrict u, const T* __restrict delta,
+              const T* __restrict A, const T* __restrict B, Layout lb, const T* __restrict C,
               Layout lc, const T* __restrict ckpt, const T* __restrict dy, const T* __restrict dh_last,
               T* __restrict du, T* __restrict ddelta, T* __restrict dA_priv, int64_t dA_numel,
               T* __restrict dB_priv, int64_t dB_numel, T* __restrict dC_priv, int64_t dC_numel, T* __restrict dh0,
               int64_t chunk, int nthreads) {
+  const int64_t N = NC > 0 ? NC : N_rt;  // compile-time N for the common sizes (see CB_DISPATCH_N)
   const int64_t rows = batch * dim;
   const int64_t nchunks = (L + chunk - 1) / chunk;
 #pragma omp parallel num_threads(nthreads)
@@ -108,8 +100,7 @@ void scan_bwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
     T* dA_t = dA_priv + tid * dA_numel;
     T* dB_t = dB_priv + tid * dB_numel;
     T* dC_t = dC_priv + tid * dC_numel;
-    const int64_t na = a_scalar ? 1 : N;
-    std::vector<T> hs_buf(chunk * N), as_buf(chunk * na), lam_buf(N), dA_buf(N);
+    std::vector<T> hs_buf(chunk * N), as_buf(chunk * N), lam_buf(N), dA_buf(N);
     T* __restrict hs = hs_buf.data();
     T* __restrict as = as_buf.data();
     T* __restrict lam = lam_buf.data();
@@ -119,7 +110,7 @@ void scan_bwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
       const int64_t b = r / dim, d = r % dim;
       const T* ur = u + r * L;
       const T* dr = delta + r * L;
-      const T* Ar = a_scalar ? A + d : A + d * N;
+      const T* Ar = A + d * N;
       const int64_t off_b = lb.row_offset(b, d), off_c = lc.row_offset(b, d);
       const T* Br = B + off_b;
       const T* Cr = C + off_c;
@@ -140,18 +131,11 @@ void scan_bwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
           const T dtu = dt * ur[t];
           const T* __restrict Bt = Br + t * lb.st;
           T* __restrict hk = hs + k * N;
-          if (a_scalar) {
-            const T a = std::exp(dt * Ar[0]);
-            as[k] = a;
+          T* __restrict ak = as + k * N;
 #pragma omp simd
-            for (int64_t n = 0; n < N; ++n) hk[n] = a * hp[n] + dtu * Bt[n];
-          } else {
-            T* __restrict ak = as + k * N;
-#pragma omp simd
-            for (int64_t n = 0; n < N; ++n) {
-              ak[n] = std::exp(dt * Ar[n]);
-              hk[n] = ak[n] * hp[n] + dtu * Bt[n];
-            }
+          for (int64_t n = 0; n < N; ++n) {
+            ak[n] = fast_exp(dt * Ar[n]);
+            hk[n] = ak[n] * hp[n] + dtu * Bt[n];
           }
           hp = hk;
         }
@@ -168,37 +152,18 @@ void scan_bwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
           T* __restrict dCt = dCr + t * lc.st;
           const T* __restrict hk = hs + k * N;
           const T* __restrict hprev = k > 0 ? hs + (k - 1) * N : ck + c * N;
+          const T* __restrict ak = as + k * N;
           T du_acc = 0, ddt_acc = 0;
-          if (a_scalar) {
-            const T a = as[k];
-            const T A0 = Ar[0];
-            T s_acc = 0;
-#pragma omp simd reduction(+ : du_acc, ddt_acc, s_acc)
-            for (int64_t n = 0; n < N; ++n) {
-              const T l = lam[n] + g * Ct[n];
-              dCt[n] += g * hk[n];
-              dBt[n] += l * dtu;
-              du_acc += l * Bt[n];
-              const T s = l * a * hprev[n];
-              s_acc += s;
-              ddt_acc += l * Bt[n];
-              lam[n] = a * l;
-            }
-            ddt_acc = ddt_acc * ut + s_acc * A0;
-            dAr[0] += s_acc * dt;
-          } else {
-            const T* __restrict ak = as + k * N;
 #pragma omp simd reduction(+ : du_acc, ddt_acc)
-            for (int64_t n = 0; n < N; ++n) {
-              const T l = lam[n] + g * Ct[n];
-              dCt[n] += g * hk[n];
-              dBt[n] += l * dtu;
-              du_acc += l * Bt[n];
-              const T s = l * ak[n] * hprev[n];
-              ddt_acc += s * Ar[n] + l * Bt[n] * ut;
-              dAr[n] += s * dt;
-              lam[n] = ak[n] * l;
-            }
+          for (int64_t n = 0; n < N; ++n) {
+            const T l = lam[n] + g * Ct[n];
+            dCt[n] += g * hk[n];
+            dBt[n] += l * dtu;
+            du_acc += l * Bt[n];
+            const T s = l * ak[n] * hprev[n];
+            ddt_acc += s * Ar[n] + l * Bt[n] * ut;
+            dAr[n] += s * dt;
+            lam[n] = ak[n] * l;
           }
           du[r * L + t] = du_acc * dt;
           ddelta[r * L + t] = ddt_acc;
@@ -206,10 +171,7 @@ void scan_bwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
       }
       if (dh0)
         for (int64_t n = 0; n < N; ++n) dh0[r * N + n] = lam[n];
-      if (a_scalar)
-        dA_t[d] += dAr[0];
-      else
-        for (int64_t n = 0; n < N; ++n) dA_t[d * N + n] += dAr[n];
+      for (int64_t n = 0; n < N; ++n) dA_t[d * N + n] += dAr[n];
     }
   }
 }
@@ -220,20 +182,20 @@ void scan_bwd(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* __restr
 
 #define CB_DEFINE(T, SUFFIX)                                                                                         \
   CB_EXPORT void cb_scan_fwd_##SUFFIX(int64_t batch, int64_t dim, int64_t L, int64_t N, const T* u, const T* delta, \
-                                      const T* A, int a_scalar, const T* B, int64_t b_sb, int64_t b_sg,              \
+                                      const T* A, const T* B, int64_t b_sb, int64_t b_sg,              \
                                       int64_t b_st, int64_t b_dpg, const T* C, int64_t c_sb, int64_t c_sg,           \
                                       int64_t c_st, int64_t c_dpg, const T* h0, T* y, T* h_last, T* ckpt,            \
                                       int64_t chunk, int nthreads) {                                                 \
-    scan_fwd<T>(batch, dim, L, N, u, delta, A, a_scalar, B, Layout{b_sb, b_sg, b_st, b_dpg}, C,                     \
+    CB_DISPATCH_N(N, scan_fwd, T, batch, dim, L, N, u, delta, A, B, Layout{b_sb, b_sg, b_st, b_dpg}, C,                     \
                 Layout{c_sb, c_sg, c_st, c_dpg}, h0, y, h_last, ckpt, chunk, nthreads);                              \
   }                                                                                                                  \
   CB_EXPORT void cb_scan_bwd_##SUFFIX(                                                                               \
-      int64_t batch, int64_t dim, int64_t L, int64_t N, const T* u, const T* delta, const T* A, int a_scalar,       \
+      int64_t batch, int64_t dim, int64_t L, int64_t N, const T* u, const T* delta, const T* A,       \
       const T* B, int64_t b_sb, int64_t b_sg, int64_t b_st, int64_t b_dpg, const T* C, int64_t c_sb, int64_t c_sg,   \
       int64_t c_st, int64_t c_dpg, const T* ckpt, const T* dy, const T* dh_last, T* du, T* ddelta, T* dA_priv,       \
       int64_t dA_numel, T* dB_priv, int64_t dB_numel, T* dC_priv, int64_t dC_numel, T* dh0, int64_t chunk,           \
       int nthreads) {                                                                                                \
-    scan_bwd<T>(batch, dim, L, N, u, delta, A, a_scalar, B, Layout{b_sb, b_sg, b_st, b_dpg}, C,                     \
+    CB_DISPATCH_N(N, scan_bwd, T, batch, dim, L, N, u, delta, A, B, Layout{b_sb, b_sg, b_st, b_dpg}, C,                     \
                 Layout{c_sb, c_sg, c_st, c_dpg}, ckpt, dy, dh_last, du, ddelta, dA_priv, dA_numel, dB_priv,          \
                 dB_numel, dC_priv, dC_numel, dh0, chunk, nthreads);                                                  \
   }

@@ -32,12 +32,13 @@ struct SSDShape {
   int64_t c_sb, c_st;
 };
 
-template <typename T>
+template <typename T, int64_t NC>
 void ssd_fwd(const SSDShape& s, const T* __restrict x, const T* __restrict dt /*(b, L, H)*/,
              const T* __restrict A /*(H)*/, const T* __restrict B, const T* __restrict C,
              const T* __restrict h0 /*(b, H, P, N) or null*/, T* __restrict y /*(b, L, H, P)*/,
              T* __restrict h_last /*(b, H, P, N)*/, T* __restrict ckpt /*(b, H, nck, P, N) or null*/, int nthreads) {
-  const int64_t PN = s.P * s.N, nck = (s.L + s.K - 1) / s.K, hpg = s.H / s.G;
+  const int64_t N = NC > 0 ? NC : s.N;
+  const int64_t PN = s.P * N, nck = (s.L + s.K - 1) / s.K, hpg = s.H / s.G;
 #pragma omp parallel num_threads(nthreads)
   {
     FtzGuard ftz;
@@ -53,17 +54,17 @@ void ssd_fwd(const SSDShape& s, const T* __restrict x, const T* __restrict dt /*
       for (int64_t t = 0; t < s.L; ++t) {
         if (ckpt && t % s.K == 0) std::memcpy(ckpt + (item * nck + t / s.K) * PN, S, sizeof(T) * PN);
         const T dtv = dt[(b * s.L + t) * s.H + h];
-        const T a = std::exp(dtv * A[h]);
+        const T a = fast_exp(dtv * A[h]);
         const T* __restrict xr = x + b * s.x_sb + t * s.x_st + h * s.P;
-        const T* __restrict Br = B + b * s.bc_sb + t * s.bc_st + g * s.N;
-        const T* __restrict Cr = C + b * s.c_sb + t * s.c_st + g * s.N;
+        const T* __restrict Br = B + b * s.bc_sb + t * s.bc_st + g * N;
+        const T* __restrict Cr = C + b * s.c_sb + t * s.c_st + g * N;
         T* __restrict yr = y + ((b * s.L + t) * s.H + h) * s.P;
         for (int64_t p = 0; p < s.P; ++p) {
           const T u = dtv * xr[p];
-          T* __restrict Sp = S + p * s.N;
+          T* __restrict Sp = S + p * N;
           T acc = 0;
 #pragma omp simd reduction(+ : acc)
-          for (int64_t n = 0; n < s.N; ++n) {
+          for (int64_t n = 0; n < N; ++n) {
             Sp[n] = a * Sp[n] + u * Br[n];
             acc += Sp[n] * Cr[n];
           }
@@ -75,14 +76,15 @@ void ssd_fwd(const SSDShape& s, const T* __restrict x, const T* __restrict dt /*
   }
 }
 
-template <typename T>
+template <typename T, int64_t NC>
 void ssd_bwd(const SSDShape& s, const T* __restrict x, const T* __restrict dt, const T* __restrict A,
              const T* __restrict B, const T* __restrict C, const T* __restrict ckpt, const T* __restrict dy,
              const T* __restrict dh_last, T* __restrict dx /*(b, L, H, P)*/, T* __restrict ddt /*(b, L, H)*/,
              T* __restrict dA_priv /*(nthreads, H)*/, T* __restrict dB_priv /*(nthreads, b, L, G, N)*/,
              T* __restrict dC_priv, T* __restrict dh0 /*(b, H, P, N) or null*/, int nthreads) {
-  const int64_t PN = s.P * s.N, nck = (s.L + s.K - 1) / s.K, hpg = s.H / s.G;
-  const int64_t bc_numel = s.batch * s.L * s.G * s.N;
+  const int64_t N = NC > 0 ? NC : s.N;
+  const int64_t PN = s.P * N, nck = (s.L + s.K - 1) / s.K, hpg = s.H / s.G;
+  const int64_t bc_numel = s.batch * s.L * s.G * N;
 #pragma omp parallel num_threads(nthreads)
   {
     FtzGuard ftz;
@@ -90,7 +92,7 @@ void ssd_bwd(const SSDShape& s, const T* __restrict x, const T* __restrict dt, c
     T* dA_t = dA_priv + tid * s.H;
     T* dB_t = dB_priv + tid * bc_numel;
     T* dC_t = dC_priv + tid * bc_numel;
-    std::vector<T> hs_buf(s.K * PN), as_buf(s.K), lam_buf(PN), dBa(s.N), dCa(s.N);
+    std::vector<T> hs_buf(s.K * PN), as_buf(s.K), lam_buf(PN), dBa(N), dCa(N);
     T* __restrict Hs = hs_buf.data();
     T* __restrict as = as_buf.data();
     T* __restrict lam = lam_buf.data();
@@ -111,15 +113,15 @@ void ssd_bwd(const SSDShape& s, const T* __restrict x, const T* __restrict dt, c
         for (int64_t t = t0; t < t1; ++t) {  // recompute S_t for this block
           const int64_t k = t - t0;
           const T dtv = dt[(b * s.L + t) * s.H + h];
-          const T a = std::exp(dtv * Ah);
+          const T a = fast_exp(dtv * Ah);
           as[k] = a;
           const T* __restrict xr = x + b * s.x_sb + t * s.x_st + h * s.P;
-          const T* __restrict Br = B + b * s.bc_sb + t * s.bc_st + g * s.N;
+          const T* __restrict Br = B + b * s.bc_sb + t * s.bc_st + g * N;
           T* __restrict Sk = Hs + k * PN;
           for (int64_t p = 0; p < s.P; ++p) {
             const T u = dtv * xr[p];
 #pragma omp simd
-            for (int64_t n = 0; n < s.N; ++n) Sk[p * s.N + n] = a * Sprev[p * s.N + n] + u * Br[n];
+            for (int64_t n = 0; n < N; ++n) Sk[p * N + n] = a * Sprev[p * N + n] + u * Br[n];
           }
           Sprev = Sk;
         }
@@ -128,24 +130,24 @@ void ssd_bwd(const SSDShape& s, const T* __restrict x, const T* __restrict dt, c
           const T dtv = dt[(b * s.L + t) * s.H + h];
           const T a = as[k];
           const T* __restrict xr = x + b * s.x_sb + t * s.x_st + h * s.P;
-          const T* __restrict Br = B + b * s.bc_sb + t * s.bc_st + g * s.N;
-          const T* __restrict Cr = C + b * s.c_sb + t * s.c_st + g * s.N;
+          const T* __restrict Br = B + b * s.bc_sb + t * s.bc_st + g * N;
+          const T* __restrict Cr = C + b * s.c_sb + t * s.c_st + g * N;
           const T* __restrict g_t = dy + ((b * s.L + t) * s.H + h) * s.P;
           const T* __restrict Sk = Hs + k * PN;
           const T* __restrict Sp = k > 0 ? Hs + (k - 1) * PN : ckpt + (item * nck + c) * PN;
           T* __restrict dxr = dx + ((b * s.L + t) * s.H + h) * s.P;
-          std::fill(dBacc, dBacc + s.N, T(0));
-          std::fill(dCacc, dCacc + s.N, T(0));
+          std::fill(dBacc, dBacc + N, T(0));
+          std::fill(dCacc, dCacc + N, T(0));
           T ssum = 0, ddt_x = 0;
           for (int64_t p = 0; p < s.P; ++p) {
             const T gp = g_t[p];
             const T u = dtv * xr[p];
-            T* __restrict lp = lam + p * s.N;
-            const T* __restrict Skp = Sk + p * s.N;
-            const T* __restrict Spp = Sp + p * s.N;
+            T* __restrict lp = lam + p * N;
+            const T* __restrict Skp = Sk + p * N;
+            const T* __restrict Spp = Sp + p * N;
             T lb = 0, sp = 0;
 #pragma omp simd reduction(+ : lb, sp)
-            for (int64_t n = 0; n < s.N; ++n) {
+            for (int64_t n = 0; n < N; ++n) {
               const T l = lp[n] + gp * Cr[n];
               dCacc[n] += gp * Skp[n];
               dBacc[n] += l * u;
@@ -159,10 +161,10 @@ void ssd_bwd(const SSDShape& s, const T* __restrict x, const T* __restrict dt, c
           }
           ddt[(b * s.L + t) * s.H + h] = ddt_x + Ah * a * ssum;
           dA_acc += dtv * a * ssum;
-          T* __restrict dBr = dB_t + ((b * s.L + t) * s.G + g) * s.N;
-          T* __restrict dCr = dC_t + ((b * s.L + t) * s.G + g) * s.N;
+          T* __restrict dBr = dB_t + ((b * s.L + t) * s.G + g) * N;
+          T* __restrict dCr = dC_t + ((b * s.L + t) * s.G + g) * N;
 #pragma omp simd
-          for (int64_t n = 0; n < s.N; ++n) {
+          for (int64_t n = 0; n < N; ++n) {
             dBr[n] += dBacc[n];
             dCr[n] += dCacc[n];
           }
@@ -187,7 +189,7 @@ void ssd_bwd(const SSDShape& s, const T* __restrict x, const T* __restrict dt, c
                                      const T* B, int64_t b_sb, int64_t b_st, const T* C, int64_t c_sb,           \
                                      int64_t c_st, const T* h0, T* y, T* h_last, T* ckpt, int nthreads) {        \
     CB_SSD_SHAPE                                                                                                  \
-    ssd_fwd<T>(s, x, dt, A, B, C, h0, y, h_last, ckpt, nthreads);                                                 \
+    CB_DISPATCH_N(N, ssd_fwd, T, s, x, dt, A, B, C, h0, y, h_last, ckpt, nthreads);                                                 \
   }                                                                                                               \
   CB_EXPORT void cb_ssd_bwd_##SUFFIX(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G, int64_t N,       \
                                      int64_t K, const T* x, int64_t x_sb, int64_t x_st, const T* dt, const T* A, \
@@ -195,7 +197,7 @@ void ssd_bwd(const SSDShape& s, const T* __restrict x, const T* __restrict dt, c
                                      int64_t c_st, const T* ckpt, const T* dy, const T* dh_last, T* dx, T* ddt,  \
                                      T* dA_priv, T* dB_priv, T* dC_priv, T* dh0, int nthreads) {                  \
     CB_SSD_SHAPE                                                                                                  \
-    ssd_bwd<T>(s, x, dt, A, B, C, ckpt, dy, dh_last, dx, ddt, dA_priv, dB_priv, dC_priv, dh0, nthreads);         \
+    CB_DISPATCH_N(N, ssd_bwd, T, s, x, dt, A, B, C, ckpt, dy, dh_last, dx, ddt, dA_priv, dB_priv, dC_priv, dh0, nthreads);         \
   }
 
 CB_DEFINE_SSD(float, f32)
