@@ -1,9 +1,5 @@
 """Selective state-space layers (Mamba, Mamba-2) that run exactly on the CPU, drop-in for ``mamba_ssm``."""
 
-from condorbrain.ssm.reference import selective_scan_ref, ssd_scan_ref
-from condorbrain.ssm.scans import scan_backend, selective_scan, ssd_scan
-from condorbrain.ssm.mamba import Mamba, SSMState
-from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated
 from condorbrain.ssm.blocks import (
     Backbone,
     BackboneConfig,
@@ -13,6 +9,10 @@ from condorbrain.ssm.blocks import (
     GatedMLP,
     RMSNorm,
 )
+from condorbrain.ssm.mamba import Mamba, SSMState
+from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated
+from condorbrain.ssm.reference import selective_scan_ref, ssd_scan_ref
+from condorbrain.ssm.scans import scan_backend, selective_scan, ssd_scan
 
 __all__ = [
     "selective_scan",

@@ -14,8 +14,9 @@ and the ``Backbone`` threads a list of per-layer states / caches through its blo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn as nn

@@ -229,8 +229,8 @@ class Mamba(nn.Module):
         x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2*d_state)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L); bias added inside the scan
-        B = B.transpose(1, 2).contiguous()  # (B, d_state, L)
-        C = C.transpose(1, 2).contiguous()  # (B, d_state, L)
+        B = B.transpose(1, 2)  # (B, d_state, L), a view: the scan lays it out as it needs
+        C = C.transpose(1, 2)  # (B, d_state, L)
         A = -torch.exp(upcast(self.A_log))  # (d_inner, d_state)
         y, last_state = selective_scan(
             x.transpose(1, 2),  # (B, d_inner, L)

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from condorbrain.ssm.conv import causal_conv1d
 from condorbrain.ssm.mamba import (
     SSMState,
     check_hidden_states,
@@ -31,7 +32,6 @@ from condorbrain.ssm.mamba import (
     inverse_softplus,
     upcast,
 )
-from condorbrain.ssm.conv import causal_conv1d
 from condorbrain.ssm.scans import ssd_scan
 
 __all__ = ["Mamba2", "RMSNormGated"]

@@ -11,14 +11,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _expand_bc(X: Tensor, batch: int, dim: int, L: int) -> Tensor:
-    """B or C in any of the accepted layouts -> (batch, dim, L, N)."""
+def expand_bc(X: Tensor, batch: int, dim: int, L: int) -> Tensor:
+    """B or C in any accepted layout ((dim, N), (batch, N, L) or (batch, G, N, L)) as a (batch, dim, L, N) tensor
+    (a view, or for groups a copy)."""
     if X.dim() == 2:  # (dim, N): time-invariant
         return X[None, :, None, :].expand(batch, dim, L, X.shape[-1])
     if X.dim() == 3:  # (batch, N, L): shared by every channel
         return X.transpose(1, 2)[:, None].expand(batch, dim, L, X.shape[1])
-    G = X.shape[1]  # (batch, G, N, L): G groups splitting dim evenly
-    return X.transpose(2, 3).repeat_interleave(dim // G, dim=1)
+    b, G, N, _ = X.shape  # (batch, G, N, L): G groups splitting dim evenly
+    return X.transpose(2, 3)[:, :, None].expand(b, G, dim // G, L, N).reshape(b, dim, L, N)
 
 
 def selective_scan_ref(
@@ -47,8 +48,8 @@ def selective_scan_ref(
         delta = delta + delta_bias[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    Bf = _expand_bc(B, batch, dim, L)  # (batch, dim, L, N)
-    Cf = _expand_bc(C, batch, dim, L)
+    Bf = expand_bc(B, batch, dim, L)  # (batch, dim, L, N)
+    Cf = expand_bc(C, batch, dim, L)
     N = A.shape[1]
     h = u.new_zeros(batch, dim, N) if initial_state is None else initial_state
     ys = []

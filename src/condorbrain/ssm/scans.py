@@ -6,7 +6,7 @@ here unchanged on the CPU.
 
 Paths, chosen per call (``scan_backend()`` says which one a call takes):
 
-* ``compiled``: the OpenMP C++ scan of ``csrc/scan_cpu.cpp`` (CPU float32/float64). Forward keeps one state per
+* ``compiled``: the OpenMP C++ scans of ``csrc/`` (CPU float32/float64). Forward keeps one state per
   chunk of ``chunk_size`` steps; backward recomputes a chunk at a time, so memory is O(batch*dim*L + batch*dim*N*L/chunk).
 * ``torch``: pure PyTorch, chunked, for any device or when no compiler is at hand. Mamba: a log-depth
   (Hillis-Steele) scan inside each chunk, each chunk under activation checkpointing; Mamba-2: the chunked SSD
@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from condorbrain.ssm import cpu_kernel
 from condorbrain.ssm._checks import check_same_device, check_tensor
+from condorbrain.ssm.reference import expand_bc
 
 __all__ = ["selective_scan", "ssd_scan", "scan_backend"]
 
@@ -69,16 +70,6 @@ def _check_bc(name: str, X: Tensor, batch: int, dim: int, L: int, N: int) -> Non
     check_tensor(name, X, *shapes[X.dim()])
 
 
-def _bc_broadcast(X: Tensor, batch: int, dim: int, T: int) -> Tensor:
-    """One chunk of B or C (its own layout, T steps) broadcast to (batch, dim, T, N); copies only for groups."""
-    if X.dim() == 2:  # (dim, N)
-        return X[None, :, None, :].expand(batch, dim, T, X.shape[1])
-    if X.dim() == 3:  # (batch, N, T)
-        return X.transpose(1, 2)[:, None].expand(batch, dim, T, X.shape[1])
-    b, G, N, _ = X.shape  # (batch, G, N, T)
-    return X.transpose(2, 3)[:, :, None].expand(b, G, dim // G, T, N).reshape(b, dim, T, N)
-
-
 def _log_depth_scan(a: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """Inclusive scan of h_t = a_t h_{t-1} + x_t along dim 2 in log2(T) steps (Hillis-Steele).
 
@@ -97,7 +88,7 @@ def _log_depth_scan(a: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
 def _selective_chunk(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     # u, delta: (b, d, T); A: (d, N); B, C: one chunk of B and C in their own layout; h: (b, d, N)
     batch, dim, T = u.shape
-    Bc, Cc = _bc_broadcast(B, batch, dim, T), _bc_broadcast(C, batch, dim, T)  # (b, d, T, N), inside the checkpoint
+    Bc, Cc = expand_bc(B, batch, dim, T), expand_bc(C, batch, dim, T)  # (b, d, T, N), inside the checkpoint
     dA = torch.exp(delta[..., None] * A[:, None, :])  # (b, d, T, N)
     x = (delta * u)[..., None] * Bc  # (b, d, T, N)
     decay, hs = _log_depth_scan(dA, x)
