@@ -8,8 +8,8 @@ Paths, chosen per call (``scan_backend()`` says which one a call takes):
 
 * ``compiled``: the OpenMP C++ scans of ``csrc/`` (CPU float32/float64). Forward keeps one state per
   chunk of ``chunk_size`` steps; backward recomputes a chunk at a time, so memory is O(batch*dim*L + batch*dim*N*L/chunk).
-* ``torch``: pure PyTorch, chunked, for any device or when no compiler is at hand. Mamba: a log-depth
-  (Hillis-Steele) scan inside each chunk, each chunk under activation checkpointing; Mamba-2: the chunked SSD
+* ``torch``: pure PyTorch, chunked, for any device or when no compiler is at hand. Mamba: log-depth
+  (Hillis-Steele) scans over tiles of 8 steps inside each chunk, each chunk under activation checkpointing; Mamba-2: the chunked SSD
   algorithm (intra-chunk quadratic form + inter-chunk state passing).
 
 Both are tested against the step-by-step references in :mod:`condorbrain.ssm.reference` (outputs and gradients).
@@ -85,16 +85,24 @@ def _log_depth_scan(a: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     return a, x
 
 
+_TILE = 8  # steps per log-depth scan inside a chunk: fewer doubling levels (3) move less memory than one 64-deep scan
+
+
 def _selective_chunk(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     # u, delta: (b, d, T); A: (d, N); B, C: one chunk of B and C in their own layout; h: (b, d, N)
     batch, dim, T = u.shape
     Bc, Cc = expand_bc(B, batch, dim, T), expand_bc(C, batch, dim, T)  # (b, d, T, N), inside the checkpoint
-    dA = torch.exp(delta[..., None] * A[:, None, :])  # (b, d, T, N)
-    x = (delta * u)[..., None] * Bc  # (b, d, T, N)
-    decay, hs = _log_depth_scan(dA, x)
-    hs = hs + decay * h[:, :, None, :]  # (b, d, T, N)
-    # clone: a view of the last step would keep the whole (b, d, T, N) chunk alive as the next chunk's input
-    return (hs * Cc).sum(-1), hs[:, :, -1].clone()  # (b, d, T), (b, d, N)
+    ys = []
+    for s0 in range(0, T, _TILE):  # tiles of the chunk, each a log-depth scan
+        s1 = min(T, s0 + _TILE)
+        dA = torch.exp(delta[:, :, s0:s1, None] * A[:, None, :])  # (b, d, t, N)
+        x = (delta[:, :, s0:s1] * u[:, :, s0:s1])[..., None] * Bc[:, :, s0:s1]  # (b, d, t, N)
+        decay, hs = _log_depth_scan(dA, x)
+        hs = hs + decay * h[:, :, None, :]  # (b, d, t, N)
+        ys.append((hs * Cc[:, :, s0:s1]).sum(-1))  # (b, d, t)
+        h = hs[:, :, -1]
+    # clone: a view of the last step would keep the whole (b, d, t, N) tile alive as the next chunk's input
+    return torch.cat(ys, dim=-1), h.clone()  # (b, d, T), (b, d, N)
 
 
 def _selective_scan_torch(u, delta, A, B, C, h0, chunk):
