@@ -6,11 +6,11 @@ here unchanged on the CPU.
 
 Paths, chosen per call (``scan_backend()`` says which one a call takes):
 
-* ``compiled``: the OpenMP C++ scans of ``csrc/`` (CPU float32/float64). Forward keeps one state per
-  chunk of ``chunk_size`` steps; backward recomputes a chunk at a time, so memory is O(batch*dim*L + batch*dim*N*L/chunk).
+* ``compiled``: the OpenMP C++ scans of ``csrc/`` (CPU float32/float64). Forward keeps one state per chunk of
+  ``chunk_size`` steps; backward recomputes a chunk at a time, so memory is O(b*dim*L + b*dim*N*L/chunk).
 * ``torch``: pure PyTorch, chunked, for any device or when no compiler is at hand. Mamba: log-depth
-  (Hillis-Steele) scans over tiles of 8 steps inside each chunk, each chunk under activation checkpointing; Mamba-2: the chunked SSD
-  algorithm (intra-chunk quadratic form + inter-chunk state passing).
+  (Hillis-Steele) scans over tiles of 8 steps inside each chunk, each chunk under activation checkpointing;
+  Mamba-2: the chunked SSD algorithm (intra-chunk quadratic form + inter-chunk state passing).
 
 Both are tested against the step-by-step references in :mod:`condorbrain.ssm.reference` (outputs and gradients).
 Half-precision inputs are scanned in float32 and the result cast back, as mamba_ssm does.
