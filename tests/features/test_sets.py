@@ -336,3 +336,48 @@ def test_forecaster_config_validation() -> None:
         ForecasterConfig(windows=(5, 5))
     with pytest.raises(ValueError, match="^macd"):
         ForecasterConfig(macd=(26, 12, 9))
+
+
+def test_staged_pieces_compose_to_condor_features_on_any_split_of_rows() -> None:
+    """condor_row_features on groups of rows + merged atm_candidates + condor_bar_features on the bars give exactly
+    condor_features on all rows (what the chunked dataset build relies on)."""
+    from condorbrain.features import (
+        CONDOR_BAR_FEATURES,
+        CONDOR_ROW_FEATURES,
+        atm_candidates,
+        atm_iv,
+        bar_bvc_imbalance,
+        condor_bar_features,
+        condor_row_features,
+    )
+
+    joined = make_joined(n_bars=90, symbols=("SPY", "QQQ"))
+    want = condor_features(joined, CFG)
+    bars = joined.select("symbol", "ts", "high", "low", "close").unique(["symbol", "ts"]).sort("symbol", "ts")
+    bar_of_row = joined.join(bars.with_row_index("_b"), on=["symbol", "ts"], how="left",
+                             maintain_order="left")["_b"].to_numpy().astype(np.int64)
+    groups = np.array_split(np.random.default_rng(3).permutation(joined.height), 4)  # any split of the rows
+    got = {k: np.full(joined.height, np.nan) for k in CONDOR_FEATURES}
+    cands = []
+    for g in groups:
+        part = joined[np.sort(g)]
+        rows = condor_row_features(part, CFG)
+        for k in CONDOR_ROW_FEATURES:
+            got[k][np.sort(g)] = rows.columns[k]
+        cands.append(atm_candidates(bar_of_row[np.sort(g)], part["strike"].to_numpy(), part["close"].to_numpy(),
+                                    rows.iv))
+    bar_cols = condor_bar_features(bars, atm_iv(pl.concat(cands), bars.height), CFG)
+    for k in CONDOR_BAR_FEATURES:
+        got[k] = bar_cols[k][bar_of_row]
+    for k in CONDOR_FEATURES:
+        np.testing.assert_array_equal(got[k], want[k].to_numpy(), err_msg=k)
+
+    # the microstructure proxy from a bar table equals the one computed on the join itself
+    imb = bars.select("symbol", "ts").with_columns(pl.Series("imbalance", bar_bvc_imbalance(bars, CFG)))
+    assert microstructure_features(joined, CFG, bar_imbalance=imb).equals(microstructure_features(joined, CFG))
+    with pytest.raises(ValueError, match="lacks the bar"):
+        microstructure_features(joined, CFG, bar_imbalance=imb.head(10))
+    with pytest.raises(ValueError, match="ascending ts"):
+        condor_bar_features(bars.reverse(), None, CFG)
+    with pytest.raises(ValueError, match="shape"):
+        condor_bar_features(bars, np.zeros(3), CFG)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -29,12 +30,20 @@ from condorbrain.features.options import black_scholes, implied_vol
 
 __all__ = [
     "CONDOR_FEATURES",
+    "CONDOR_BAR_FEATURES",
     "CONDOR_FEATURE_UNITS",
+    "CONDOR_ROW_FEATURES",
     "INTERACTION_FEATURES",
     "MICROSTRUCTURE_FEATURES",
     "FeatureConfig",
     "ForecasterConfig",
+    "RowFeatures",
+    "bar_bvc_imbalance",
+    "atm_candidates",
+    "atm_iv",
+    "condor_bar_features",
     "condor_features",
+    "condor_row_features",
     "forecaster_arrays",
     "forecaster_features",
     "interaction_features",
@@ -78,6 +87,13 @@ CONDOR_FEATURE_UNITS: dict[str, str] = {
     "dist_to_spot": "strike / close - 1, fraction (positive above spot)",
     "call_put": "1 for a call, 0 for a put",
 }
+
+CONDOR_BAR_FEATURES: tuple[str, ...] = (
+    "rsi", "atr", "adx", "stoch_k", "bb_lower", "bb_upper", "sma", "psar", "psar_mark", "ivr",
+)  # fmt: skip
+"""The members of the 24 computed once per bar (indicators of the symbol's bar series), see `condor_bar_features`."""
+CONDOR_ROW_FEATURES: tuple[str, ...] = tuple(k for k in CONDOR_FEATURES if k not in CONDOR_BAR_FEATURES)
+"""The members of the 24 that depend on the joined row alone, see `condor_row_features`."""
 
 MICROSTRUCTURE_FEATURES: tuple[str, ...] = ("mid", "microprice", "eff_spread", "imbalance")
 INTERACTION_FEATURES: tuple[str, ...] = (
@@ -279,14 +295,29 @@ def _call_flags(joined: pl.DataFrame) -> NDArray[np.bool_]:
     return (right == "C").to_numpy()
 
 
-def _bar_atm_iv(row_bar: NDArray[np.int64], strike: NDArray[np.float64], spot: NDArray[np.float64],
-                iv: NDArray[np.float64], n_bars: int) -> NDArray[np.float64]:  # fmt: skip
-    """Each bar's ATM implied vol: the median iv of its rows at the strike nearest spot among rows with an iv
-    (all expiries, calls and puts); NaN for a bar with no iv at all."""
+def atm_candidates(bar: NDArray[np.integer], strike: NDArray[np.float64], spot: NDArray[np.float64],
+                   iv: NDArray[np.float64]) -> pl.DataFrame:  # fmt: skip
+    """Rows that may set their bar's ATM implied vol: per bar, the rows with an iv at the strike nearest spot.
+
+    Args:
+        bar: (rows,) integer key of each row's bar (any numbering, e.g. a position in the bars frame).
+        strike, spot, iv: (rows,) the row's strike, its bar's close and its iv (annualised fraction, NaN if none).
+
+    Returns:
+        A frame ``bar, dist, iv`` (dist = |ln(strike / spot)|). Mergeable: candidates of disjoint groups of rows,
+        concatenated, give the same `atm_iv` as the candidates of all rows at once (each bar keeps its rows at the
+        smallest distance of its group, a superset of those at the bar's overall smallest distance).
+    """
     ok = np.isfinite(iv)
-    frame = pl.DataFrame({"bar": row_bar[ok], "dist": np.abs(np.log(strike[ok] / spot[ok])), "iv": iv[ok]})
+    frame = pl.DataFrame({"bar": bar[ok], "dist": np.abs(np.log(strike[ok] / spot[ok])), "iv": iv[ok]})
+    return frame.filter(pl.col("dist") == pl.col("dist").min().over("bar"))
+
+
+def atm_iv(candidates: pl.DataFrame, n_bars: int) -> NDArray[np.float64]:
+    """Each bar's ATM implied vol from `atm_candidates`: the median iv of its rows at the strike nearest spot (all
+    expiries, calls and puts), as an (n_bars,) array indexed by the candidates' bar key; NaN for a bar with no iv."""
     atm = (
-        frame.filter(pl.col("dist") == pl.col("dist").min().over("bar"))
+        candidates.filter(pl.col("dist") == pl.col("dist").min().over("bar"))
         .group_by("bar")
         .agg(pl.col("iv").median())
     )
@@ -299,8 +330,7 @@ def _bar_indicators(bars: _Bars, atm_iv: NDArray[np.float64], cfg: FeatureConfig
     """The bar-level members of the 24, per symbol series, as arrays over the sorted bars."""
     f = bars.frame
     h, lo, c = (_numeric(f, k) for k in ("high", "low", "close"))
-    names = ("rsi", "atr", "adx", "stoch_k", "bb_lower", "bb_upper", "sma", "psar", "psar_mark", "ivr")
-    out = {k: np.full(f.height, np.nan) for k in names}
+    out = {k: np.full(f.height, np.nan) for k in CONDOR_BAR_FEATURES}
     if (h < lo).any():
         raise ValueError("column 'high' is below 'low' in some bar")
     for a, b in bars.bounds:
@@ -342,6 +372,10 @@ def condor_features(joined: pl.DataFrame, config: FeatureConfig | None = None) -
     - rsi, atr, adx, stoch_k, bb_lower, bb_upper, sma, psar, psar_mark: indicators of the symbol's bar series.
     - ivr: `iv_rank` of the bar's ATM iv (median iv at the strike nearest spot) over config.ivr_window bars.
 
+    The bar series are the distinct (symbol, ts) bars of `joined`. This is the composition of
+    `condor_row_features` (the 14 per-row members), `atm_candidates` / `atm_iv` and `condor_bar_features` (the 10
+    bar-level members), which a chunked pipeline (`condorbrain.dataset.build_dataset`) calls piece by piece.
+
     Returns:
         A frame with the 24 columns in `CONDOR_FEATURES` order, config.dtype, one row per input row in input order;
         NaN during indicator warm-up and where no iv exists. ``.to_numpy()`` gives the (rows, 24) model input.
@@ -353,22 +387,51 @@ def condor_features(joined: pl.DataFrame, config: FeatureConfig | None = None) -
     cfg = config or FeatureConfig()
     _require(joined, _BAR_COLUMNS + _CONTRACT_COLUMNS, "joined")
     bars = _bars(joined)
-    close_bar = _numeric(bars.frame, "close")
-    spot = close_bar[bars.row_bar]
+    rows = condor_row_features(joined, cfg)
+    spot = _numeric(joined, "close")
+    cands = atm_candidates(bars.row_bar, _numeric(joined, "strike"), spot, rows.iv)
+    bar_cols = condor_bar_features(bars.frame, atm_iv(cands, bars.frame.height), cfg)
+    out = rows.columns
+    out_dtype = np.dtype(cfg.dtype)
+    for k, v in bar_cols.items():
+        out[k] = v[bars.row_bar].astype(out_dtype)
+    return _frame(out, CONDOR_FEATURES, cfg.dtype)
+
+
+class RowFeatures(NamedTuple):
+    """The per-row members of the 24 (`CONDOR_ROW_FEATURES`) and each row's implied vol."""
+
+    columns: dict[str, NDArray[np.floating]]
+    """name -> (rows,) array in config.dtype, for each name of `CONDOR_ROW_FEATURES`."""
+    iv: NDArray[np.float64]
+    """(rows,) the row's iv in float64 (the `iv` column before the cast), input of `atm_candidates`."""
+
+
+def condor_row_features(joined: pl.DataFrame, config: FeatureConfig | None = None) -> RowFeatures:
+    """The 14 members of the 24 that depend on the row alone (its bar's values, its contract, its quote).
+
+    Definitions as in `condor_features`; spot is the row's own ``close``. Each row is computed on its own, so any
+    split of the rows into groups gives the same values. Raises ValueError as `condor_features` does for the
+    row-level columns.
+    """
+    cfg = config or FeatureConfig()
+    _require(joined, _BAR_COLUMNS + _CONTRACT_COLUMNS, "joined")
+    spot = _numeric(joined, "close")
+    if not (np.isfinite(spot).all() and (spot > 0).all()):
+        raise ValueError("column 'close' must be finite and > 0")
     years = years_to_expiry(joined, cfg)
     strike = _numeric(joined, "strike")
     if not (np.isfinite(strike).all() and (strike > 0).all()):
         raise ValueError("column 'strike' must be finite and > 0")
     call = _call_flags(joined)
     iv = _row_iv(joined, spot, strike, years, call, cfg)
-    bar_cols = _bar_indicators(bars, _bar_atm_iv(bars.row_bar, strike, spot, iv, bars.frame.height), cfg)
 
     # Each column goes to the output dtype as soon as it exists, so at most one float64 temporary of the full
     # length lives beside the inputs (10M rows: 80 MB) and the greeks are written chunk by chunk.
     out_dtype = np.dtype(cfg.dtype)
     out: dict[str, NDArray[np.floating]] = {}
     for k in ("open", "high", "low", "close", "volume"):
-        out[k] = _numeric(bars.frame, k)[bars.row_bar].astype(out_dtype, copy=False)
+        out[k] = _numeric(joined, k).astype(out_dtype, copy=False)
     out["strike"] = strike.astype(out_dtype)
     n = joined.height
     greeks = {k: np.empty(n, dtype=out_dtype) for k in ("delta", "gamma", "vega", "theta")}
@@ -383,14 +446,46 @@ def condor_features(joined: pl.DataFrame, config: FeatureConfig | None = None) -
     mid = 0.5 * (bid + ask)  # NaN for a missing (stale) quote, and stays NaN below
     out["spread_ratio"] = np.where(mid > 0, (ask - bid) / np.where(mid > 0, mid, 1.0), np.nan).astype(out_dtype)
     del bid, ask, mid
-    for k, v in bar_cols.items():
-        out[k] = v[bars.row_bar].astype(out_dtype)
     out["dist_to_spot"] = (strike / spot - 1.0).astype(out_dtype)
     out["call_put"] = call.astype(out_dtype)
-    return _frame(out, CONDOR_FEATURES, cfg.dtype)
+    return RowFeatures(out, iv)
 
 
-def microstructure_features(joined: pl.DataFrame, config: FeatureConfig | None = None) -> pl.DataFrame:
+def condor_bar_features(bars: pl.DataFrame, atm: NDArray[np.float64] | None = None,
+                        config: FeatureConfig | None = None) -> dict[str, NDArray[np.float64]]:  # fmt: skip
+    """The 10 bar-level members of the 24 (`CONDOR_BAR_FEATURES`) for a frame of distinct bars.
+
+    Args:
+        bars: columns symbol, ts, high, low, close; distinct (symbol, ts), sorted by symbol then ts (each symbol's
+            rows one series, oldest first).
+        atm: (bars,) each bar's ATM iv (`atm_iv`), the series ranked by ``ivr``; None gives ivr = NaN.
+        config: the indicator windows.
+
+    Returns:
+        name -> (bars,) float64 array in the frame's row order.
+    """
+    cfg = config or FeatureConfig()
+    _require(bars, ("symbol", "ts", "high", "low", "close"), "bars")
+    keys = bars.select("symbol", "ts")
+    if keys.select((pl.col("ts").diff().over("symbol") <= pl.duration()).any()).item():
+        raise ValueError("bars must hold distinct (symbol, ts), each symbol's rows in ascending ts")
+    if keys.select(pl.col("symbol").rle_id().n_unique() != pl.col("symbol").n_unique()).item():
+        raise ValueError("bars must be grouped by symbol (each symbol's rows contiguous)")
+    for name in ("high", "low", "close"):
+        if not np.isfinite(_numeric(bars, name)).all():
+            raise ValueError(f"column {name!r} must be finite in every bar")
+    counts = bars.group_by("symbol", maintain_order=True).len()["len"].to_list()
+    stops = np.cumsum(counts).tolist()
+    series = _Bars(frame=bars, row_bar=np.empty(0, np.int64), bounds=list(zip([0, *stops[:-1]], stops)))
+    if atm is None:
+        atm = np.full(bars.height, np.nan)
+    elif atm.shape != (bars.height,):
+        raise ValueError(f"atm must have shape ({bars.height},), got {atm.shape}")
+    return _bar_indicators(series, atm, cfg)
+
+
+def microstructure_features(joined: pl.DataFrame, config: FeatureConfig | None = None, *,
+                            bar_imbalance: pl.DataFrame | None = None) -> pl.DataFrame:  # fmt: skip
     """Seed 002's microstructure features (`MICROSTRUCTURE_FEATURES`) for every joined row, in input order.
 
     With `bid_size` and `ask_size` columns: the seed's formulas (see `quote_microstructure`). Without them the
@@ -398,6 +493,10 @@ def microstructure_features(joined: pl.DataFrame, config: FeatureConfig | None =
     config.micro_window bars, NaN during its warm-up), signed +1 for calls and -1 for puts (buying pressure in the
     underlying lifts calls and presses puts), and microprice = mid + imbalance * (ask - bid) / 2,
     eff_spread = (microprice - mid) / mid follow by seed 002's identity.
+
+    The proxy is computed on the distinct bars of `joined`, unless `bar_imbalance` (columns symbol, ts, imbalance:
+    `bar_bvc_imbalance` of a longer bar series, e.g. when `joined` is one chunk of a larger join) gives it; a row
+    whose (symbol, ts) is not in `bar_imbalance` is an error.
 
     Units: mid and microprice in price units, eff_spread a fraction of mid, imbalance in -1..1.
     """
@@ -407,14 +506,34 @@ def microstructure_features(joined: pl.DataFrame, config: FeatureConfig | None =
     if "bid_size" in joined.columns and "ask_size" in joined.columns:
         cols = quote_microstructure(bid, ask, _numeric(joined, "bid_size"), _numeric(joined, "ask_size"))
     else:
-        bars = _bars(joined)
-        close = _numeric(bars.frame, "close")
-        flow = np.full(bars.frame.height, np.nan)
-        for a, b in bars.bounds:
-            flow[a:b] = bvc_imbalance(close[a:b], cfg.micro_window)
+        if bar_imbalance is None:
+            bars = _bars(joined)
+            flow = bar_bvc_imbalance(bars.frame, cfg)[bars.row_bar]
+        else:
+            _require(bar_imbalance, ("symbol", "ts", "imbalance"), "bar_imbalance")
+            found = joined.select("symbol", "ts").join(bar_imbalance.select("symbol", "ts", "imbalance"),
+                                                       on=["symbol", "ts"], how="left", maintain_order="left",
+                                                       validate="m:1")["imbalance"]  # fmt: skip
+            if found.null_count():
+                raise ValueError(f"bar_imbalance lacks the bar of {found.null_count()} joined row(s)")
+            flow = found.to_numpy().astype(np.float64)
         sign = np.where(_call_flags(joined), 1.0, -1.0)
-        cols = quote_microstructure(bid, ask, imbalance=sign * flow[bars.row_bar])
+        cols = quote_microstructure(bid, ask, imbalance=sign * flow)
     return _frame(cols, MICROSTRUCTURE_FEATURES, cfg.dtype)
+
+
+def bar_bvc_imbalance(bars: pl.DataFrame, config: FeatureConfig | None = None) -> NDArray[np.float64]:
+    """`bvc_imbalance` of each symbol's close series (config.micro_window), for a frame of distinct bars sorted by
+    symbol then ts (as `condor_bar_features` takes); (bars,) float64 in -1..1, NaN during the warm-up."""
+    cfg = config or FeatureConfig()
+    _require(bars, ("symbol", "close"), "bars")
+    close = _numeric(bars, "close")
+    flow = np.full(bars.height, np.nan)
+    start = 0
+    for count in bars.group_by("symbol", maintain_order=True).len()["len"].to_list():
+        flow[start : start + count] = bvc_imbalance(close[start : start + count], cfg.micro_window)
+        start += count
+    return flow
 
 
 def interaction_features(joined: pl.DataFrame, config: FeatureConfig | None = None) -> pl.DataFrame:
