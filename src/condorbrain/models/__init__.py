@@ -1,0 +1,38 @@
+"""CondorBrain policy network (seeds 000 / 001): config, model, and the multi-task loss."""
+
+from condorbrain.models.condorbrain import (
+    CondorBrain,
+    ExpertDecoder,
+    InputEmbedding,
+    PolicyOutput,
+    RegimeDetector,
+    transformer_baseline,
+)
+from condorbrain.models.config import CondorBrainConfig, MixerKind
+from condorbrain.models.losses import (
+    TARGET_KEYS,
+    LossWeights,
+    bce_with_logits,
+    condor_loss,
+    cross_entropy,
+    huber,
+    pinball,
+)
+
+__all__ = [
+    "TARGET_KEYS",
+    "CondorBrain",
+    "CondorBrainConfig",
+    "ExpertDecoder",
+    "InputEmbedding",
+    "LossWeights",
+    "MixerKind",
+    "PolicyOutput",
+    "RegimeDetector",
+    "bce_with_logits",
+    "condor_loss",
+    "cross_entropy",
+    "huber",
+    "pinball",
+    "transformer_baseline",
+]
