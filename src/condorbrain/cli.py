@@ -32,7 +32,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------------------------
 # condorbrain data ...
 
-
 def _csv_ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
@@ -88,13 +87,15 @@ def _build_config(args: argparse.Namespace, daily: bool):
     import json
 
     from condorbrain.data import ChainConfig
-    from condorbrain.dataset import BuildConfig
+    from condorbrain.dataset import DAILY_MAX_STALENESS, BuildConfig
 
     config = BuildConfig()
-    if daily:  # daily bars and the chains' own rate assumptions
+    if daily:  # daily bars, their staleness, and the chains' own rate assumptions
         chain = ChainConfig()
-        config = dataclasses.replace(config, features=dataclasses.replace(
-            config.features, ivr_window=252, rate=chain.rate, dividend_yield=chain.div_yield))
+        config = dataclasses.replace(
+            config, max_staleness=DAILY_MAX_STALENESS,
+            features=dataclasses.replace(config.features, ivr_window=252, rate=chain.rate,
+                                         dividend_yield=chain.div_yield))
     if args.config is not None:
         merged = config.to_dict()
         for key, value in json.loads(Path(args.config).read_text()).items():  # nested configs merge field by field
@@ -298,7 +299,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--config", type=Path, default=None,
                    help="JSON build config (the form --print-config prints); flags given here override it")
     b.add_argument("--max-staleness-s", type=float, default=None,
-                   help="oldest quote the join still uses, seconds (default 120)")
+                   help="oldest quote the join still uses, seconds (default 120, two 1-minute bars; 345600 = 4 "
+                        "days with --embedded: a daily bar may use the previous session's quote)")
     b.add_argument("--extra", type=_csv_names, default=None,
                    help="optional feature sets to append, comma-separated: microstructure, interaction, forecaster "
                         "(default none)")
@@ -338,6 +340,25 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_cmd_data_info)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from condorbrain.main_job import DEFAULT_PRESET, RunConfig, run_main_job
+
+    cfg = RunConfig.from_file(args.config or DEFAULT_PRESET)
+    train_changes = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps)) if v is not None}
+    if train_changes:
+        cfg = dataclasses.replace(cfg, train=cfg.train.replace(**train_changes))
+    if args.mixer:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mixer=args.mixer))
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2, default=str))
+        return 0
+    run_main_job(cfg, args.out, resume=args.resume, max_bars=args.max_bars)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="condorbrain", description=__doc__)
     p.add_argument("--version", action="version", version=f"condorbrain {__version__}")
@@ -347,6 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=30, help="optimizer steps (default 30)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.set_defaults(func=_cmd_smoke)
+
+    r = sub.add_parser("run", help="the main job: real S&P 500 + VIX, train CondorBrain, evaluate vs baselines")
+    r.add_argument("--config", type=Path, default=None,
+                   help="preset file with [model], [train], [run] tables (default: configs/cpu-small.toml)")
+    r.add_argument("--out", type=Path, default=Path("runs/main"), help="run folder (default runs/main)")
+    r.add_argument("--resume", action="store_true", help="continue a killed run in --out from its last checkpoint")
+    r.add_argument("--epochs", type=int, default=None, help="override [train] epochs")
+    r.add_argument("--max-steps", type=int, default=None, help="override [train] max_steps")
+    r.add_argument("--mixer", choices=("mamba2", "mamba", "attention"), default=None,
+                   help="override [model] mixer (attention = the Transformer baseline)")
+    r.add_argument("--max-bars", type=int, default=None, help="keep only the last N daily bars (quick runs)")
+    r.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+    r.set_defaults(func=_cmd_run)
 
     i = sub.add_parser("info", help="print versions and which scan path (compiled CPU / PyTorch) is used")
     i.set_defaults(func=_cmd_info)

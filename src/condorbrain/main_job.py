@@ -1,0 +1,429 @@
+"""The main job (`condorbrain run`): real S&P 500 + VIX -> features -> CondorBrain -> held-out evaluation vs baselines.
+
+Steps, each using data up to its own time only:
+
+1. Data. The S&P 500 daily bars and VIX that ``arch`` ships (real), and Black-Scholes option chains priced over them
+   (synthetic: :func:`condorbrain.data.synth_chains`). Each bar gets one *representative* contract, the put nearest
+   to the money among the expiries nearest ``target_dte`` calendar days, chosen from that bar's own quotes; the
+   as-of join attaches its quote, and :func:`condorbrain.features.condor_features` computes the 24 inputs. This gives
+   one row per bar, a daily series a 120-bar window can run over (single contracts live for 45 bars at most).
+2. Targets (:mod:`condorbrain.features.targets`): forward returns at the model's horizons, forward realized vol, up /
+   down excursions and max drawdown over the holding horizon; the regime label is the tercile of the trailing 21-bar
+   realized vol, with tercile edges from the training period. Probability of profit and ROI are labelled inside the
+   loss from the model's own (detached) proposal: short strikes at its ``pop_level`` excursion quantiles, wings of
+   its ``wing`` output, priced by Black-Scholes at the entry iv and settled at the horizon's close.
+3. Split by time: train, then validation, then the held-out test period from ``test_start``; ``hold_horizon`` bars
+   are purged before each boundary so that no training label overlaps a later period. The z-score scaler is fitted
+   on training rows only.
+4. Train ``CondorBrain`` with :func:`condorbrain.train.fit` (EMA weights for evaluation).
+5. Evaluate on the test period next to the baselines on the same rows: random walk and momentum for returns;
+   trailing realized vol, HAR-RV and GARCH(1,1) (refitted on past data only) for volatility; Brier score for POP.
+   A model that loses to a baseline is reported as losing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from condorbrain.backtest import compare_forecasts, return_baselines, vol_baselines
+from condorbrain.data import ClippedZScore, LazySequenceDataset, asof_join, load_sp500, load_vix, synth_chains
+from condorbrain.features import CONDOR_FEATURES, FeatureConfig, black_scholes_torch, condor_features
+from condorbrain.features.targets import (
+    forward_max_adverse_excursion,
+    forward_max_drawdown,
+    forward_realized_vol,
+    forward_return,
+)
+from condorbrain.models import CondorBrain, CondorBrainConfig, LossWeights, PolicyOutput, condor_loss
+from condorbrain.train import RunInfo, TrainConfig, fit, load_checkpoint
+
+__all__ = ["RunConfig", "daily_policy_frame", "make_targets", "run_main_job"]
+
+DEFAULT_PRESET = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of the main job besides the model's and the training loop's."""
+
+    model: CondorBrainConfig = field(default_factory=CondorBrainConfig)
+    """The network (``[model]`` of a preset file)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The training loop (``[train]`` of a preset file)."""
+    target_dte: int = 45
+    """Calendar days to expiry of the representative contract (and of the condors the POP / ROI heads price)."""
+    val_start: str = "2012-01-01"
+    """First day of the validation period (UTC date)."""
+    test_start: str = "2015-01-01"
+    """First day of the held-out test period (UTC date); everything after it is never seen in training."""
+    pop_level: float = 0.9
+    """Excursion quantile level that sets the short strikes of the condor the POP / ROI heads are trained on."""
+    rate: float = 0.02
+    """Risk-free rate for pricing (per year, continuous), as the synthetic chains use."""
+    dividend_yield: float = 0.018
+    """Dividend yield for pricing (per year, continuous), as the synthetic chains use."""
+    vol_window: int = 22
+    """Window (bars) of the trailing realized-vol baseline and of the regime label."""
+    garch_refit_every: int = 21
+    """GARCH(1,1) baseline: refit on the expanding past every this many bars of the test period."""
+    max_staleness_days: int = 5
+    """A quote older than this many days counts as missing (weekends and holidays fit inside)."""
+
+    def __post_init__(self) -> None:
+        for name in ("val_start", "test_start"):
+            try:
+                dt.date.fromisoformat(getattr(self, name))
+            except ValueError:
+                raise ValueError(f"{name} must be an ISO date (YYYY-MM-DD), got {getattr(self, name)!r}") from None
+        if not self.val_start < self.test_start:
+            raise ValueError(f"val_start ({self.val_start}) must be before test_start ({self.test_start})")
+        if not 0.5 < self.pop_level < 1.0:
+            raise ValueError(f"pop_level must be in (0.5, 1), got {self.pop_level}")
+        if self.pop_level not in self.model.quantiles:
+            raise ValueError(f"pop_level {self.pop_level} must be one of model.quantiles {self.model.quantiles}")
+        for name in ("target_dte", "vol_window", "garch_refit_every", "max_staleness_days"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> RunConfig:
+        """A preset file: ``[model]`` -> CondorBrainConfig, ``[train]`` -> TrainConfig, ``[run]`` -> this class."""
+        raw = _read_preset(Path(path))
+        unknown = sorted(set(raw) - {"model", "train", "run"})
+        if unknown:
+            raise ValueError(f"{path}: unknown table(s) {unknown}; expected [model], [train], [run]")
+        model = CondorBrainConfig.from_dict(raw.get("model", {}))
+        train = TrainConfig.from_dict(raw.get("train", {}))
+        run = dict(raw.get("run", {}))
+        names = {f.name for f in dataclasses.fields(cls)} - {"model", "train"}
+        bad = sorted(set(run) - names)
+        if bad:
+            raise ValueError(f"{path}: unknown [run] key(s) {bad}; known: {sorted(names)}")
+        return dataclasses.replace(cls(model=model, train=train, **run), **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("model", "train")}
+        return {"model": self.model.to_dict(), "train": self.train.to_dict(), "run": out}
+
+
+def _read_preset(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    import tomllib
+
+    return tomllib.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Data: one representative contract per bar
+# ---------------------------------------------------------------------------------------------------------------
+
+def daily_policy_frame(bars: pl.DataFrame, vix: pl.DataFrame | None, cfg: RunConfig) -> pl.DataFrame:
+    """One row per bar: the bar, its representative contract's quote (as-of joined) and the 24 features.
+
+    The contract is chosen from the bar's own quotes only: among the expiries whose days to expiry are nearest
+    ``target_dte``, the put whose strike is nearest the bar's close.
+    """
+    quotes = synth_chains(bars, vix=vix)
+    spot = bars.select("ts", pl.col("close").alias("_spot"))
+    dte = (pl.col("expiry") - pl.col("ts")).dt.total_seconds() / 86_400.0
+    chosen = (
+        quotes.filter(pl.col("right") == "P")
+        .join(spot, on="ts", how="left")
+        .with_columns((dte - cfg.target_dte).abs().alias("_dte_gap"), (pl.col("strike") - pl.col("_spot")).abs()
+                      .alias("_k_gap"))
+        .sort("ts", "_dte_gap", "_k_gap", "expiry", "strike")
+        .group_by("ts", maintain_order=True).first()
+        .drop("_spot", "_dte_gap", "_k_gap")
+    )
+    joined = asof_join(bars, chosen, dt.timedelta(days=cfg.max_staleness_days))
+    # A contract stays listed after its bar; keep each bar's own pick (the quote stamped at the bar).
+    joined = joined.filter(pl.col("quote_ts") == pl.col("ts"))
+    if joined.height != bars.height:
+        raise ValueError(f"{bars.height - joined.height} bars have no representative quote; the chains should "
+                         "quote every bar")
+    fcfg = FeatureConfig(rate=cfg.rate, dividend_yield=cfg.dividend_yield, ivr_window=252)
+    feats = condor_features(joined, fcfg)
+    return joined.select("ts").hstack(feats.select(list(CONDOR_FEATURES)))  # close, iv: the bar's and quote's own
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Targets
+# ---------------------------------------------------------------------------------------------------------------
+
+def trailing_vol(close: np.ndarray, window: int) -> np.ndarray:
+    """Realized vol of the last ``window`` one-bar log returns up to and including t (NaN before)."""
+    r2 = np.r_[np.nan, np.diff(np.log(close))] ** 2
+    out = np.full(close.shape, np.nan)
+    c = np.nancumsum(r2)
+    out[window:] = np.sqrt(c[window:] - c[:-window])
+    return out
+
+
+def make_targets(frame: pl.DataFrame, cfg: RunConfig, train_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Arrays of targets per bar (NaN where the horizon runs past the data). ``train_rows``: the bool mask of
+    training rows, from which (only) the regime tercile edges are taken."""
+    close = frame.get_column("close").to_numpy()
+    hold = cfg.model.hold_horizon
+    ret = np.stack([forward_return(close, h) for h in cfg.model.horizons], axis=1)  # (N, H)
+    tv = trailing_vol(close, cfg.vol_window)
+    edges = np.nanquantile(tv[train_rows], [1 / 3, 2 / 3])
+    regime = np.where(np.isnan(tv), -1, np.digitize(tv, edges)).astype(np.int64)
+    return {
+        "ret": ret.astype(np.float32),
+        "vol": forward_realized_vol(close, hold).astype(np.float32),
+        "up": forward_max_adverse_excursion(close, hold, side=-1).astype(np.float32),
+        "down": forward_max_adverse_excursion(close, hold, side=1).astype(np.float32),
+        "max_dd": forward_max_drawdown(close, hold).astype(np.float32),
+        "regime": regime,
+        "_term": forward_return(close, hold).astype(np.float32),  # for the POP / ROI labels
+        "_iv": frame.get_column("iv").to_numpy().astype(np.float32),
+    }
+
+
+def condor_labels(out: PolicyOutput, term: torch.Tensor, iv: torch.Tensor, cfg: RunConfig
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """POP and ROI labels of the condor the model proposes (strikes and wings detached), per sample.
+
+    Short put at 1 - down_q, short call at 1 + up_q (the ``pop_level`` quantiles, as fractions of spot), long legs
+    ``wing`` further out; credit from Black-Scholes at the entry iv with ``target_dte`` days to expiry, settled at
+    the holding horizon's close (intrinsic value). POP = 1 if the close ends between the short strikes; ROI = P&L /
+    max loss (width - credit). NaN where the horizon runs past the data.
+    """
+    j = cfg.model.quantiles.index(cfg.pop_level)
+    k_put = (1.0 - out.down_q[..., j].detach()).clamp_min(1e-3)
+    k_call = 1.0 + out.up_q[..., j].detach()
+    wing = out.wing.detach().clamp_min(1e-4)
+    s = torch.ones_like(k_put)
+    T = torch.full_like(k_put, cfg.target_dte / 365.0)
+    r, q = cfg.rate, cfg.dividend_yield
+
+    def price(k: torch.Tensor, is_call: bool) -> torch.Tensor:
+        return black_scholes_torch(s, k, T, r, iv, is_call, q).price
+
+    credit = (price(k_put, False) - price((k_put - wing).clamp_min(1e-4), False)
+              + price(k_call, True) - price(k_call + wing, True))
+    s_T = 1.0 + term
+    loss = ((k_put - s_T).clamp_min(0) - (k_put - wing - s_T).clamp_min(0)
+            + (s_T - k_call).clamp_min(0) - (s_T - k_call - wing).clamp_min(0))
+    max_loss = (wing - credit).clamp_min(1e-6)
+    roi = (credit - loss) / max_loss
+    pop = ((s_T > k_put) & (s_T < k_call)).float()
+    missing = ~torch.isfinite(term)
+    return pop.masked_fill(missing, math.nan), roi.masked_fill(missing, math.nan)
+
+
+def make_loss(cfg: RunConfig, weights: LossWeights):
+    """``loss_fn(out, targets)`` for :func:`fit`: labels POP / ROI from the proposal, then :func:`condor_loss`."""
+
+    def loss_fn(out: PolicyOutput, targets: Mapping[str, torch.Tensor]):
+        t = dict(targets)
+        term, iv = t.pop("_term"), t.pop("_iv")
+        t["pop"], t["roi"] = condor_labels(out, term, iv, cfg)
+        return condor_loss(out, t, weights, cfg.model)
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Windows and batches
+# ---------------------------------------------------------------------------------------------------------------
+
+class WindowBatches:
+    """A :data:`condorbrain.train.BatchSource` of lazy windows: seeded order per epoch, targets at each window end."""
+
+    def __init__(self, ds: LazySequenceDataset, targets: Mapping[str, np.ndarray], batch_size: int, *,
+                 shuffle: bool, seed: int) -> None:
+        self.ds, self.targets, self.batch_size, self.shuffle, self.seed = ds, targets, batch_size, shuffle, seed
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.ds) / self.batch_size)
+
+    def __call__(self, epoch: int) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        n = len(self.ds)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        return [self._batch(order[i:i + self.batch_size]) for i in range(0, n, self.batch_size)]
+
+    def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b = self.ds.batch(idx)
+        ends = b.end_row.numpy()
+        return b.x, {k: torch.from_numpy(np.ascontiguousarray(v[ends])) for k, v in self.targets.items()}
+
+
+def _window_dataset(x: np.ndarray, valid: np.ndarray, period: np.ndarray, L: int) -> LazySequenceDataset:
+    return LazySequenceDataset(x, L, row_mask=valid, end_mask=period)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. The job
+# ---------------------------------------------------------------------------------------------------------------
+
+def _periods(ts: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks of training / validation / test rows, with ``hold_horizon`` rows purged before each boundary."""
+    v0, t0 = (np.datetime64(cfg.val_start), np.datetime64(cfg.test_start))
+    day = ts.astype("datetime64[D]")
+    val_lo, test_lo = int(np.searchsorted(day, v0)), int(np.searchsorted(day, t0))
+    hold = cfg.model.hold_horizon
+    idx = np.arange(len(ts))
+    train = idx < val_lo - hold
+    val = (idx >= val_lo) & (idx < test_lo - hold)
+    test = idx >= test_lo
+    for name, m in (("training", train), ("validation", val), ("test", test)):
+        if m.sum() < cfg.model.lookback:
+            raise ValueError(f"the {name} period has {int(m.sum())} rows, fewer than lookback={cfg.model.lookback}")
+    return train, val, test
+
+
+@torch.no_grad()
+def _predict(model: CondorBrain, batches: WindowBatches) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    model.eval()
+    rows, outs = [], []
+    for start in range(0, len(batches.ds), batches.batch_size):
+        idx = np.arange(start, min(len(batches.ds), start + batches.batch_size))
+        b = batches.ds.batch(idx)
+        rows.append(b.end_row.numpy())
+        outs.append(model(b.x))
+    cat = {f: torch.cat([getattr(o, f) for o in outs]).numpy() for f in PolicyOutput._fields}
+    cat["pop_prob"] = torch.sigmoid(torch.from_numpy(cat["pop_logit"])).numpy()
+    return np.concatenate(rows), cat
+
+
+def run_main_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: bool = False,
+                 max_bars: int | None = None) -> dict[str, Any]:
+    """Run the whole job into ``out_dir``; returns the evaluation summary (also written as ``evaluation.json``).
+
+    ``max_bars`` keeps only the last bars (for quick runs and tests). Files: ``config.json`` (the effective config),
+    ``checkpoints/`` and ``metrics.jsonl`` (training), ``predictions.parquet`` (test rows: targets, model,
+    baselines), ``evaluation.json``.
+    """
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    torch.manual_seed(cfg.train.seed)
+
+    bars, vix = load_sp500(), load_vix()
+    if max_bars is not None:
+        bars = bars.tail(max_bars)
+    print(f"[1/5] data: {bars.height} S&P 500 daily bars {bars['ts'][0]:%Y-%m-%d} .. {bars['ts'][-1]:%Y-%m-%d} "
+          f"(real, from arch), synthetic chains priced on VIX / proxy iv")
+    frame = daily_policy_frame(bars, vix, cfg)
+    ts = frame.get_column("ts").dt.replace_time_zone(None).to_numpy()
+    train, val, test = _periods(ts, cfg)
+
+    print("[2/5] features, targets, scaler (fitted on training rows only)")
+    raw = frame.select(list(CONDOR_FEATURES)).to_numpy().astype(np.float32)
+    valid = np.isfinite(raw).all(axis=1)
+    targets = make_targets(frame, cfg, train)
+    scaler = ClippedZScore.fit(raw, train & valid, feature_names=list(CONDOR_FEATURES))
+    x = np.ascontiguousarray(scaler.transform(np.where(valid[:, None], raw, 0.0).astype(np.float32)))
+    L = cfg.model.lookback
+    tcfg = cfg.train
+    batches = {name: WindowBatches(_window_dataset(x, valid, m, L), targets, tcfg.batch_size,
+                                   shuffle=name == "train", seed=tcfg.seed)
+               for name, m in (("train", train), ("val", val), ("test", test))}
+    print(f"      windows of {L} bars: train {len(batches['train'].ds)}, validation {len(batches['val'].ds)}, "
+          f"test {len(batches['test'].ds)}")
+
+    print(f"[3/5] training CondorBrain ({cfg.model.mixer}, d_model {cfg.model.d_model}, {cfg.model.n_layer} layers)")
+    model = CondorBrain(cfg.model)
+    weights = LossWeights(wing=0.0)  # no wing label yet: the wing is only priced (see condor_labels)
+    info = RunInfo(features=tuple(CONDOR_FEATURES), normalization=scaler.to_dict(),
+                   data_range={"first": str(ts[0]), "last": str(ts[-1]), "test_start": cfg.test_start},
+                   model_config=cfg.model.to_dict())
+    result = fit(model, make_loss(cfg, weights), batches["train"], batches["val"](0), tcfg, out, resume=resume,
+                 run_info=info)
+    ckpt = load_checkpoint(result.checkpoint)
+    model.load_state_dict(ckpt.weights(prefer_ema=True))
+
+    print("[4/5] evaluation on the held-out period, next to the baselines")
+    rows, pred = _predict(model, batches["test"])
+    close = frame.get_column("close").to_numpy()
+    r = np.r_[np.nan, np.diff(np.log(close))]
+    test_lo = int(np.argmax(test))
+    hold = cfg.model.hold_horizon
+    vb = vol_baselines(r, hold, test_lo, window=cfg.vol_window, refit_every=cfg.garch_refit_every)
+    tables: dict[str, pl.DataFrame] = {}
+    truth_vol = targets["vol"][rows].astype(np.float64)
+    tables[f"volatility, {hold} bars"] = compare_forecasts(
+        truth_vol, {"condorbrain": pred["vol"].astype(np.float64), **{k: v[rows] for k, v in vb.items()}},
+        kind="volatility")
+    for j, h in enumerate(cfg.model.horizons):
+        truth = np.log1p(targets["ret"][rows, j].astype(np.float64))
+        rb = return_baselines(r, h)
+        model_log = np.log1p(pred["ret"][:, j].astype(np.float64))
+        tables[f"return, {h} bars"] = compare_forecasts(truth, {"condorbrain": model_log,
+                                                               **{k: v[rows] for k, v in rb.items()}},
+                                                        kind="return")
+    pop_label, roi_label = _labels(pred, rows, targets, cfg)
+    # POP baseline: the training period's frequency of profit for the model's own proposals (climatology).
+    train_rows, train_pred = _predict(model, batches["train"])
+    train_pop, _ = _labels(train_pred, train_rows, targets, cfg)
+    base_rate = float(np.nanmean(train_pop.numpy()))
+    tables["probability of profit"] = compare_forecasts(
+        pop_label.numpy().astype(np.float64),
+        {"condorbrain": pred["pop_prob"].astype(np.float64), "training base rate": np.full(len(rows), base_rate)},
+        kind="probability")
+
+    print("[5/5] writing the run folder")
+    pl.DataFrame({
+        "ts": frame.get_column("ts").gather(rows), "close": close[rows],
+        **{f"target_ret_{h}": targets["ret"][rows, j] for j, h in enumerate(cfg.model.horizons)},
+        **{f"pred_ret_{h}": pred["ret"][:, j] for j, h in enumerate(cfg.model.horizons)},
+        "target_vol": truth_vol, "pred_vol": pred["vol"], **{f"baseline_{k}": v[rows] for k, v in vb.items()},
+        "pred_pop": pred["pop_prob"], "pop_label": pop_label.numpy(), "pred_roi": pred["roi"],
+        "roi_label": roi_label.numpy(), "regime_label": targets["regime"][rows],
+        **{f"pred_regime_{i}": torch.softmax(torch.from_numpy(pred["regime_logits"]), -1).numpy()[:, i]
+           for i in range(cfg.model.n_regimes)},
+    }).write_parquet(out / "predictions.parquet")
+    summary = {
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "train": {"steps": result.steps, "stopped": result.stopped, "best_val_loss": result.best_val_loss,
+                  "best_step": result.best_step, "checkpoint": str(result.checkpoint)},
+        "test_period": {"first": str(ts[rows[0]]), "last": str(ts[rows[-1]]), "samples": int(len(rows))},
+        "tables": {name: t.to_dicts() for name, t in tables.items()},
+    }
+    (out / "evaluation.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    _print_summary(summary, tables)
+    return summary
+
+
+def _labels(pred: Mapping[str, np.ndarray], rows: np.ndarray, targets: Mapping[str, np.ndarray], cfg: RunConfig
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """POP / ROI labels of predicted proposals ``pred`` at window ends ``rows``."""
+    out = PolicyOutput(*(torch.from_numpy(pred[f]) for f in PolicyOutput._fields))
+    return condor_labels(out, torch.from_numpy(targets["_term"][rows]), torch.from_numpy(targets["_iv"][rows]), cfg)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, (dt.datetime, dt.date, np.datetime64)):
+        return str(o)
+    return str(o)
+
+
+def _print_summary(summary: Mapping[str, Any], tables: Mapping[str, pl.DataFrame]) -> None:
+    print(f"\nHeld-out test period {summary['test_period']['first'][:10]} .. {summary['test_period']['last'][:10]}, "
+          f"{summary['test_period']['samples']} samples; training: {summary['train']['steps']} steps "
+          f"({summary['train']['stopped']}); {summary['seconds']} s in all")
+    with pl.Config(tbl_rows=50, tbl_cols=20, float_precision=5, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True):
+        for name, table in tables.items():
+            print(f"\n{name}")
+            print(table)
