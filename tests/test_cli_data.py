@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 from condorbrain import cli
-from condorbrain.dataset import read_metadata
+from condorbrain.dataset import open_dataset, read_metadata
 
 SYNTH = ["--sessions", "2", "--strikes-each-side", "1", "--no-progress"]  # 2 x 390 bars, 12 contracts a minute
 
@@ -109,7 +109,10 @@ def test_build_errors_and_config(market: Path, tmp_path: Path, capsys) -> None:
     assert cli.main(["data", "build", str(tmp_path / "x"), "--embedded", "sp500", "--print-config"]) == 0
     config = json.loads(capsys.readouterr().out)
     assert config["features"]["ivr_window"] == 252 and config["features"]["rate"] == 0.02
-    assert config["max_staleness"] == 120.0 and config["horizons"] == [1, 5, 10, 30]
+    # daily bars: the previous session's quote still counts, over a long weekend too (Friday 16:00 -> Tuesday 16:00)
+    assert config["max_staleness"] == 4 * 86_400.0 and config["horizons"] == [1, 5, 10, 30]
+    assert cli.main(["data", "build", str(tmp_path / "x"), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_staleness"] == 120.0  # files: the 1-minute default
 
     # a config file: what --print-config prints reads back; flags override it; nested fields merge one by one
     path = tmp_path / "build.json"
@@ -130,23 +133,28 @@ def test_build_errors_and_config(market: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_build_embedded(tmp_path: Path, monkeypatch, capsys) -> None:
-    """--embedded sp500 wires the real bars, the real VIX and synth_chains; here on the first 300 sessions of
-    2014 (inside the VIX's coverage) so the test stays small."""
+    """--embedded sp500 wires the real bars, the real VIX and synth_chains; here on the first 600 sessions from
+    2014 on (to mid-2016, inside the VIX's coverage) so the test stays small."""
     import condorbrain.data as data
 
     full = data.load_sp500()
-    monkeypatch.setattr(data, "load_sp500", lambda: full.filter(pl.col("ts").dt.year() >= 2014).head(300))
+    monkeypatch.setattr(data, "load_sp500", lambda: full.filter(pl.col("ts").dt.year() >= 2014).head(600))
     out = tmp_path / "sp"
     assert cli.main(["data", "build", str(out), "--embedded", "sp500", "--no-progress"]) == 0
     meta = read_metadata(out)
-    assert meta["symbols"] == ["^GSPC"] and meta["counts"]["bars"] == 300
+    assert meta["symbols"] == ["^GSPC"] and meta["counts"]["bars"] == 600
     assert meta["provenance"]["bars"].startswith("REAL") and "VIX" in meta["provenance"]["quotes"]
     assert meta["synthetic"]["quotes_flagged_synthetic"] == meta["synthetic"]["quotes_total"] > 0
-    # a daily chain quotes the strikes around that day's close: a contract listed earlier whose strike is no longer
-    # in the chain has no quote within max_staleness that day; its row is kept, without a quote, and counted
+    # a listed strike stays quoted at every bar until its expiry (its expiry bar included), so every joined row has
+    # a fresh quote: one quote per row, none missing; the invalid rows are the indicators' and IV rank's warm-up
     c = meta["counts"]
-    assert 0 < c["rows_without_quote"] < meta["rows"] and 0 < c["valid_rows"] < meta["rows"]
-    assert c["nan_by_feature"]["spread_ratio"] == c["rows_without_quote"]
+    assert c["rows_without_quote"] == 0 and meta["synthetic"]["quotes_total"] == meta["rows"]
+    assert "spread_ratio" not in c["nan_by_feature"] and "iv" not in c["nan_by_feature"]
+    assert 0 < c["valid_rows"] < meta["rows"]
+    assert c["nan_by_feature"]["ivr"] == c["invalid_rows"]  # ivr_window = 252 bars: the last to warm up
+    # windows of 20 daily bars inside one contract, every row valid, exist in numbers (120 cannot: a contract lives
+    # at most about 45 bars)
+    assert len(open_dataset(out, 20)) > 1000
 
 
 def test_every_option_is_documented() -> None:

@@ -209,8 +209,27 @@ def test_lazy_dataset_on_the_folder(built) -> None:
     starts = ds.start_rows(idx)
     for k, s in enumerate(starts[:20]):
         np.testing.assert_array_equal(batch.x[k].numpy(), x[s : s + 30])
-        assert seg[s] == seg[s + 29] and valid[s + 29] and np.isfinite(y[s + 29]).all()
+        assert seg[s] == seg[s + 29] and valid[s : s + 30].all() and np.isfinite(y[s + 29]).all()
+    assert np.isfinite(batch.x.numpy()).all()  # by default no window holds an invalid row
     assert len(ds) <= summary.valid_rows
+
+
+@pytest.mark.parametrize("windows_only", [True, False])
+@pytest.mark.parametrize("ends_only", [True, False])
+def test_open_dataset_windows_equal_brute_force(built, windows_only: bool, ends_only: bool) -> None:
+    """The windows open_dataset keeps are those a loop over every start row finds by its documented rules."""
+    out, _ = built
+    L = 30
+    valid, y = np.load(out / "valid.npy"), np.load(out / "targets.npy")
+    seg = np.load(out / "segment_ids.npy")
+    ds = open_dataset(out, L, valid_windows_only=windows_only, valid_ends_only=ends_only)
+    expected = [s for s in range(len(seg) - L + 1)
+                if seg[s] == seg[s + L - 1]
+                and (not windows_only or valid[s : s + L].all())
+                and (not ends_only or (valid[s + L - 1] and np.isfinite(y[s + L - 1]).all()))]
+    np.testing.assert_array_equal(ds.start_rows(), expected)
+    if not windows_only:  # the fixture does have windows with an invalid row before a valid end (warm-up, stale)
+        assert len(ds) > len(open_dataset(out, L, valid_windows_only=True, valid_ends_only=ends_only))
 
 
 def test_bad_input_raises_named_errors(market, tmp_path) -> None:

@@ -84,6 +84,7 @@ __all__ = [
     "EXTRA_SETS",
     "BuildConfig",
     "BuildSummary",
+    "DAILY_MAX_STALENESS",
     "build_dataset",
     "open_dataset",
     "read_metadata",
@@ -97,6 +98,13 @@ DATASET_FILES: tuple[str, ...] = (
     "metadata.json",
 )  # fmt: skip
 """The files of a dataset folder."""
+
+DAILY_MAX_STALENESS = dt.timedelta(days=4)
+"""``max_staleness`` for daily bars (``condorbrain data build --embedded`` uses it). On daily bars the previous
+session's quote is the latest one a bar may have (e.g. an end-of-day snapshot stamped after the 16:00 close is first
+seen by the next day's bar), and the longest regular gap between two sessions' closes is 4 calendar days (Friday to
+Tuesday over a Monday holiday). The 1-minute default (2 minutes) would call every such quote missing. The embedded
+chains quote every listed contract at each bar's own end time, so for them the choice changes nothing."""
 
 EXTRA_SETS: tuple[str, ...] = ("microstructure", "interaction", "forecaster")
 """Optional feature sets appended after the 24, in this order when asked for."""
@@ -121,8 +129,9 @@ class BuildConfig:
     """How :func:`build_dataset` joins, featurises and writes."""
 
     max_staleness: dt.timedelta = dt.timedelta(minutes=2)
-    """Oldest quote the as-of join still uses (inclusive); older counts as missing. Two 1-minute bars by default;
-    use 0 for chains quoted at the bar's end time (e.g. the embedded daily chains)."""
+    """Oldest quote the as-of join still uses (inclusive); older counts as missing. Two 1-minute bars by default.
+    For daily bars use a few calendar days, so that the previous session's quote still counts across a weekend or
+    a holiday: :data:`DAILY_MAX_STALENESS` (4 days), which ``condorbrain data build --embedded`` uses."""
     features: FeatureConfig = field(default_factory=lambda: FeatureConfig(dtype="float32"))
     """Settings of the 24 and of the microstructure / interaction sets; the build computes them in float32."""
     extra_sets: tuple[str, ...] = ()
@@ -487,13 +496,22 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def open_dataset(path: str | os.PathLike[str], seq_len: int, *, max_gap: dt.timedelta | None = None,
-                 valid_ends_only: bool = True):  # -> LazySequenceDataset (torch imported on use)
+                 valid_ends_only: bool = True,
+                 valid_windows_only: bool = True):  # -> LazySequenceDataset (torch imported on use)
     """A :class:`~condorbrain.data.LazySequenceDataset` on a dataset folder, every array memory-mapped.
 
     Windows stay inside one contract (``segment_ids``); with ``max_gap`` they also stop at larger time steps (e.g.
-    ``timedelta(minutes=1)`` for 1-minute bars stops them at overnight gaps). With ``valid_ends_only`` a window
-    must end on a row whose features are all finite and whose targets are all finite (its label); earlier rows of
-    the window may still hold NaN (warm-up, a missing quote), which the model's input normalisation must handle.
+    ``timedelta(minutes=1)`` for 1-minute bars stops them at overnight gaps). Which windows are kept:
+
+    * ``valid_windows_only`` (default True): every row of the window is valid (``valid.npy``: all its features
+      finite), so no window feeds a NaN (indicator warm-up, a missing or stale quote, an iv that does not solve) to
+      the model. Set it False only for a model whose input layer imputes NaN; windows may then hold invalid rows
+      before their last one.
+    * ``valid_ends_only`` (default True): the window's last row is valid and its targets are all finite (its label
+      exists). The targets of earlier rows are never used, so they may be NaN.
+
+    Both are masks on rows, applied without copying or materialising the windows; the dataset keeps its valid
+    starts as intervals. ``valid.npy`` (one byte a row) is read into memory while the intervals are computed.
     """
     from condorbrain.data import LazySequenceDataset
 
@@ -501,14 +519,16 @@ def open_dataset(path: str | os.PathLike[str], seq_len: int, *, max_gap: dt.time
     read_metadata(root)
     load = lambda name: np.load(root / name, mmap_mode="r")  # noqa: E731
     targets = load("targets.npy")
+    valid = np.array(load("valid.npy")) if valid_ends_only or valid_windows_only else None
     end_mask = None
     if valid_ends_only:
-        end_mask = np.array(load("valid.npy"))
+        end_mask = valid.copy()
         step = 1 << 20
         for lo in range(0, len(end_mask), step):
             end_mask[lo : lo + step] &= np.isfinite(targets[lo : lo + step]).all(axis=1)
     return LazySequenceDataset(load("features.npy"), seq_len, targets=targets, segment_ids=load("segment_ids.npy"),
-                               timestamps=load("timestamps.npy"), max_gap=max_gap, end_mask=end_mask)
+                               timestamps=load("timestamps.npy"), max_gap=max_gap,
+                               row_mask=valid if valid_windows_only else None, end_mask=end_mask)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -41,10 +41,12 @@ def make_data(n: int = 3000, f: int = 5, seed: int = 0):
     return x, y, seg, session, ts.astype("datetime64[us]")
 
 
-def brute_force_starts(n, L, seg=None, session=None, ts=None, max_gap=None, end_mask=None):
+def brute_force_starts(n, L, seg=None, session=None, ts=None, max_gap=None, end_mask=None, row_mask=None):
     out = []
     for s in range(n - L + 1):
         rows = slice(s, s + L)
+        if row_mask is not None and not row_mask[rows].all():
+            continue
         if seg is not None and len(set(seg[rows].tolist())) != 1:
             continue
         if session is not None and len(set(session[rows].tolist())) != 1:
@@ -58,22 +60,26 @@ def brute_force_starts(n, L, seg=None, session=None, ts=None, max_gap=None, end_
 
 
 @pytest.mark.parametrize("L", [1, 2, 30, 60])
-@pytest.mark.parametrize("which", ["plain", "segments", "sessions", "gaps", "end_mask"])
+@pytest.mark.parametrize("which", ["plain", "segments", "sessions", "gaps", "end_mask", "row_mask", "all"])
 def test_valid_starts_equal_brute_force_and_windows_equal_slices(L, which):
     x, y, seg, session, ts = make_data()
     n = len(x)
     end_mask = np.random.default_rng(3).random(n) > 0.3
+    row_mask = sparse_invalid_rows(n)
     kwargs = {
         "plain": {},
         "segments": {"segment_ids": seg},
         "sessions": {"segment_ids": seg, "session_ids": session},
         "gaps": {"segment_ids": seg, "timestamps": ts, "max_gap": datetime.timedelta(minutes=5)},
         "end_mask": {"segment_ids": seg, "end_mask": end_mask},
+        "row_mask": {"segment_ids": seg, "row_mask": row_mask},
+        "all": {"segment_ids": seg, "session_ids": session, "timestamps": ts,
+                "max_gap": datetime.timedelta(minutes=5), "end_mask": end_mask, "row_mask": row_mask},
     }[which]
     ds = LazySequenceDataset(x, L, targets=y, **kwargs)
     ref = brute_force_starts(n, L, seg=kwargs.get("segment_ids"), session=kwargs.get("session_ids"), ts=ts,
-                             max_gap=np.timedelta64(5, "m") if which == "gaps" else None,
-                             end_mask=kwargs.get("end_mask"))
+                             max_gap=np.timedelta64(5, "m") if "max_gap" in kwargs else None,
+                             end_mask=kwargs.get("end_mask"), row_mask=kwargs.get("row_mask"))
     np.testing.assert_array_equal(ds.start_rows(), ref)
     assert len(ds) == len(ref)
     for k in range(0, len(ds), 7):
@@ -85,6 +91,52 @@ def test_valid_starts_equal_brute_force_and_windows_equal_slices(L, which):
         np.testing.assert_array_equal(item.x.numpy(), x[s:s + L])
         np.testing.assert_array_equal(item.y.numpy(), y[s + L - 1])
         assert int(item.end_row) == s + L - 1
+
+
+def sparse_invalid_rows(n: int, seed: int = 4) -> np.ndarray:
+    """(n,) bool row mask: scattered False rows (1%) plus two blocks of False (a warm-up, a data hole)."""
+    mask = np.random.default_rng(seed).random(n) > 0.01
+    mask[:45] = False
+    mask[1300:1340] = False
+    return mask
+
+
+def test_row_mask_equals_the_cumulative_sum_rule_and_keeps_intervals():
+    """Every row of every window is True; the starts are those where the count of False rows in [s, s + L),
+    a difference of cumulative sums, is 0; and the dataset still stores intervals, not rows."""
+    x, y, seg, _, _ = make_data()
+    n, L = len(x), 25
+    row_mask = sparse_invalid_rows(n)
+    ds = LazySequenceDataset(x, L, targets=y, segment_ids=seg, row_mask=row_mask)
+    bad = np.concatenate(([0], np.cumsum(~row_mask)))
+    s = np.arange(n - L + 1)
+    same_segment = seg[s] == seg[s + L - 1]
+    expected = s[same_segment & (bad[s + L] == bad[s])]
+    starts = ds.start_rows()
+    np.testing.assert_array_equal(starts, expected)
+    assert all(row_mask[k:k + L].all() for k in starts)
+    assert len(ds) < len(LazySequenceDataset(x, L, segment_ids=seg))
+    runs = np.count_nonzero(np.diff(starts) != 1) + 1  # runs of consecutive starts
+    assert ds.overhead_bytes == 8 * runs + 8 * (runs + 1)
+    np.testing.assert_array_equal(ds.batch(np.arange(len(ds))).end_row.numpy(), starts + L - 1)
+
+
+def test_row_mask_has_no_look_ahead():
+    """Changing the mask (or the features) after row t leaves every window that ends at or before t unchanged."""
+    x, _, seg, _, _ = make_data()
+    n, L, t = len(x), 30, 1800
+    row_mask = sparse_invalid_rows(n)
+    later = row_mask.copy()
+    later[t + 1:] = np.random.default_rng(9).random(n - t - 1) > 0.5
+    x2 = x.copy()
+    x2[t + 1:] += 100.0
+    a = LazySequenceDataset(x, L, segment_ids=seg, row_mask=row_mask)
+    b = LazySequenceDataset(x2, L, segment_ids=seg, row_mask=later)
+    ends_a, ends_b = a.start_rows() + L - 1, b.start_rows() + L - 1
+    np.testing.assert_array_equal(ends_a[ends_a <= t], ends_b[ends_b <= t])
+    k = np.flatnonzero(ends_a <= t)
+    np.testing.assert_array_equal(a.batch(k).x.numpy(), b.batch(k).x.numpy())
+    assert not np.array_equal(ends_a[ends_a > t], ends_b[ends_b > t])  # the change does reach later windows
 
 
 def test_sessions_and_gaps_both_stop_windows_at_the_overnight_gap():
@@ -264,6 +316,14 @@ def test_bad_inputs_raise_naming_the_argument():
         LazySequenceDataset(x, 10, end_mask=np.ones(len(x)))
     with pytest.raises(ValueError, match="no window of seq_len=10 fits"):
         LazySequenceDataset(x, 10, end_mask=np.zeros(len(x), dtype=bool))
+    with pytest.raises(ValueError, match="row_mask must be boolean"):
+        LazySequenceDataset(x, 10, row_mask=np.ones(len(x)))
+    with pytest.raises(ValueError, match=r"row_mask must have shape \(3000,\)"):
+        LazySequenceDataset(x, 10, row_mask=np.ones(len(x) - 1, dtype=bool))
+    alternating = np.arange(len(x)) % 10 != 0  # True runs of 9 rows: no window of 10 fits
+    with pytest.raises(ValueError, match="no window of seq_len=10 fits"):
+        LazySequenceDataset(x, 10, row_mask=alternating)
+    assert len(LazySequenceDataset(x, 9, row_mask=alternating)) == 300  # runs 1..9, 11..19, ..., 2991..2999
     # timestamps may restart at a segment boundary (each contract has its own clock)
     restart = np.concatenate([np.arange(1500), np.arange(1500)]).astype(np.int64)
     two = np.repeat([0, 1], 1500)

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from condorbrain.data import ChainConfig, load_sp500, load_vix, synth_chains, validate_quotes
-from condorbrain.data.chains import _atm_level
+from condorbrain.data.chains import _atm_level, _expiry_grid
 
 UTC = dt.timezone.utc
 
@@ -29,19 +29,84 @@ def test_layout_and_sanity(sp500: pl.DataFrame, vix: pl.DataFrame) -> None:
     cfg = ChainConfig()
     q = synth_chains(bars, cfg, vix=vix)
     assert validate_quotes(q, strict=True).ok
-    assert (q["bid"] <= q["ask"]).all() and (q["expiry"] > q["ts"]).all() and q["synthetic"].all()
+    assert (q["bid"] <= q["ask"]).all() and (q["expiry"] >= q["ts"]).all() and q["synthetic"].all()
     assert (q["strike"] % cfg.strike_round == 0).all()
-    per_bar = q.group_by("ts").agg(pl.len(), pl.col("expiry").n_unique().alias("n_exp"), pl.col("strike").n_unique())
+    # every bar has a chain: 2 weekly + 2 monthly open expiries (one may coincide), plus on an expiry's own bar the
+    # contracts expiring there
+    per_bar = q.group_by("ts").agg(pl.len(), pl.col("expiry").n_unique().alias("n_exp"))
     assert per_bar.height == bars.height
-    assert per_bar["strike"].unique().to_list() == [2 * cfg.strikes_each_side + 1]
-    assert set(per_bar["n_exp"].unique().to_list()) <= {3, 4}  # 2 weekly + 2 monthly, one may coincide
-    assert (per_bar["len"] == per_bar["n_exp"] * per_bar["strike"] * 2).all()
-    # strikes are centred on the bar's close
-    atm = q.join(bars.select("ts", "close"), on="ts").group_by("ts").agg(
-        ((pl.col("strike") - pl.col("close")).abs().min() <= cfg.strike_round / 2).alias("ok"))
+    open_exp = q.filter(pl.col("expiry") > pl.col("ts")).group_by("ts").agg(pl.col("expiry").n_unique())
+    assert set(open_exp["expiry"].unique().to_list()) <= {3, 4}
+    # each (bar, expiry) quotes a call and a put on each strike, at least the 2 n + 1 strikes of the bar's grid
+    per_exp = q.group_by("ts", "expiry").agg(pl.len(), pl.col("strike").n_unique())
+    assert (per_exp["len"] == 2 * per_exp["strike"]).all()
+    assert per_exp["strike"].min() >= 2 * cfg.strikes_each_side + 1
+    assert per_exp["strike"].max() > 2 * cfg.strikes_each_side + 1  # strikes listed at earlier spots stay
+    # the strikes nearest the bar's close are quoted for every open expiry
+    atm = q.filter(pl.col("expiry") > pl.col("ts")).join(bars.select("ts", "close"), on="ts").group_by(
+        "ts", "expiry").agg(((pl.col("strike") - pl.col("close")).abs().min() <= cfg.strike_round / 2).alias("ok"))
     assert atm["ok"].all()
     # ordered by bar, expiry, strike, right
     assert q.equals(q.sort("ts", "expiry", "strike", pl.col("right"), maintain_order=True))
+
+
+def _reference_listing(bars: pl.DataFrame, cfg: ChainConfig) -> set[tuple[str, dt.datetime, dt.datetime, float]]:
+    """The listing rule by plain loops over bars: (symbol, ts, expiry, strike) of every quoted (bar, contract).
+
+    Per symbol in time order: the bar's centred grid is added to each open expiry's set of strikes; every expiry
+    with expiry >= the bar's ts quotes all the strikes it has collected so far.
+    """
+    ts_us = bars["ts"].dt.cast_time_unit("us").dt.epoch("us").to_numpy()
+    open_exp = _expiry_grid(bars, ts_us, cfg)  # the expiry calendar is not what is checked here
+    out = set()
+    for sym in bars["symbol"].unique().to_list():
+        listed: dict[int, set[float]] = {}
+        for i in np.flatnonzero((bars["symbol"] == sym).to_numpy()):
+            close = bars["close"][int(i)]
+            centre = round(close / cfg.strike_round) * cfg.strike_round
+            step = max(cfg.strike_round, round(close * cfg.strike_step_pct / cfg.strike_round) * cfg.strike_round)
+            grid = {centre + step * j for j in range(-cfg.strikes_each_side, cfg.strikes_each_side + 1)}
+            for x in open_exp[i]:
+                if x >= 0:
+                    listed.setdefault(int(x), set()).update(grid)
+            for x, strikes in listed.items():
+                if x >= ts_us[i]:
+                    expiry = dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=x)
+                    out |= {(sym, bars["ts"][int(i)], expiry, k) for k in strikes}
+    return out
+
+
+def test_listed_strikes_stay_quoted_until_expiry(sp500: pl.DataFrame) -> None:
+    """Against the loop reference, on the autumn of 2008 (spot moves a lot) and a second, interleaved symbol."""
+    a = sp500.filter((pl.col("ts").dt.year() == 2008) & (pl.col("ts").dt.month() >= 9)).head(70)
+    b = a.with_columns(symbol=pl.lit("ZZZ"), close=pl.col("close").reverse(), open=pl.col("open").reverse(),
+                       high=pl.col("high").reverse(), low=pl.col("low").reverse())
+    bars = pl.concat([a, b]).sort("ts", maintain_order=True)
+    cfg = ChainConfig(strikes_each_side=3, weekly_expiries=2, monthly_expiries=1)
+    q = synth_chains(bars, cfg)
+    assert validate_quotes(q, strict=True).ok
+    calls, puts = (q.filter(pl.col("right") == r).select("underlying", "ts", "expiry", "strike") for r in "CP")
+    assert calls.equals(puts)
+    got = set(calls.iter_rows())
+    assert len(got) == calls.height
+    assert got == _reference_listing(bars, cfg)
+    assert calls.group_by("underlying", "ts", "expiry").len()["len"].max() > 2 * 3 + 1  # the chains did widen
+
+    # each contract: an unbroken run of its symbol's bars, from its first quote to the last bar at or before expiry
+    pos = bars.select("symbol", "ts").with_columns(pl.int_range(pl.len()).over("symbol").alias("pos"))
+    runs = (calls.join(pos, left_on=["underlying", "ts"], right_on=["symbol", "ts"])
+            .group_by("underlying", "expiry", "strike")
+            .agg(pl.len(), pl.col("pos").min().alias("lo"), pl.col("pos").max().alias("hi"), pl.col("ts").max()))
+    assert (runs["hi"] - runs["lo"] + 1 == runs["len"]).all()
+    for sym, expiry, ts in runs.select("underlying", "expiry", "ts").iter_rows():
+        sym_ts = bars.filter(pl.col("symbol") == sym)["ts"]
+        assert ts == sym_ts.filter(sym_ts <= expiry).max()  # quoted up to expiry (or the symbol's last bar)
+    # on its expiry bar a contract is priced at T = 0: its intrinsic value lies within bid .. ask
+    at_exp = q.filter(pl.col("expiry") == pl.col("ts")).join(bars.select("symbol", "ts", "close"),
+                                                             left_on=["underlying", "ts"], right_on=["symbol", "ts"])
+    assert at_exp.height > 0
+    intrinsic = np.maximum(np.where(at_exp["right"] == "C", 1.0, -1.0) * (at_exp["close"] - at_exp["strike"]), 0.0)
+    assert ((at_exp["bid"] <= intrinsic + 1e-9) & (intrinsic <= at_exp["ask"] + 1e-9)).all()
 
 
 def test_iv_source_and_level(sp500: pl.DataFrame, vix: pl.DataFrame) -> None:

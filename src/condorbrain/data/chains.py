@@ -1,9 +1,21 @@
 """Synthetic option chains for real bars (where no real chain exists), priced by Black-Scholes.
 
 For each bar (typically the real S&P 500 daily bars of :func:`~condorbrain.data.load_sp500`) and at the bar's end
-time, the chain lists calls and puts on ``2 * strikes_each_side + 1`` strikes around the bar's close and on the
-next weekly and monthly expiries. What is real: the bar's ts and close (the spot) and, where used, the VIX. What is
-derived (every row has ``synthetic = True``): strikes, expiries, implied vols, bid and ask.
+time, the chain lists calls and puts on the next weekly and monthly expiries. What is real: the bar's ts and close
+(the spot) and, where used, the VIX. What is derived (every row has ``synthetic = True``): strikes, expiries,
+implied vols, bid and ask.
+
+Strikes stay listed, as on a real exchange. At each bar the *new listings* of an open expiry (one of the next
+``weekly_expiries`` weeklies or ``monthly_expiries`` monthlies strictly after the bar's end time) are the
+``2 * strikes_each_side + 1`` strikes of a grid centred on the bar's close (centre and step rounded to multiples of
+``strike_round``, step ~ ``strike_step_pct`` of the close). A strike, once listed for an expiry, is quoted at every
+later bar of its symbol up to and including the expiry bar (the bar ending exactly at the expiry, if there is one;
+priced there at T = 0, i.e. at intrinsic value, with the usual spread), whatever spot does meanwhile. So at bar t the
+chain of expiry X holds the union of the centred grids of every bar from X's first listing up to t (the chain widens
+as spot moves and never loses a strike), and each contract is quoted on one unbroken run of its symbol's bars, from
+its first listing to its expiry. Which strikes are listed at t depends on the closes up to t only. On daily bars a
+contract lives at most as many bars as its expiry is listed ahead: about 10 for the default weeklies, about 45 for
+the second monthly.
 
 The implied-vol surface (:class:`~condorbrain.data._pricing.SurfaceParams`) hangs off a 30-day ATM level:
 
@@ -15,8 +27,8 @@ The implied-vol surface (:class:`~condorbrain.data._pricing.SurfaceParams`) hang
   the symbol's first bar. Past data only; nothing is fitted on later data.
 
 Bid and ask come from :class:`~condorbrain.data._pricing.SpreadParams`. Expiries are 16:00 New York on Fridays
-(weekly) and third Fridays (monthly), moved to the previous trading day on holidays; only expiries strictly after
-the bar's end time are listed. Rates are constant assumptions (``rate``, ``div_yield``), not history.
+(weekly) and third Fridays (monthly), moved to the previous trading day on holidays. Rates are constant assumptions
+(``rate``, ``div_yield``), not history.
 """
 
 from __future__ import annotations
@@ -106,17 +118,9 @@ def synth_chains(bars: pl.DataFrame, config: ChainConfig | None = None, *,
     ts_us = bars.get_column("ts").dt.cast_time_unit("us").dt.epoch("us").to_numpy()
     spot = bars.get_column("close").to_numpy()
     exp_us = _expiry_grid(bars, ts_us, c)  # (N, E), -1 where a slot is empty
-    step = np.maximum(c.strike_round, np.round(spot * c.strike_step_pct / c.strike_round) * c.strike_round)
-    centre = np.round(spot / c.strike_round) * c.strike_round
-    strikes = centre[:, None] + step[:, None] * np.arange(-c.strikes_each_side, c.strikes_each_side + 1)  # (N, K)
-
-    n, e, k = exp_us.shape[0], exp_us.shape[1], strikes.shape[1]
-    shape = (n, e, k, 2)  # bar, expiry, strike, right
-    keep = np.broadcast_to((exp_us >= 0)[:, :, None, None], shape).ravel()
-    bar_i = np.broadcast_to(np.arange(n)[:, None, None, None], shape).ravel()[keep]
-    exp = np.broadcast_to(exp_us[:, :, None, None], shape).ravel()[keep]
-    strike = np.broadcast_to(strikes[:, None, :, None], shape).ravel()[keep]
-    is_call = np.broadcast_to(np.array([True, False]), shape).ravel()[keep]
+    bar_i, exp, strike = _listed_contracts(bars, ts_us, spot, exp_us, c)  # one entry per (bar, expiry, strike) quoted
+    bar_i, exp, strike = (np.repeat(a, 2) for a in (bar_i, exp, strike))  # a call then a put
+    is_call = np.tile(np.array([True, False]), bar_i.shape[0] // 2)
 
     S = spot[bar_i]
     T = (exp - ts_us[bar_i]) / _US_PER_YEAR
@@ -134,6 +138,57 @@ def synth_chains(bars: pl.DataFrame, config: ChainConfig | None = None, *,
         "synthetic": pl.Series([True]).new_from_index(0, len(bar_i)),
         "iv_source": atm.get_column("iv_source").gather(idx),
     })
+
+
+def _listed_contracts(bars: pl.DataFrame, ts_us: np.ndarray, spot: np.ndarray, exp_us: np.ndarray,
+                      c: ChainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (bar, expiry, strike) the chains quote, as three (R,) arrays ordered by bar row, expiry, strike.
+
+    ``bar_i`` is the bar's row in ``bars`` (int64), ``exp`` the expiry (us since epoch, int64), ``strike`` the
+    strike (float64, a multiple of ``strike_round``). The rule is the module docstring's. Vectorised, no loop over
+    bars: in positions of each symbol's time order, a contract's first bar is the smallest position at which its
+    strike is in the centred grid of its (open) expiry, its last bar the largest position at which the expiry is
+    open, or the next one if that bar ends exactly at the expiry; the runs between are expanded by ``int_ranges``.
+    Strict validation has checked ts ascending within each symbol, so row order is time order there.
+    """
+    n, e = exp_us.shape
+    k = 2 * c.strikes_each_side + 1
+    step = np.maximum(1.0, np.round(spot * c.strike_step_pct / c.strike_round))  # in units of strike_round
+    centre = np.round(spot / c.strike_round)
+    units = (centre[:, None] + step[:, None] * np.arange(-c.strikes_each_side, c.strikes_each_side + 1)
+             ).astype(np.int64)  # (N, K) strikes / strike_round, exact integers
+    # position of each bar in its symbol's rows (row order = time order inside a symbol); symbols get disjoint
+    # position ranges, so a run of positions never crosses a symbol
+    sym = bars.get_column("symbol").rank("dense").to_numpy().astype(np.int64)
+    order = np.lexsort((np.arange(n), sym))  # rows grouped by symbol, in time order inside each
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)
+
+    shape = (n, e, k)  # bar, expiry slot, strike of the bar's centred grid
+    open_ = np.broadcast_to((exp_us >= 0)[:, :, None], shape).ravel()
+    grid = pl.DataFrame({
+        "_sym": np.broadcast_to(sym[:, None, None], shape).ravel()[open_],
+        "_exp": np.broadcast_to(exp_us[:, :, None], shape).ravel()[open_],
+        "_units": np.broadcast_to(units[:, None, :], shape).ravel()[open_],
+        "_pos": np.broadcast_to(pos[:, None, None], shape).ravel()[open_],
+    })
+    # last bar of an expiry: the last one it is open at (ts < expiry), or the next bar of the symbol if that one
+    # ends exactly at the expiry (the expiry bar, where its contracts are quoted at T = 0)
+    last = grid.group_by("_sym", "_exp").agg(pl.col("_pos").max().alias("_last"))
+    nxt = np.minimum(last.get_column("_last").to_numpy() + 1, n - 1)
+    at_expiry = (sym[order][nxt] == last.get_column("_sym").to_numpy()) & (
+        ts_us[order][nxt] == last.get_column("_exp").to_numpy())
+    last = last.with_columns(pl.Series("_last", np.where(at_expiry, nxt, last.get_column("_last").to_numpy())))
+    runs = (
+        grid.group_by("_sym", "_exp", "_units").agg(pl.col("_pos").min().alias("_first"))  # the strike's listing
+        .join(last, on=["_sym", "_exp"])
+        .select("_exp", "_units", pl.int_ranges("_first", pl.col("_last") + 1, dtype=pl.Int64).alias("_pos"))
+        .explode("_pos")
+    )
+    runs = runs.select(pl.Series("_bar", order[runs.get_column("_pos").to_numpy()]), "_exp", "_units").sort(
+        "_bar", "_exp", "_units")
+    return (runs.get_column("_bar").to_numpy(), runs.get_column("_exp").to_numpy(),
+            runs.get_column("_units").to_numpy() * c.strike_round)
 
 
 def _atm_level(bars: pl.DataFrame, c: ChainConfig, vix: pl.DataFrame | None) -> pl.DataFrame:

@@ -9,12 +9,17 @@ separate (N,) or (N, T) array whose row ``t`` holds the label known for time ``t
 Which windows exist. A start row ``s`` is valid when rows ``s .. s + L - 1``
 
 * lie in one run of equal ``segment_ids`` (and of equal ``session_ids``, if given),
-* contain no step between consecutive ``timestamps`` larger than ``max_gap`` (if given), and
+* contain no step between consecutive ``timestamps`` larger than ``max_gap`` (if given),
+* hold only rows where ``row_mask`` is True (if given): e.g. rows whose features are all finite, so that no
+  window feeds a NaN to the model, and
 * end on a row where ``end_mask`` is True (if given): e.g. ``np.isfinite(targets)`` or the rows of one split.
 
 The valid starts are kept as sorted, disjoint runs of consecutive rows (two small int64 arrays, one entry per
 run), computed with vectorised interval arithmetic; sample ``k`` maps to its row by a binary search. So the
-dataset's own memory is O(number of runs), not O(N), and nothing else is copied.
+dataset's own memory is O(number of runs), not O(N), and nothing else is copied. (``row_mask`` is one more such
+rule: a window of only True rows is a window inside one run of True rows, i.e. the count of False rows in
+``[s, s + L)``, a difference of cumulative sums, is 0; the runs are found directly, without the (N,) cumulative
+sum.)
 
 Batches. :meth:`LazySequenceDataset.batch` gathers B windows by one fancy index into a strided (N - L + 1,
 L * F) view of the array: each window is a contiguous block of L * F floats, copied once into the (B, L, F)
@@ -109,6 +114,13 @@ def _check_rows_array(name: str, a: np.ndarray, n: int) -> np.ndarray:
     return a
 
 
+def _check_mask(name: str, mask: np.ndarray, n: int) -> np.ndarray:
+    _check_rows_array(name, mask, n)
+    if mask.dtype != np.bool_:
+        raise ValueError(f"{name} must be boolean, got dtype {mask.dtype}")
+    return mask
+
+
 def _id_breaks(name: str, ids: np.ndarray, n: int) -> np.ndarray:
     """Positions p where ``ids`` changes between rows p and p + 1."""
     _check_rows_array(name, ids, n)
@@ -166,6 +178,7 @@ class LazySequenceDataset(Dataset):
         max_gap: optional largest allowed step between consecutive rows inside a window (``np.timedelta64`` /
             ``datetime.timedelta`` for datetime64 timestamps, a number otherwise), e.g. to stop windows at
             overnight gaps.
+        row_mask: optional (N,) bool; every row of a window must be True (e.g. ``valid.npy``: all features finite).
         end_mask: optional (N,) bool; only rows where it is True may end a window (i.e. carry a sample's label).
 
     Raises:
@@ -176,7 +189,7 @@ class LazySequenceDataset(Dataset):
     def __init__(self, features: np.ndarray, seq_len: int, *, targets: np.ndarray | None = None,
                  segment_ids: np.ndarray | None = None, session_ids: np.ndarray | None = None,
                  timestamps: np.ndarray | None = None, max_gap: object | None = None,
-                 end_mask: np.ndarray | None = None) -> None:
+                 row_mask: np.ndarray | None = None, end_mask: np.ndarray | None = None) -> None:
         if not isinstance(features, np.ndarray) or features.ndim != 2:
             raise ValueError(f"features must be a 2-D numpy array (N, F), got "
                              f"{getattr(features, 'shape', type(features).__name__)}")
@@ -220,14 +233,17 @@ class LazySequenceDataset(Dataset):
         ends = (run_lo + (seq_len - 1), run_hi)
         keep = ends[1] > ends[0]
         ends = (ends[0][keep], ends[1][keep])
+        if row_mask is not None:
+            # a window of True rows lies in one run [lo, hi) of True rows: it ends in [lo + L - 1, hi)
+            lo, hi = _true_runs(_check_mask("row_mask", row_mask, n))
+            lo = lo + (seq_len - 1)
+            keep = hi > lo
+            ends = _intersect(ends, (lo[keep], hi[keep]))
         if end_mask is not None:
-            _check_rows_array("end_mask", end_mask, n)
-            if end_mask.dtype != np.bool_:
-                raise ValueError(f"end_mask must be boolean, got dtype {end_mask.dtype}")
-            ends = _intersect(ends, _true_runs(end_mask))
+            ends = _intersect(ends, _true_runs(_check_mask("end_mask", end_mask, n)))
         if ends[0].size == 0:
             raise ValueError(f"no window of seq_len={seq_len} fits: every run of rows between boundaries is shorter "
-                             f"or end_mask excludes all ends")
+                             f"or row_mask / end_mask exclude them all")
         self._start_lo = ends[0] - (seq_len - 1)  # (R,) first valid start row of each run of starts
         counts = ends[1] - ends[0]
         self._cum = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)  # (R + 1,)
