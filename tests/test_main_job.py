@@ -20,6 +20,7 @@ from condorbrain.main_job import (
     daily_policy_frame,
     make_targets,
     run_main_job,
+    verdict,
 )
 from condorbrain.models import CondorBrainConfig, PolicyOutput
 
@@ -41,6 +42,7 @@ def test_main_job_end_to_end(tmp_path):
     vol = {row["forecast"] for row in tables["volatility, 10 bars"]}
     assert vol == {"condorbrain", "trailing_rv_22", "har_rv", "garch_1_1"}
     assert {row["forecast"] for row in tables["return, 5 bars"]} == {"condorbrain", "random_walk", "momentum_10"}
+    assert all(v.startswith("-> condorbrain") for v in summary["verdicts"].values())
     # every forecast is scored on the same rows
     assert len({row["n"] for row in tables["volatility, 10 bars"]}) == 1
     preds = pl.read_parquet(tmp_path / "predictions.parquet")
@@ -114,3 +116,10 @@ def test_run_config_errors(tmp_path):
         RunConfig.from_file(bad)
     with pytest.raises(FileNotFoundError):
         RunConfig.from_file(tmp_path / "missing.toml")
+
+
+def test_verdict_names_the_baselines_that_win():
+    t = pl.DataFrame({"forecast": ["condorbrain", "garch_1_1", "trailing"], "qlike": [0.5, 0.3, 0.7]})
+    assert verdict(t) == "-> condorbrain LOSES on qlike (0.5) to garch_1_1 (0.3)"
+    t = pl.DataFrame({"forecast": ["condorbrain", "random_walk"], "mse": [0.1, 0.2]})
+    assert verdict(t) == "-> condorbrain beats every baseline on mse (0.1)"

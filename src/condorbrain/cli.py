@@ -355,6 +355,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2, default=str))
         return 0
+    if args.out is None:
+        if args.resume:
+            raise SystemExit("--resume needs --out: the folder of the run to continue")
+        import time
+
+        args.out = Path("runs") / time.strftime("main-%Y%m%d-%H%M%S")
+    print(f"run folder: {args.out}")
     run_main_job(cfg, args.out, resume=args.resume, max_bars=args.max_bars)
     return 0
 
@@ -372,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the main job: real S&P 500 + VIX, train CondorBrain, evaluate vs baselines")
     r.add_argument("--config", type=Path, default=None,
                    help="preset file with [model], [train], [run] tables (default: configs/cpu-small.toml)")
-    r.add_argument("--out", type=Path, default=Path("runs/main"), help="run folder (default runs/main)")
+    r.add_argument("--out", type=Path, default=None,
+                   help="run folder (default: a new runs/main-YYYYmmdd-HHMMSS, so a rerun never collides)")
     r.add_argument("--resume", action="store_true", help="continue a killed run in --out from its last checkpoint")
     r.add_argument("--epochs", type=int, default=None, help="override [train] epochs")
     r.add_argument("--max-steps", type=int, default=None, help="override [train] max_steps")

@@ -393,6 +393,7 @@ def run_main_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: boo
     }).write_parquet(out / "predictions.parquet")
     summary = {
         "seconds": round(time.perf_counter() - t_start, 1),
+        "verdicts": {name: verdict(t) for name, t in tables.items()},
         "train": {"steps": result.steps, "stopped": result.stopped, "best_val_loss": result.best_val_loss,
                   "best_step": result.best_step, "checkpoint": str(result.checkpoint)},
         "test_period": {"first": str(ts[rows[0]]), "last": str(ts[rows[-1]]), "samples": int(len(rows))},
@@ -427,3 +428,19 @@ def _print_summary(summary: Mapping[str, Any], tables: Mapping[str, pl.DataFrame
         for name, table in tables.items():
             print(f"\n{name}")
             print(table)
+            print(verdict(table))
+
+
+PRIMARY_METRIC = {"qlike": "volatility", "mse": "return", "brier": "probability"}
+"""The metric each table is judged on (lower is better): QLIKE for variance, MSE for returns, Brier for POP."""
+
+
+def verdict(table: pl.DataFrame, model: str = "condorbrain") -> str:
+    """One line: how the model ranks on the table's primary metric, naming every baseline it loses to."""
+    metric = next(m for m in PRIMARY_METRIC if m in table.columns)
+    scores = dict(zip(table.get_column("forecast").to_list(), table.get_column(metric).to_list(), strict=True))
+    mine = scores.pop(model)
+    better = sorted((v, k) for k, v in scores.items() if v < mine)
+    if not better:
+        return f"-> {model} beats every baseline on {metric} ({mine:.5g})"
+    return f"-> {model} LOSES on {metric} ({mine:.5g}) to " + ", ".join(f"{k} ({v:.5g})" for v, k in better)
