@@ -340,11 +340,14 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_cmd_data_info)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
+# ------------------------------------------------------------------------------------------------------------------
+# condorbrain run | train | evaluate | predict
 
-    from condorbrain.main_job import DEFAULT_PRESET, RunConfig, run_main_job
+def _job_config(args: argparse.Namespace):
+    """Flags given > the --config file's [model] / [train] / [run] tables > configs/cpu-small.toml."""
+    import dataclasses
+
+    from condorbrain.main_job import DEFAULT_PRESET, RunConfig
 
     cfg = RunConfig.from_file(args.config or DEFAULT_PRESET)
     train_changes = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps)) if v is not None}
@@ -352,18 +355,120 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, train=cfg.train.replace(**train_changes))
     if args.mixer:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mixer=args.mixer))
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2, default=str))
-        return 0
-    if args.out is None:
-        if args.resume:
-            raise SystemExit("--resume needs --out: the folder of the run to continue")
-        import time
+    if args.max_bars is not None:
+        cfg = dataclasses.replace(cfg, max_bars=args.max_bars)
+    return cfg
 
-        args.out = Path("runs") / time.strftime("main-%Y%m%d-%H%M%S")
-    print(f"run folder: {args.out}")
-    run_main_job(cfg, args.out, resume=args.resume, max_bars=args.max_bars)
+
+def _print_json(obj: object) -> int:
+    import json
+
+    print(json.dumps(obj, indent=2, default=str))
     return 0
+
+
+def _job_out(args: argparse.Namespace, prefix: str) -> Path:
+    if args.out is not None:
+        return args.out
+    if args.resume:
+        raise SystemExit("--resume needs --out: the folder of the run to continue")
+    import time
+
+    return Path("runs") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from condorbrain.main_job import run_main_job
+
+    cfg = _job_config(args)
+    if args.print_config:
+        return _print_json(cfg.to_dict())
+    out = _job_out(args, "main")
+    print(f"run folder: {out}")
+    run_main_job(cfg, out, resume=args.resume)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from condorbrain.main_job import train_job
+
+    cfg = _job_config(args)
+    if args.print_config:
+        return _print_json(cfg.to_dict())
+    out = _job_out(args, "train")
+    print(f"run folder: {out}")
+    _, summary = train_job(cfg, out, resume=args.resume)
+    print(f"trained: {summary['steps']} steps ({summary['stopped']}); final checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from condorbrain.main_job import RunConfig, evaluate_run
+    from condorbrain.train import CheckpointError
+
+    try:
+        if args.print_config:
+            return _print_json(RunConfig.from_file(args.run_dir / "config.json").to_dict())
+        evaluate_run(args.run_dir)
+    except (FileNotFoundError, CheckpointError) as e:  # a bad run folder: the message names the file
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.run_dir / 'evaluation.json'} and {args.run_dir / 'predictions.parquet'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from condorbrain.data import DataValidationError
+    from condorbrain.predictor import PredictConfig, Predictor, predict_bars
+    from condorbrain.train import CheckpointError
+
+    # Flags given > the --config file's [predict] table > PredictConfig's defaults; --bars / --embedded replace both.
+    flags = {k: getattr(args, k) for k in ("last", "out", "assume_tz") if getattr(args, k) is not None}
+    if args.bars is not None or args.embedded is not None:
+        flags.update(bars=args.bars, embedded=args.embedded)
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
+    try:
+        cfg = PredictConfig.from_file(args.config, **flags) if args.config else PredictConfig(**flags)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        return _print_json({"run_dir": str(args.run_dir), "predict": cfg.to_dict()})
+    try:
+        predictor = Predictor.from_run(args.run_dir)
+    except (FileNotFoundError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        bars, vix = cfg.load_bars()
+    except (FileNotFoundError, DataValidationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    table, last_policy = predict_bars(predictor, bars, vix, last=cfg.last)
+    out = Path(cfg.out) if cfg.out else args.run_dir / "predict.parquet"
+    if out.suffix == ".csv":
+        table.write_csv(out)
+    else:
+        table.write_parquet(out)
+    print(f"streamed {table.height} bars {table['ts'][0]:%Y-%m-%d} .. {table['ts'][-1]:%Y-%m-%d}; wrote {out}")
+    print(f"\npolicy at {table['ts'][-1]:%Y-%m-%d} (the last bar):")
+    print(last_policy)
+    return 0
+
+
+def _add_job_options(p: argparse.ArgumentParser, prefix: str) -> None:
+    p.add_argument("--config", type=Path, default=None,
+                   help="preset file with [model], [train], [run] tables (default: configs/cpu-small.toml)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"run folder (default: a new runs/{prefix}-YYYYmmdd-HHMMSS, so a rerun never collides)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out from its last checkpoint")
+    p.add_argument("--epochs", type=int, default=None, help="override [train] epochs")
+    p.add_argument("--max-steps", type=int, default=None, help="override [train] max_steps")
+    p.add_argument("--mixer", choices=("mamba2", "mamba", "attention"), default=None,
+                   help="override [model] mixer (attention = the Transformer baseline)")
+    p.add_argument("--max-bars", type=int, default=None,
+                   help="override [run] max_bars: keep only the last N daily bars (quick runs)")
+    p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,18 +482,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_smoke)
 
     r = sub.add_parser("run", help="the main job: real S&P 500 + VIX, train CondorBrain, evaluate vs baselines")
-    r.add_argument("--config", type=Path, default=None,
-                   help="preset file with [model], [train], [run] tables (default: configs/cpu-small.toml)")
-    r.add_argument("--out", type=Path, default=None,
-                   help="run folder (default: a new runs/main-YYYYmmdd-HHMMSS, so a rerun never collides)")
-    r.add_argument("--resume", action="store_true", help="continue a killed run in --out from its last checkpoint")
-    r.add_argument("--epochs", type=int, default=None, help="override [train] epochs")
-    r.add_argument("--max-steps", type=int, default=None, help="override [train] max_steps")
-    r.add_argument("--mixer", choices=("mamba2", "mamba", "attention"), default=None,
-                   help="override [model] mixer (attention = the Transformer baseline)")
-    r.add_argument("--max-bars", type=int, default=None, help="keep only the last N daily bars (quick runs)")
-    r.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+    _add_job_options(r, "main")
     r.set_defaults(func=_cmd_run)
+
+    t = sub.add_parser("train", help="the main job's training part: data, fit, a run folder (no evaluation)",
+                       description="Build the dataset from the embedded S&P 500 + VIX, train CondorBrain and write a "
+                                   "run folder (config.json, checkpoints/, metrics.jsonl, train.json). Evaluate it "
+                                   "with `condorbrain evaluate`, use it with `condorbrain predict`.")
+    _add_job_options(t, "train")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="re-run the held-out evaluation of a trained run folder",
+                       description="Load RUN_DIR's config, final checkpoint (EMA weights) and saved scaler, rebuild "
+                                   "its data, score the test period next to the baselines, print the tables with "
+                                   "verdicts, and write RUN_DIR/evaluation.json and predictions.parquet.")
+    e.add_argument("run_dir", type=Path, help="a run folder written by condorbrain train or run")
+    e.add_argument("--print-config", action="store_true", help="print the run's config as JSON and exit")
+    e.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="stream a trained run over daily bars, bar by bar with carried state",
+                        description="Load RUN_DIR, compute the 24 features of the bars (as in training), run the "
+                                    "model's streaming step mode over them with carried state (equal to the batch "
+                                    "forward), write one policy per bar to a Parquet / CSV file and print the last "
+                                    "policy. Options also come from the [predict] table of --config.")
+    pr.add_argument("run_dir", type=Path, help="a run folder written by condorbrain train or run")
+    src = pr.add_mutually_exclusive_group()
+    src.add_argument("--bars", type=Path, default=None,
+                     help="daily bars file: CSV, Parquet or a directory of parts, in the bars schema")
+    src.add_argument("--embedded", choices=("sp500", "nasdaq"), default=None,
+                     help="the real daily bars shipped with arch (sp500 with the VIX); the default without --bars")
+    pr.add_argument("--last", type=int, default=None,
+                    help="stream over the last N bars only (default: every bar with complete features)")
+    pr.add_argument("--out", type=Path, default=None, help="output .parquet or .csv (default RUN_DIR/predict.parquet)")
+    pr.add_argument("--assume-tz", default=None, help="IANA zone of --bars timestamps that carry none")
+    pr.add_argument("--config", type=Path, default=None, help="TOML / JSON file whose [predict] table sets options")
+    pr.add_argument("--print-config", action="store_true", help="print the effective options as JSON and exit")
+    pr.set_defaults(func=_cmd_predict)
 
     i = sub.add_parser("info", help="print versions and which scan path (compiled CPU / PyTorch) is used")
     i.set_defaults(func=_cmd_info)

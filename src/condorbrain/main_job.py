@@ -10,8 +10,9 @@ Steps, each using data up to its own time only:
 2. Targets (:mod:`condorbrain.features.targets`): forward returns at the model's horizons, forward realized vol, up /
    down excursions and max drawdown over the holding horizon; the regime label is the tercile of the trailing 21-bar
    realized vol, with tercile edges from the training period. Probability of profit and ROI are labelled inside the
-   loss from the model's own (detached) proposal: short strikes at its ``pop_level`` excursion quantiles, wings of
-   its ``wing`` output, priced by Black-Scholes at the entry iv and settled at the horizon's close.
+   loss from the model's own (detached) proposal (:func:`condor_strikes`, the one strike rule, which the predictor
+   uses too): short strikes at its ``pop_level`` excursion quantiles, wings of its ``wing`` output, priced by
+   Black-Scholes at the entry iv and settled at the horizon's close.
 3. Split by time: train, then validation, then the held-out test period from ``test_start``; ``hold_horizon`` bars
    are purged before each boundary so that no training label overlaps a later period. The z-score scaler is fitted
    on training rows only.
@@ -19,6 +20,11 @@ Steps, each using data up to its own time only:
 5. Evaluate on the test period next to the baselines on the same rows: random walk and momentum for returns;
    trailing realized vol, HAR-RV and GARCH(1,1) (refitted on past data only) for volatility; Brier score for POP.
    A model that loses to a baseline is reported as losing.
+
+In code: :func:`prepare_data` (steps 1-3), :func:`train_model` (4), :func:`evaluate_model` (5). ``condorbrain run``
+(:func:`run_main_job`) runs all three; ``condorbrain train`` (:func:`train_job`) the first two; ``condorbrain
+evaluate`` (:func:`evaluate_run`) reloads a run folder (:func:`load_run`: config, final checkpoint, saved scaler) and
+runs the first and the last with the saved scaler.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -48,9 +54,11 @@ from condorbrain.features.targets import (
     forward_return,
 )
 from condorbrain.models import CondorBrain, CondorBrainConfig, LossWeights, PolicyOutput, condor_loss
-from condorbrain.train import RunInfo, TrainConfig, fit, load_checkpoint
+from condorbrain.train import Checkpoint, CheckpointError, RunInfo, TrainConfig, fit, latest_checkpoint, load_checkpoint
 
-__all__ = ["RunConfig", "daily_policy_frame", "make_targets", "run_main_job"]
+__all__ = ["CondorStrikes", "JobData", "LoadedRun", "RunConfig", "condor_labels", "condor_strikes", "daily_policy_frame",
+           "evaluate_model", "evaluate_run", "load_run", "make_targets", "prepare_data", "run_main_job", "train_job",
+           "train_model"]
 
 DEFAULT_PRESET = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
 
@@ -81,6 +89,8 @@ class RunConfig:
     """GARCH(1,1) baseline: refit on the expanding past every this many bars of the test period."""
     max_staleness_days: int = 5
     """A quote older than this many days counts as missing (weekends and holidays fit inside)."""
+    max_bars: int | None = None
+    """Keep only the last this many daily bars of the embedded S&P 500 (quick runs and tests); None = all of them."""
 
     def __post_init__(self) -> None:
         for name in ("val_start", "test_start"):
@@ -97,14 +107,21 @@ class RunConfig:
         for name in ("target_dte", "vol_window", "garch_refit_every", "max_staleness_days"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_bars is not None and (isinstance(self.max_bars, bool) or not isinstance(self.max_bars, int)
+                                          or self.max_bars < 1):
+            raise ValueError(f"max_bars must be None or a positive int, got {self.max_bars!r}")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> RunConfig:
-        """A preset file: ``[model]`` -> CondorBrainConfig, ``[train]`` -> TrainConfig, ``[run]`` -> this class."""
+        """A preset file: ``[model]`` -> CondorBrainConfig, ``[train]`` -> TrainConfig, ``[run]`` -> this class.
+
+        A ``[predict]`` table may sit beside them (``condorbrain predict``'s options,
+        :class:`condorbrain.predictor.PredictConfig`); it is not read here. A run folder's ``config.json`` is such a
+        file too."""
         raw = _read_preset(Path(path))
-        unknown = sorted(set(raw) - {"model", "train", "run"})
+        unknown = sorted(set(raw) - {"model", "train", "run", "predict"})
         if unknown:
-            raise ValueError(f"{path}: unknown table(s) {unknown}; expected [model], [train], [run]")
+            raise ValueError(f"{path}: unknown table(s) {unknown}; expected [model], [train], [run], [predict]")
         model = CondorBrainConfig.from_dict(raw.get("model", {}))
         train = TrainConfig.from_dict(raw.get("train", {}))
         run = dict(raw.get("run", {}))
@@ -196,19 +213,39 @@ def make_targets(frame: pl.DataFrame, cfg: RunConfig, train_rows: np.ndarray) ->
     }
 
 
+class CondorStrikes(NamedTuple):
+    """The iron condor a policy proposes, as fractions of the spot at the decision time (shapes as the policy's)."""
+
+    k_lower: torch.Tensor
+    """Short put strike / spot; the long put is ``wing`` below it."""
+    k_upper: torch.Tensor
+    """Short call strike / spot; the long call is ``wing`` above it."""
+    wing: torch.Tensor
+    """Distance between each short strike and its long strike / spot."""
+
+
+def condor_strikes(out: PolicyOutput, cfg: RunConfig) -> CondorStrikes:
+    """The strike rule, the one place it lives (training labels and the predictor both call it).
+
+    K_lower / S = 1 - down_q(pop_level), floored at 1e-3; K_upper / S = 1 + up_q(pop_level): the short strikes sit at
+    the ``pop_level`` quantiles of the predicted down / up excursions over the holding horizon. Wing = ``wing``,
+    floored at 1e-4 (fractions of spot). Gradients flow through (detach for labels).
+    """
+    j = cfg.model.quantiles.index(cfg.pop_level)
+    return CondorStrikes(k_lower=(1.0 - out.down_q[..., j]).clamp_min(1e-3), k_upper=1.0 + out.up_q[..., j],
+                         wing=out.wing.clamp_min(1e-4))
+
+
 def condor_labels(out: PolicyOutput, term: torch.Tensor, iv: torch.Tensor, cfg: RunConfig
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """POP and ROI labels of the condor the model proposes (strikes and wings detached), per sample.
 
-    Short put at 1 - down_q, short call at 1 + up_q (the ``pop_level`` quantiles, as fractions of spot), long legs
-    ``wing`` further out; credit from Black-Scholes at the entry iv with ``target_dte`` days to expiry, settled at
-    the holding horizon's close (intrinsic value). POP = 1 if the close ends between the short strikes; ROI = P&L /
-    max loss (width - credit). NaN where the horizon runs past the data.
+    Strikes from :func:`condor_strikes`: short put at 1 - down_q, short call at 1 + up_q (the ``pop_level``
+    quantiles, as fractions of spot), long legs ``wing`` further out; credit from Black-Scholes at the entry iv with
+    ``target_dte`` days to expiry, settled at the holding horizon's close (intrinsic value). POP = 1 if the close
+    ends between the short strikes; ROI = P&L / max loss (width - credit). NaN where the horizon runs past the data.
     """
-    j = cfg.model.quantiles.index(cfg.pop_level)
-    k_put = (1.0 - out.down_q[..., j].detach()).clamp_min(1e-3)
-    k_call = 1.0 + out.up_q[..., j].detach()
-    wing = out.wing.detach().clamp_min(1e-4)
+    k_put, k_call, wing = (t.detach() for t in condor_strikes(out, cfg))
     s = torch.ones_like(k_put)
     T = torch.full_like(k_put, cfg.target_dte / 365.0)
     r, q = cfg.rate, cfg.dividend_yield
@@ -270,7 +307,8 @@ def _window_dataset(x: np.ndarray, valid: np.ndarray, period: np.ndarray, L: int
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 5. The job
+# 5. The job, in steps: prepare_data -> train_model -> evaluate_model (run_main_job runs all three; `condorbrain
+#    train` the first two; `condorbrain evaluate` reloads a run folder with load_run and runs the first and last)
 # ---------------------------------------------------------------------------------------------------------------
 
 def _periods(ts: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -303,59 +341,215 @@ def _predict(model: CondorBrain, batches: WindowBatches) -> tuple[np.ndarray, di
     return np.concatenate(rows), cat
 
 
-def run_main_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: bool = False,
-                 max_bars: int | None = None) -> dict[str, Any]:
-    """Run the whole job into ``out_dir``; returns the evaluation summary (also written as ``evaluation.json``).
+@dataclass(frozen=True, eq=False)
+class JobData:
+    """The job's data after steps 1-3 (what training and evaluation read)."""
 
-    ``max_bars`` keeps only the last bars (for quick runs and tests). Files: ``config.json`` (the effective config),
-    ``checkpoints/`` and ``metrics.jsonl`` (training), ``predictions.parquet`` (test rows: targets, model,
-    baselines), ``evaluation.json``.
+    frame: pl.DataFrame
+    """One row per bar: ts and the 24 raw features (:func:`daily_policy_frame`)."""
+    ts: np.ndarray
+    """(N,) datetime64, UTC without zone."""
+    periods: dict[str, np.ndarray]
+    """"train", "val", "test": (N,) bool row masks (:func:`_periods`)."""
+    raw: np.ndarray
+    """(N, 24) float32 unnormalised features, NaN in the indicators' warm-up rows."""
+    valid: np.ndarray
+    """(N,) bool, every feature finite; windows use valid rows only."""
+    targets: dict[str, np.ndarray]
+    """:func:`make_targets` (NaN where the horizon runs past the data)."""
+    scaler: ClippedZScore
+    """The z-score scaler: fitted on training rows, or the saved one handed to :func:`prepare_data`."""
+    batches: dict[str, WindowBatches]
+    """"train" (shuffled per epoch), "val", "test": windows of ``lookback`` bars ending in each period."""
+
+
+def prepare_data(cfg: RunConfig, *, bars: pl.DataFrame | None = None, vix: pl.DataFrame | None = None,
+                 scaler: ClippedZScore | None = None) -> JobData:
+    """Steps 1-3: bars -> daily frame -> targets, periods, scaled windows. The one data path of train and evaluate.
+
+    Args:
+        cfg: the job's config (``max_bars`` keeps the last bars only).
+        bars, vix: daily bars and VIX closes; None = the embedded S&P 500 and VIX (both loaded when ``bars`` is None).
+        scaler: None fits a :class:`ClippedZScore` on the training rows only; a saved one (a run folder's) is
+            applied as it is, never refitted.
     """
-    t_start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
-    torch.manual_seed(cfg.train.seed)
-
-    bars, vix = load_sp500(), load_vix()
-    if max_bars is not None:
-        bars = bars.tail(max_bars)
-    print(f"[1/5] data: {bars.height} S&P 500 daily bars {bars['ts'][0]:%Y-%m-%d} .. {bars['ts'][-1]:%Y-%m-%d} "
-          f"(real, from arch), synthetic chains priced on VIX / proxy iv")
+    source = "given"
+    if bars is None:
+        bars, vix, source = load_sp500(), load_vix(), "real S&P 500, from arch"
+    if cfg.max_bars is not None:
+        bars = bars.tail(cfg.max_bars)
+    print(f"[1/5] data: {bars.height} daily bars {bars['ts'][0]:%Y-%m-%d} .. {bars['ts'][-1]:%Y-%m-%d} ({source}), "
+          f"synthetic chains priced on {'VIX / ' if vix is not None else ''}proxy iv")
     frame = daily_policy_frame(bars, vix, cfg)
     ts = frame.get_column("ts").dt.replace_time_zone(None).to_numpy()
     train, val, test = _periods(ts, cfg)
 
-    print("[2/5] features, targets, scaler (fitted on training rows only)")
     raw = frame.select(list(CONDOR_FEATURES)).to_numpy().astype(np.float32)
     valid = np.isfinite(raw).all(axis=1)
     targets = make_targets(frame, cfg, train)
-    scaler = ClippedZScore.fit(raw, train & valid, feature_names=list(CONDOR_FEATURES))
+    if scaler is None:
+        print("[2/5] features, targets, scaler (fitted on training rows only)")
+        scaler = ClippedZScore.fit(raw, train & valid, feature_names=list(CONDOR_FEATURES))
+    else:
+        print("[2/5] features, targets, the saved scaler")
+        if scaler.feature_names != tuple(CONDOR_FEATURES):
+            raise ValueError(f"scaler scales {scaler.feature_names}, not CONDOR_FEATURES {CONDOR_FEATURES}")
     x = np.ascontiguousarray(scaler.transform(np.where(valid[:, None], raw, 0.0).astype(np.float32)))
-    L = cfg.model.lookback
-    tcfg = cfg.train
+    L, tcfg = cfg.model.lookback, cfg.train
     batches = {name: WindowBatches(_window_dataset(x, valid, m, L), targets, tcfg.batch_size,
                                    shuffle=name == "train", seed=tcfg.seed)
                for name, m in (("train", train), ("val", val), ("test", test))}
     print(f"      windows of {L} bars: train {len(batches['train'].ds)}, validation {len(batches['val'].ds)}, "
           f"test {len(batches['test'].ds)}")
+    return JobData(frame=frame, ts=ts, periods={"train": train, "val": val, "test": test}, raw=raw, valid=valid,
+                   targets=targets, scaler=scaler, batches=batches)
 
+
+def write_config(cfg: RunConfig, out_dir: str | os.PathLike[str]) -> Path:
+    """Create the run folder and write its ``config.json`` (the effective config); returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    return out
+
+
+def train_model(cfg: RunConfig, data: JobData, out_dir: str | os.PathLike[str], *, resume: bool = False
+                ) -> tuple[CondorBrain, dict[str, Any]]:
+    """Step 4: train CondorBrain into ``out_dir`` (checkpoints/, metrics.jsonl, train.json).
+
+    Returns the model with its final EMA weights (eval mode) and the training summary (also ``train.json``).
+    """
+    torch.manual_seed(cfg.train.seed)
+    out = Path(out_dir)
     print(f"[3/5] training CondorBrain ({cfg.model.mixer}, d_model {cfg.model.d_model}, {cfg.model.n_layer} layers)")
     model = CondorBrain(cfg.model)
     weights = LossWeights(wing=0.0)  # no wing label yet: the wing is only priced (see condor_labels)
-    info = RunInfo(features=tuple(CONDOR_FEATURES), normalization=scaler.to_dict(),
-                   data_range={"first": str(ts[0]), "last": str(ts[-1]), "test_start": cfg.test_start},
+    ts = data.ts
+    info = RunInfo(features=tuple(CONDOR_FEATURES), normalization=data.scaler.to_dict(),
+                   data_range={"first": str(ts[0]), "last": str(ts[-1]), "val_start": cfg.val_start,
+                               "test_start": cfg.test_start},
                    model_config=cfg.model.to_dict())
-    result = fit(model, make_loss(cfg, weights), batches["train"], batches["val"](0), tcfg, out, resume=resume,
-                 run_info=info)
-    ckpt = load_checkpoint(result.checkpoint)
-    model.load_state_dict(ckpt.weights(prefer_ema=True))
+    result = fit(model, make_loss(cfg, weights), data.batches["train"], data.batches["val"](0), cfg.train, out,
+                 resume=resume, run_info=info)
+    model.load_state_dict(load_checkpoint(result.checkpoint).weights(prefer_ema=True))
+    model.eval()
+    summary = {"steps": result.steps, "stopped": result.stopped, "best_val_loss": result.best_val_loss,
+               "best_step": result.best_step, "checkpoint": str(result.checkpoint)}
+    (out / "train.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    return model, summary
 
+
+def train_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: bool = False
+              ) -> tuple[CondorBrain, dict[str, Any]]:
+    """``condorbrain train``: steps 1-4 (data, train) into a run folder; no evaluation. See :func:`train_model`."""
+    out = write_config(cfg, out_dir)
+    return train_model(cfg, prepare_data(cfg), out, resume=resume)
+
+
+def run_main_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: bool = False,
+                 max_bars: int | None = None) -> dict[str, Any]:
+    """Run the whole job into ``out_dir``; returns the evaluation summary (also written as ``evaluation.json``).
+
+    ``max_bars`` overrides ``cfg.max_bars`` (keep only the last bars: quick runs and tests). Files: ``config.json``
+    (the effective config), ``checkpoints/``, ``metrics.jsonl`` and ``train.json`` (training),
+    ``predictions.parquet`` (test rows: targets, model, baselines), ``evaluation.json``.
+    """
+    t_start = time.perf_counter()
+    if max_bars is not None:
+        cfg = dataclasses.replace(cfg, max_bars=max_bars)
+    out = write_config(cfg, out_dir)
+    data = prepare_data(cfg)
+    model, train_summary = train_model(cfg, data, out, resume=resume)
+    return evaluate_model(cfg, model, data, out, train_summary, t_start=t_start)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedRun:
+    """A trained run folder, loaded by :func:`load_run`."""
+
+    run_dir: Path
+    config: RunConfig
+    """The run's effective config (its ``config.json``)."""
+    model: CondorBrain
+    """The network with the final checkpoint's EMA weights (live weights if the run had no EMA), in eval mode."""
+    scaler: ClippedZScore
+    """The scaler saved in the checkpoint (fitted on the run's training rows)."""
+    checkpoint: Checkpoint
+    """The final checkpoint (verified against its manifest)."""
+
+
+def load_run(run_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> LoadedRun:
+    """Load a run folder: ``config.json``, the newest complete checkpoint (safetensors + JSON, never unpickled), its
+    EMA weights and its saved scaler.
+
+    Raises:
+        FileNotFoundError: no folder, no ``config.json``, or no complete checkpoint.
+        CheckpointError: a checkpoint file is truncated or altered, or the checkpoint disagrees with ``config.json``
+            (model config, feature list) or holds no usable scaler; the message names the file.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist: {run_dir} is not a run folder (condorbrain train / "
+                                "run write one)")
+    cfg = RunConfig.from_file(config_path)
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir / 'checkpoints'} holds no complete checkpoint: training has not saved one")
+    ckpt = load_checkpoint(path)
+    meta_file = path / "meta.json"
+    run = ckpt.meta.get("run") or {}
+    if tuple(run.get("features") or ()) != tuple(CONDOR_FEATURES):
+        raise CheckpointError(f"{meta_file}: features {run.get('features')} are not CONDOR_FEATURES")
+    saved_model = run.get("model_config")
+    if saved_model != cfg.model.to_dict():
+        diff = sorted(k for k in set(saved_model or {}) | set(cfg.model.to_dict())
+                      if (saved_model or {}).get(k) != cfg.model.to_dict().get(k))
+        raise CheckpointError(f"{meta_file}: the model config differs from {config_path} in {diff}; the run folder "
+                              "was altered")
+    try:
+        scaler = ClippedZScore.from_dict(run.get("normalization"))
+    except ValueError as e:
+        raise CheckpointError(f"{meta_file}: no usable normalization statistics ({e})") from None
+    if scaler.feature_names != tuple(CONDOR_FEATURES):
+        raise CheckpointError(f"{meta_file}: the scaler scales {scaler.feature_names}, not CONDOR_FEATURES")
+    model = CondorBrain(cfg.model)
+    try:
+        model.load_state_dict(ckpt.weights(prefer_ema=True))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model of {config_path}: {e}") from None
+    return LoadedRun(run_dir=run_dir, config=cfg, model=model.to(device).eval(), scaler=scaler, checkpoint=ckpt)
+
+
+def evaluate_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``condorbrain evaluate``: re-run the held-out evaluation of a trained run folder with its saved weights and
+    scaler; rewrites ``predictions.parquet`` and ``evaluation.json`` there and returns the summary.
+
+    Raises FileNotFoundError when the folder has no ``train.json`` (training did not finish: resume it first).
+    """
+    t_start = time.perf_counter()
+    run = load_run(run_dir)
+    train_file = run.run_dir / "train.json"
+    if not train_file.is_file():
+        raise FileNotFoundError(f"{train_file} does not exist: training of {run.run_dir} did not finish; continue "
+                                f"it with `condorbrain train --resume --out {run.run_dir}`")
+    data = prepare_data(run.config, scaler=run.scaler)
+    return evaluate_model(run.config, run.model, data, run.run_dir, json.loads(train_file.read_text()),
+                          t_start=t_start)
+
+
+def evaluate_model(cfg: RunConfig, model: CondorBrain, data: JobData, out_dir: str | os.PathLike[str],
+                   train_summary: Mapping[str, Any], *, t_start: float | None = None) -> dict[str, Any]:
+    """Step 5: score ``model`` on the test period next to the baselines; print the tables with their verdicts and
+    write ``predictions.parquet`` and ``evaluation.json`` into ``out_dir``. Returns the summary."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    out = Path(out_dir)
+    targets, frame, ts = data.targets, data.frame, data.ts
     print("[4/5] evaluation on the held-out period, next to the baselines")
-    rows, pred = _predict(model, batches["test"])
+    rows, pred = _predict(model, data.batches["test"])
     close = frame.get_column("close").to_numpy()
     r = np.r_[np.nan, np.diff(np.log(close))]
-    test_lo = int(np.argmax(test))
+    test_lo = int(np.argmax(data.periods["test"]))
     hold = cfg.model.hold_horizon
     vb = vol_baselines(r, hold, test_lo, window=cfg.vol_window, refit_every=cfg.garch_refit_every)
     tables: dict[str, pl.DataFrame] = {}
@@ -372,7 +566,7 @@ def run_main_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: boo
                                                         kind="return")
     pop_label, roi_label = _labels(pred, rows, targets, cfg)
     # POP baseline: the training period's frequency of profit for the model's own proposals (climatology).
-    train_rows, train_pred = _predict(model, batches["train"])
+    train_rows, train_pred = _predict(model, data.batches["train"])
     train_pop, _ = _labels(train_pred, train_rows, targets, cfg)
     base_rate = float(np.nanmean(train_pop.numpy()))
     tables["probability of profit"] = compare_forecasts(
@@ -394,9 +588,8 @@ def run_main_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: boo
     summary = {
         "seconds": round(time.perf_counter() - t_start, 1),
         "verdicts": {name: verdict(t) for name, t in tables.items()},
-        "train": {"steps": result.steps, "stopped": result.stopped, "best_val_loss": result.best_val_loss,
-                  "best_step": result.best_step, "checkpoint": str(result.checkpoint)},
-        "test_period": {"first": str(ts[rows[0]]), "last": str(ts[rows[-1]]), "samples": int(len(rows))},
+        "train": dict(train_summary),
+        "test_period": {"first": str(ts[rows[0]]), "last": str(ts[rows[-1]]), "samples": len(rows)},
         "tables": {name: t.to_dicts() for name, t in tables.items()},
     }
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2, default=_json_default))
