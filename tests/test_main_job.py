@@ -15,12 +15,14 @@ from condorbrain.cli import main
 from condorbrain.data import load_sp500, load_vix
 from condorbrain.main_job import (
     DEFAULT_PRESET,
+    MIN_WING,
     RunConfig,
     condor_labels,
     daily_policy_frame,
     make_targets,
     run_main_job,
     verdict,
+    wing_label,
 )
 from condorbrain.models import CondorBrainConfig, PolicyOutput
 
@@ -123,3 +125,14 @@ def test_verdict_names_the_baselines_that_win():
     assert verdict(t) == "-> condorbrain LOSES on qlike (0.5) to garch_1_1 (0.3)"
     t = pl.DataFrame({"forecast": ["condorbrain", "random_walk"], "mse": [0.1, 0.2]})
     assert verdict(t) == "-> condorbrain beats every baseline on mse (0.1)"
+
+
+def test_wing_label_by_hand():
+    cfg = tiny_config()
+    out = _out([0.05, 0.05, 0.05], [0.04, 0.04, 0.04], [0.02, 0.02, 0.02], cfg.model)
+    up = torch.tensor([0.03, 0.08, math.nan])
+    down = torch.tensor([0.01, 0.00, 0.01])
+    w = wing_label(out, up, down, cfg)
+    # inside both strikes -> the floor; 8% up vs a 5% short call -> 3% of protection needed; NaN stays NaN
+    torch.testing.assert_close(w[:2], torch.tensor([MIN_WING, 0.03]), rtol=0, atol=1e-6)
+    assert math.isnan(w[2])

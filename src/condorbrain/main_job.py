@@ -265,13 +265,33 @@ def condor_labels(out: PolicyOutput, term: torch.Tensor, iv: torch.Tensor, cfg: 
     return pop.masked_fill(missing, math.nan), roi.masked_fill(missing, math.nan)
 
 
+MIN_WING = 0.005
+"""Narrowest wing label, a fraction of spot (0.5%: about two strike steps of a $5-grid SPX chain near 2,000)."""
+
+
+def wing_label(out: PolicyOutput, up: torch.Tensor, down: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
+    """The protection the proposed condor needed: how far the price went beyond a short strike during the holding
+    horizon, floored at :data:`MIN_WING` (fractions of spot; strikes detached).
+
+    With ``up`` / ``down`` the realized max up / down excursions over the horizon (``targets["up"]``, ``["down"]``),
+    label = max(MIN_WING, up - (K_upper - 1), down - (1 - K_lower)). The wing head thus learns the expected breach
+    size: wide wings where the tails run far past the short strikes, the narrowest where they do not. NaN where the
+    horizon runs past the data.
+    """
+    k_put, k_call, _ = (t.detach() for t in condor_strikes(out, cfg))
+    breach = torch.maximum(up - (k_call - 1.0), down - (1.0 - k_put))
+    return breach.clamp_min(MIN_WING)  # NaN stays NaN (clamp keeps NaN)
+
+
 def make_loss(cfg: RunConfig, weights: LossWeights):
-    """``loss_fn(out, targets)`` for :func:`fit`: labels POP / ROI from the proposal, then :func:`condor_loss`."""
+    """``loss_fn(out, targets)`` for :func:`fit`: labels POP / ROI / wing from the proposal, then
+    :func:`condor_loss`."""
 
     def loss_fn(out: PolicyOutput, targets: Mapping[str, torch.Tensor]):
         t = dict(targets)
         term, iv = t.pop("_term"), t.pop("_iv")
         t["pop"], t["roi"] = condor_labels(out, term, iv, cfg)
+        t["wing"] = wing_label(out, t["up"], t["down"], cfg)
         return condor_loss(out, t, weights, cfg.model)
 
     return loss_fn
@@ -423,7 +443,7 @@ def train_model(cfg: RunConfig, data: JobData, out_dir: str | os.PathLike[str], 
     out = Path(out_dir)
     print(f"[3/5] training CondorBrain ({cfg.model.mixer}, d_model {cfg.model.d_model}, {cfg.model.n_layer} layers)")
     model = CondorBrain(cfg.model)
-    weights = LossWeights(wing=0.0)  # no wing label yet: the wing is only priced (see condor_labels)
+    weights = LossWeights()
     ts = data.ts
     info = RunInfo(features=tuple(CONDOR_FEATURES), normalization=data.scaler.to_dict(),
                    data_range={"first": str(ts[0]), "last": str(ts[-1]), "val_start": cfg.val_start,
