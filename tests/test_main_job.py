@@ -16,6 +16,7 @@ from condorbrain.data import load_sp500, load_vix
 from condorbrain.main_job import (
     DEFAULT_PRESET,
     MIN_WING,
+    PopCalibration,
     RunConfig,
     condor_labels,
     daily_policy_frame,
@@ -136,3 +137,27 @@ def test_wing_label_by_hand():
     # inside both strikes -> the floor; 8% up vs a 5% short call -> 3% of protection needed; NaN stays NaN
     torch.testing.assert_close(w[:2], torch.tensor([MIN_WING, 0.03]), rtol=0, atol=1e-6)
     assert math.isnan(w[2])
+
+
+def test_pop_calibration_recovers_a_known_platt_map():
+    gen = np.random.default_rng(0)
+    logit = gen.normal(0.0, 2.0, 20_000)
+    p_true = 1.0 / (1.0 + np.exp(-(0.5 * logit - 1.0)))  # the raw head is over-confident and too optimistic
+    label = (gen.random(20_000) < p_true).astype(np.float64)
+    label[:100] = np.nan  # unlabelled rows (horizon past the data) are skipped
+    cal = PopCalibration.fit(logit, label)
+    assert abs(cal.a - 0.5) < 0.05 and abs(cal.b + 1.0) < 0.05 and cal.n == 19_900
+    np.testing.assert_allclose(cal.apply(logit[100:]), p_true[100:], atol=0.03)
+    # too few labels or one class: the identity, not a fit
+    assert PopCalibration.fit(logit[:10], label[200:210]) == PopCalibration()
+    assert PopCalibration.fit(logit, np.ones_like(logit)) == PopCalibration()
+
+
+def test_pop_calibration_stays_finite_on_nearly_constant_logits():
+    gen = np.random.default_rng(1)
+    logit = 1.3 + 1e-4 * gen.normal(size=700)  # a head that barely varies, as after a short run
+    label = (gen.random(700) < 0.74).astype(np.float64)
+    cal = PopCalibration.fit(logit, label)
+    assert np.isfinite([cal.a, cal.b]).all()
+    # ~ the base rate: what is left is the noise of a slope fitted to pure noise (about 0.1 sd in logit units)
+    np.testing.assert_allclose(cal.apply(logit), label.mean(), atol=0.06)

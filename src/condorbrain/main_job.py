@@ -44,7 +44,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from condorbrain.backtest import compare_forecasts, return_baselines, vol_baselines
+from condorbrain.backtest import compare_forecasts, reliability_curve, return_baselines, vol_baselines
 from condorbrain.data import ClippedZScore, LazySequenceDataset, asof_join, load_sp500, load_vix, synth_chains
 from condorbrain.features import CONDOR_FEATURES, FeatureConfig, black_scholes_torch, condor_features
 from condorbrain.features.targets import (
@@ -453,8 +453,12 @@ def train_model(cfg: RunConfig, data: JobData, out_dir: str | os.PathLike[str], 
                  resume=resume, run_info=info)
     model.load_state_dict(load_checkpoint(result.checkpoint).weights(prefer_ema=True))
     model.eval()
+    val_rows, val_pred = _predict(model, data.batches["val"])
+    val_pop, _ = _labels(val_pred, val_rows, data.targets, cfg)
+    calibration = PopCalibration.fit(val_pred["pop_logit"], val_pop.numpy())
     summary = {"steps": result.steps, "stopped": result.stopped, "best_val_loss": result.best_val_loss,
-               "best_step": result.best_step, "checkpoint": str(result.checkpoint)}
+               "best_step": result.best_step, "checkpoint": str(result.checkpoint),
+               "pop_calibration": dataclasses.asdict(calibration)}
     (out / "train.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     return model, summary
 
@@ -496,6 +500,8 @@ class LoadedRun:
     """The scaler saved in the checkpoint (fitted on the run's training rows)."""
     checkpoint: Checkpoint
     """The final checkpoint (verified against its manifest)."""
+    pop_calibration: PopCalibration
+    """POP calibration from ``train.json`` (the identity if training did not finish)."""
 
 
 def load_run(run_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> LoadedRun:
@@ -538,7 +544,12 @@ def load_run(run_dir: str | os.PathLike[str], *, device: str | torch.device = "c
         model.load_state_dict(ckpt.weights(prefer_ema=True))
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model of {config_path}: {e}") from None
-    return LoadedRun(run_dir=run_dir, config=cfg, model=model.to(device).eval(), scaler=scaler, checkpoint=ckpt)
+    train_file = run_dir / "train.json"
+    calibration = PopCalibration()
+    if train_file.is_file():
+        calibration = PopCalibration(**json.loads(train_file.read_text()).get("pop_calibration", {}))
+    return LoadedRun(run_dir=run_dir, config=cfg, model=model.to(device).eval(), scaler=scaler, checkpoint=ckpt,
+                     pop_calibration=calibration)
 
 
 def evaluate_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -589,10 +600,16 @@ def evaluate_model(cfg: RunConfig, model: CondorBrain, data: JobData, out_dir: s
     train_rows, train_pred = _predict(model, data.batches["train"])
     train_pop, _ = _labels(train_pred, train_rows, targets, cfg)
     base_rate = float(np.nanmean(train_pop.numpy()))
+    calibration = PopCalibration(**train_summary.get("pop_calibration", {}))
+    pop_cal = calibration.apply(pred["pop_logit"])
     tables["probability of profit"] = compare_forecasts(
         pop_label.numpy().astype(np.float64),
-        {"condorbrain": pred["pop_prob"].astype(np.float64), "training base rate": np.full(len(rows), base_rate)},
+        {"condorbrain": pop_cal, "condorbrain (uncalibrated)": pred["pop_prob"].astype(np.float64),
+         "training base rate": np.full(len(rows), base_rate)},
         kind="probability")
+    reliability = {name: {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(
+                       reliability_curve(p, pop_label.numpy().astype(np.float64), n_bins=10)).items()}
+                   for name, p in (("condorbrain", pop_cal), ("condorbrain (uncalibrated)", pred["pop_prob"]))}
 
     print("[5/5] writing the run folder")
     pl.DataFrame({
@@ -600,7 +617,8 @@ def evaluate_model(cfg: RunConfig, model: CondorBrain, data: JobData, out_dir: s
         **{f"target_ret_{h}": targets["ret"][rows, j] for j, h in enumerate(cfg.model.horizons)},
         **{f"pred_ret_{h}": pred["ret"][:, j] for j, h in enumerate(cfg.model.horizons)},
         "target_vol": truth_vol, "pred_vol": pred["vol"], **{f"baseline_{k}": v[rows] for k, v in vb.items()},
-        "pred_pop": pred["pop_prob"], "pop_label": pop_label.numpy(), "pred_roi": pred["roi"],
+        "pred_pop": pop_cal, "pred_pop_uncalibrated": pred["pop_prob"], "pop_label": pop_label.numpy(),
+        "pred_roi": pred["roi"],
         "roi_label": roi_label.numpy(), "regime_label": targets["regime"][rows],
         **{f"pred_regime_{i}": torch.softmax(torch.from_numpy(pred["regime_logits"]), -1).numpy()[:, i]
            for i in range(cfg.model.n_regimes)},
@@ -611,6 +629,7 @@ def evaluate_model(cfg: RunConfig, model: CondorBrain, data: JobData, out_dir: s
         "train": dict(train_summary),
         "test_period": {"first": str(ts[rows[0]]), "last": str(ts[rows[-1]]), "samples": len(rows)},
         "tables": {name: t.to_dicts() for name, t in tables.items()},
+        "pop_reliability": reliability,
     }
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     _print_summary(summary, tables)
@@ -622,6 +641,61 @@ def _labels(pred: Mapping[str, np.ndarray], rows: np.ndarray, targets: Mapping[s
     """POP / ROI labels of predicted proposals ``pred`` at window ends ``rows``."""
     out = PolicyOutput(*(torch.from_numpy(pred[f]) for f in PolicyOutput._fields))
     return condor_labels(out, torch.from_numpy(targets["_term"][rows]), torch.from_numpy(targets["_iv"][rows]), cfg)
+
+
+@dataclass(frozen=True)
+class PopCalibration:
+    """Platt scaling of the POP head: p = sigmoid(a * logit + b), fitted on the validation period only.
+
+    The POP head is trained with binary cross-entropy, but the labels depend on the model's own strikes, which move
+    while it trains, and early stopping picks weights by the total loss: its raw probabilities need not be
+    calibrated. Two parameters fitted on the validation period (after training, before the test period) fix the
+    level and the spread without touching the ranking.
+    """
+
+    a: float = 1.0
+    b: float = 0.0
+    n: int = 0
+    """Validation samples with a label the fit used (0: identity, not fitted)."""
+
+    def apply(self, logit: torch.Tensor | np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(logit, dtype=np.float64))
+        return torch.sigmoid(self.a * x + self.b).numpy()
+
+    @classmethod
+    def fit(cls, logit: np.ndarray, label: np.ndarray, min_samples: int = 50, ridge: float = 1.0) -> PopCalibration:
+        """Penalised maximum likelihood: Newton's method with step halving on the logistic log-likelihood of the
+        standardised logit, with an L2 penalty ``ridge`` on the slope (a weak prior that keeps the fit finite when
+        the logits barely vary or separate the classes). The identity when fewer than ``min_samples`` labels or a
+        single class."""
+        keep = np.isfinite(label) & np.isfinite(logit)
+        x, y = logit[keep].astype(np.float64), label[keep].astype(np.float64)
+        if len(y) < min_samples or y.min() == y.max():
+            return cls()
+        mu, sd = float(x.mean()), float(x.std())
+        X = np.stack([(x - mu) / sd if sd > 1e-8 else np.zeros_like(x), np.ones_like(x)], axis=1)  # (n, 2)
+        penalty = np.diag([ridge, 0.0])
+
+        def objective(w: np.ndarray) -> float:
+            z = X @ w
+            return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * w @ penalty @ w)
+
+        w = np.array([0.0, float(np.log(y.mean() / (1.0 - y.mean())))])
+        f = objective(w)
+        for _ in range(100):
+            p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -30, 30)))
+            grad = X.T @ (p - y) + penalty @ w
+            hess = (X * (p * (1 - p))[:, None]).T @ X + penalty + 1e-9 * np.eye(2)
+            step = np.linalg.solve(hess, grad)
+            t = 1.0
+            while objective(w - t * step) > f and t > 1e-6:  # step halving: the objective never increases
+                t /= 2
+            w, f_new = w - t * step, objective(w - t * step)
+            if abs(f - f_new) < 1e-12 * max(1.0, abs(f)):
+                break
+            f = f_new
+        slope = w[0] / sd if sd > 1e-8 else 0.0
+        return cls(a=float(slope), b=float(w[1] - slope * mu), n=int(len(y)))
 
 
 def _json_default(o: Any) -> Any:

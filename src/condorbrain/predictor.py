@@ -36,7 +36,14 @@ import torch
 
 from condorbrain.data import ClippedZScore
 from condorbrain.features import CONDOR_FEATURES
-from condorbrain.main_job import RunConfig, _read_preset, condor_strikes, daily_policy_frame, load_run
+from condorbrain.main_job import (
+    PopCalibration,
+    RunConfig,
+    _read_preset,
+    condor_strikes,
+    daily_policy_frame,
+    load_run,
+)
 from condorbrain.models import CondorBrain, PolicyOutput
 
 __all__ = ["REGIME_NAMES", "Policy", "PolicyStream", "PredictConfig", "Predictor", "predict_bars"]
@@ -130,13 +137,15 @@ class Predictor:
         config: the run's config (strike rule: ``pop_level``; horizons).
     """
 
-    def __init__(self, model: CondorBrain, scaler: ClippedZScore, config: RunConfig) -> None:
+    def __init__(self, model: CondorBrain, scaler: ClippedZScore, config: RunConfig,
+                 pop_calibration: PopCalibration | None = None) -> None:
         if scaler.feature_names != tuple(CONDOR_FEATURES) or model.config.n_features != len(CONDOR_FEATURES):
             raise ValueError(f"scaler and model must read CONDOR_FEATURES ({len(CONDOR_FEATURES)} columns), got "
                              f"{scaler.feature_names} and n_features={model.config.n_features}")
         if model.config != config.model:
             raise ValueError("model.config differs from config.model")
         self.model, self.scaler, self.config = model.eval(), scaler, config
+        self.pop_calibration = pop_calibration or PopCalibration()
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Predictor:
@@ -144,7 +153,7 @@ class Predictor:
         weights, the saved scaler; nothing is unpickled). Raises FileNotFoundError / CheckpointError naming the file.
         """
         run = load_run(run_dir, device=device)
-        return cls(run.model, run.scaler, run.config)
+        return cls(run.model, run.scaler, run.config, run.pop_calibration)
 
     @property
     def device(self) -> torch.device:
@@ -184,7 +193,8 @@ class Predictor:
     def _policies(self, out: PolicyOutput, spot: np.ndarray) -> list[Policy]:
         """PolicyOutput with (B, ...) fields -> B policies."""
         k = condor_strikes(out, self.config)
-        cols = {"k_lower": k.k_lower, "k_upper": k.k_upper, "wing": k.wing, "pop": out.pop_prob, "roi": out.roi,
+        pop = torch.from_numpy(self.pop_calibration.apply(out.pop_logit.detach().cpu()))  # calibrated on validation
+        cols = {"k_lower": k.k_lower, "k_upper": k.k_upper, "wing": k.wing, "pop": pop, "roi": out.roi,
                 "vol": out.vol, "max_dd": out.max_dd, "ret": out.ret, "regime": out.regime_probs}
         v = {name: t.detach().cpu().double().numpy() for name, t in cols.items()}
         names = REGIME_NAMES if self.config.model.n_regimes == len(REGIME_NAMES) else tuple(
