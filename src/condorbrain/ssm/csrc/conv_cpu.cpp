@@ -26,6 +26,32 @@ inline T sigmoid(T v) {
   return T(1) / (T(1) + std::exp(-v));
 }
 
+// The input row feeding tap k of step t: x[b, s] for s = t - K + 1 + k >= 0, the carried state before that, or
+// null (zeros) when there is no state.
+template <typename T>
+inline const T* tap_input(int64_t b, int64_t t, int64_t k, int64_t K, int64_t C, const T* x, int64_t x_sb,
+                          int64_t x_st, const T* state) {
+  const int64_t s = t - K + 1 + k;
+  if (s >= 0) return x + b * x_sb + s * x_st;
+  return state ? state + (b * K + K + s) * C : nullptr;
+}
+
+// pre[c] = bias[c] + sum_k w[k, c] * xin[b, t - K + 1 + k, c]: the pre-activation of step t (both passes use it).
+template <typename T>
+inline void pre_activation(int64_t b, int64_t t, int64_t C, int64_t K, const T* __restrict x, int64_t x_sb,
+                           int64_t x_st, const T* __restrict w, const T* __restrict bias, const T* __restrict state,
+                           T* __restrict pre) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) pre[c] = bias ? bias[c] : T(0);
+  for (int64_t k = 0; k < K; ++k) {
+    const T* __restrict xs = tap_input(b, t, k, K, C, x, x_sb, x_st, state);
+    if (!xs) continue;
+    const T* __restrict wk = w + k * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) pre[c] += wk[c] * xs[c];
+  }
+}
+
 template <typename T>
 void conv_fwd(int64_t batch, int64_t L, int64_t C, int64_t K, const T* __restrict x, int64_t x_sb, int64_t x_st,
               const T* __restrict w /*(K, C)*/, const T* __restrict bias /*(C) or null*/,
@@ -38,23 +64,9 @@ void conv_fwd(int64_t batch, int64_t L, int64_t C, int64_t K, const T* __restric
     for (int64_t b = 0; b < batch; ++b) {
       for (int64_t t = 0; t < L; ++t) {
         T* __restrict yt = y + (b * L + t) * C;
-  #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yt[c] = bias ? bias[c] : T(0);
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t s = t - K + 1 + k;
-          const T* __restrict xs;
-          if (s >= 0)
-            xs = x + b * x_sb + s * x_st;
-          else if (state)
-            xs = state + (b * K + K + s) * C;
-          else
-            continue;
-          const T* __restrict wk = w + k * C;
-  #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) yt[c] += wk[c] * xs[c];
-        }
+        pre_activation(b, t, C, K, x, x_sb, x_st, w, bias, state, yt);
         if (silu) {
-  #pragma omp simd
+#pragma omp simd
           for (int64_t c = 0; c < C; ++c) yt[c] = yt[c] * sigmoid(yt[c]);
         }
       }
@@ -81,21 +93,7 @@ void conv_bwd(int64_t batch, int64_t L, int64_t C, int64_t K, const T* __restric
       for (int64_t t = 0; t < L; ++t) {
         const T* __restrict dyt = dy + (b * L + t) * C;
         if (silu) {  // recompute pre, then g = dy * silu'(pre)
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) g[c] = bias ? bias[c] : T(0);
-          for (int64_t k = 0; k < K; ++k) {
-            const int64_t s = t - K + 1 + k;
-            const T* __restrict xs;
-            if (s >= 0)
-              xs = x + b * x_sb + s * x_st;
-            else if (state)
-              xs = state + (b * K + K + s) * C;
-            else
-              continue;
-            const T* __restrict wk = w + k * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) g[c] += wk[c] * xs[c];
-          }
+          pre_activation(b, t, C, K, x, x_sb, x_st, w, bias, state, g);
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
             const T sg = sigmoid(g[c]);
@@ -108,18 +106,10 @@ void conv_bwd(int64_t batch, int64_t L, int64_t C, int64_t K, const T* __restric
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) db[c] += g[c];
         for (int64_t k = 0; k < K; ++k) {
-          const int64_t s = t - K + 1 + k;
-          const T* __restrict xs;
-          T* __restrict dxs;
-          if (s >= 0) {
-            xs = x + b * x_sb + s * x_st;
-            dxs = dx + (b * L + s) * C;
-          } else if (state) {
-            xs = state + (b * K + K + s) * C;
-            dxs = dstate ? dstate + (b * K + K + s) * C : nullptr;
-          } else {
-            continue;
-          }
+          const T* __restrict xs = tap_input(b, t, k, K, C, x, x_sb, x_st, state);
+          if (!xs) continue;
+          const int64_t s = t - K + 1 + k;  // where this tap's gradient goes: dx, the carried state's, or nowhere
+          T* __restrict dxs = s >= 0 ? dx + (b * L + s) * C : (dstate ? dstate + (b * K + K + s) * C : nullptr);
           const T* __restrict wk = w + k * C;
           T* __restrict dwk = dw + k * C;
 #pragma omp simd
