@@ -1,4 +1,11 @@
-"""Backtesting and evaluation: baselines that every model result stands beside, and forecast metrics.
+"""Backtesting and evaluation: the iron condor backtester, strategy metrics, baselines that every model result
+stands beside, and forecast metrics.
+
+- `condor`: the iron condor (payoff at expiry, max loss), strike snapping and expiry choice.
+- `fills`: fills at bid / ask plus slippage, commissions, the contract multiplier.
+- `simulator`: `backtest` over a history of chains, from a policy's decisions or the rule-based condor, with
+  take-profit / DTE / stop / expiry management, risk-budget sizing, a trade log and a daily equity curve.
+- `strategy_metrics`: trade and equity-curve metrics (win rate, profit factor, Sharpe, Sortino, Calmar, drawdown).
 
 - `baselines`: volatility baselines (trailing realized vol, HAR-RV, GARCH(1,1) from arch) and return baselines
   (random walk, seed 004's momentum fallback), each computed from past data only.
@@ -20,6 +27,16 @@ from condorbrain.backtest.baselines import (
     trailing_vol_forecast,
     vol_baselines,
 )
+from condorbrain.backtest.condor import (
+    IronCondor,
+    NoListedStrikeError,
+    choose_expiry,
+    condor_max_loss,
+    condor_payoff,
+    settlement_value,
+    snap_strike,
+)
+from condorbrain.backtest.fills import FillConfig, close_fill, fill_prices, open_fill, order_fees
 from condorbrain.backtest.forecast_metrics import (
     DirectionalScore,
     QlikeScore,
@@ -34,30 +51,64 @@ from condorbrain.backtest.forecast_metrics import (
     qlike,
     reliability_curve,
 )
+from condorbrain.backtest.simulator import (
+    EXIT_REASONS,
+    BacktestConfig,
+    BacktestInputError,
+    BacktestResult,
+    MissingQuotesError,
+    RuleCondor,
+    backtest,
+    write_trade_log,
+)
+from condorbrain.backtest.strategy_metrics import StrategyMetrics, max_drawdown, strategy_metrics
 
 __all__ = [
+    "EXIT_REASONS",
     "GARCH_SCALE",
+    "BacktestConfig",
+    "BacktestInputError",
+    "BacktestResult",
     "DirectionalScore",
+    "FillConfig",
     "GarchConvergenceWarning",
     "GarchFit",
     "GarchForecast",
     "HARFit",
     "HARForecast",
+    "IronCondor",
+    "MissingQuotesError",
+    "NoListedStrikeError",
     "QlikeScore",
     "ReliabilityCurve",
+    "RuleCondor",
     "Score",
+    "StrategyMetrics",
+    "backtest",
     "brier_score",
+    "choose_expiry",
+    "close_fill",
     "compare_forecasts",
+    "condor_max_loss",
+    "condor_payoff",
     "directional_accuracy",
+    "fill_prices",
     "garch_vol_forecast",
     "har_rv_forecast",
     "information_coefficient",
     "mae",
+    "max_drawdown",
     "momentum_return_forecast",
     "mse",
+    "open_fill",
+    "order_fees",
     "qlike",
     "reliability_curve",
     "return_baselines",
+    "settlement_value",
+    "snap_strike",
+    "strategy_metrics",
     "trailing_vol_forecast",
     "vol_baselines",
+    "write_trade_log",
 ]
