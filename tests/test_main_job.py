@@ -39,7 +39,8 @@ def tiny_config(**run) -> RunConfig:
 
 def test_main_job_end_to_end(tmp_path):
     summary = run_main_job(tiny_config(), tmp_path, max_bars=1000)
-    for name in ("config.json", "evaluation.json", "predictions.parquet", "metrics.jsonl"):
+    for name in ("config.json", "evaluation.json", "predictions.parquet", "metrics.jsonl", "backtest.json",
+                 "trades_condorbrain.parquet", "trades_rule_condor.parquet", "trades_buy_and_hold.parquet"):
         assert (tmp_path / name).exists(), name
     tables = summary["tables"]
     vol = {row["forecast"] for row in tables["volatility, 10 bars"]}
@@ -51,6 +52,11 @@ def test_main_job_end_to_end(tmp_path):
     preds = pl.read_parquet(tmp_path / "predictions.parquet")
     assert str(preds.get_column("ts").min()) >= "2018-03-01"  # only the held-out period is scored
     assert json.loads((tmp_path / "config.json").read_text())["run"]["test_start"] == "2018-03-01"
+    # the job ends with the held-out backtest against the strategy baselines
+    backtest = summary["backtest"]
+    assert backtest == json.loads((tmp_path / "backtest.json").read_text())
+    assert [r["strategy"] for r in backtest["table"]] == ["condorbrain", "rule_condor", "buy_and_hold"]
+    assert backtest["test_period"]["first"] >= "2018-03-01" and backtest["verdict"].startswith("-> condorbrain")
 
 
 def test_daily_frame_uses_only_the_past():

@@ -341,7 +341,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# condorbrain run | train | evaluate | predict
+# condorbrain run | train | evaluate | backtest | predict
 
 def _job_config(args: argparse.Namespace):
     """Flags given > the --config file's [model] / [train] / [run] tables > configs/cpu-small.toml."""
@@ -417,6 +417,49 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optional_float(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from condorbrain.backtest_job import backtest_config, backtest_run
+    from condorbrain.main_job import RunConfig
+    from condorbrain.train import CheckpointError
+
+    overrides = {k: getattr(args, k) for k in ("max_open", "take_profit", "close_dte", "stop_loss")
+                 if getattr(args, k) is not _UNSET}
+    out = args.out if args.out is not None else args.run_dir
+    try:
+        config = backtest_config(RunConfig.from_file(args.run_dir / "config.json"), **overrides)
+    except FileNotFoundError:
+        print(f"error: {args.run_dir / 'config.json'} does not exist: {args.run_dir} is not a run folder (condorbrain "
+              "train / run write one)", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        return _print_json({"run_dir": str(args.run_dir), "out": str(out), "backtest": dataclasses.asdict(config)})
+    try:
+        backtest_run(args.run_dir, config, out)
+    except (FileNotFoundError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out / 'backtest.json'}, the trade logs trades_*.parquet and backtest_equity.parquet")
+    return 0
+
+
+_UNSET = object()
+"""Default of the backtest flags: the run's config / BacktestConfig's default applies (None means 'never')."""
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from condorbrain.data import DataValidationError
     from condorbrain.predictor import PredictConfig, Predictor, predict_bars
@@ -481,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.set_defaults(func=_cmd_smoke)
 
-    r = sub.add_parser("run", help="the main job: real S&P 500 + VIX, train CondorBrain, evaluate vs baselines")
+    r = sub.add_parser("run", help="the main job: real S&P 500 + VIX, train CondorBrain, evaluate and "
+                                      "backtest vs baselines")
     _add_job_options(r, "main")
     r.set_defaults(func=_cmd_run)
 
@@ -518,6 +562,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", type=Path, default=None, help="TOML / JSON file whose [predict] table sets options")
     pr.add_argument("--print-config", action="store_true", help="print the effective options as JSON and exit")
     pr.set_defaults(func=_cmd_predict)
+
+    bt = sub.add_parser("backtest", help="backtest a trained run's condors on its held-out period vs baselines",
+                        description="Load RUN_DIR (config, final checkpoint, saved scaler), take the model's condor "
+                                    "at every bar of the held-out test period, backtest it on the synthetic chains "
+                                    "of those bars next to the rule-based condor (16 delta) and buy-and-hold with "
+                                    "the same config and capital, print the comparison table and the verdict "
+                                    "(Sharpe), and write backtest.json, trades_<strategy>.parquet, "
+                                    "backtest_equity.parquet and decisions.parquet.")
+    bt.add_argument("run_dir", type=Path, help="a run folder written by condorbrain train or run")
+    bt.add_argument("--out", type=Path, default=None, help="folder for the files (default: RUN_DIR)")
+    bt.add_argument("--max-open", type=int, default=_UNSET, help="most positions open at once (default 1)")
+    bt.add_argument("--take-profit", type=_optional_float, default=_UNSET,
+                    help="close at this fraction of max profit, or 'none' (default 0.5)")
+    bt.add_argument("--close-dte", type=_optional_float, default=_UNSET,
+                    help="close at this many calendar days to expiry, or 'none' (default 21)")
+    bt.add_argument("--stop-loss", type=_optional_float, default=_UNSET,
+                    help="close when the loss reaches this multiple of the credit, or 'none' (default 2)")
+    bt.add_argument("--print-config", action="store_true", help="print the effective backtest config as JSON and exit")
+    bt.set_defaults(func=_cmd_backtest)
 
     i = sub.add_parser("info", help="print versions and which scan path (compiled CPU / PyTorch) is used")
     i.set_defaults(func=_cmd_info)

@@ -20,11 +20,14 @@ Steps, each using data up to its own time only:
 5. Evaluate on the test period next to the baselines on the same rows: random walk and momentum for returns;
    trailing realized vol, HAR-RV and GARCH(1,1) (refitted on past data only) for volatility; Brier score for POP.
    A model that loses to a baseline is reported as losing.
+6. Backtest the policy's condors on the test period next to the rule-based condor and buy-and-hold, with the same
+   config and capital (:mod:`condorbrain.backtest_job`); judged on Sharpe, losing reported as losing.
 
-In code: :func:`prepare_data` (steps 1-3), :func:`train_model` (4), :func:`evaluate_model` (5). ``condorbrain run``
-(:func:`run_main_job`) runs all three; ``condorbrain train`` (:func:`train_job`) the first two; ``condorbrain
-evaluate`` (:func:`evaluate_run`) reloads a run folder (:func:`load_run`: config, final checkpoint, saved scaler) and
-runs the first and the last with the saved scaler.
+In code: :func:`prepare_data` (steps 1-3), :func:`train_model` (4), :func:`evaluate_model` (5),
+:func:`condorbrain.backtest_job.backtest_model` (6). ``condorbrain run`` (:func:`run_main_job`) runs them all;
+``condorbrain train`` (:func:`train_job`) the first two; ``condorbrain evaluate`` (:func:`evaluate_run`) reloads a
+run folder (:func:`load_run`: config, final checkpoint, saved scaler) and runs the first and the fifth with the saved
+scaler; ``condorbrain backtest`` (:func:`condorbrain.backtest_job.backtest_run`) the first and the sixth.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from condorbrain.backtest import compare_forecasts, reliability_curve, return_baselines, vol_baselines
+from condorbrain.backtest import compare_forecasts, rank_verdict, reliability_curve, return_baselines, vol_baselines
 from condorbrain.data import ClippedZScore, LazySequenceDataset, asof_join, load_sp500, load_vix, synth_chains
 from condorbrain.features import CONDOR_FEATURES, FeatureConfig, black_scholes_torch, condor_features
 from condorbrain.features.targets import (
@@ -57,8 +60,8 @@ from condorbrain.models import CondorBrain, CondorBrainConfig, LossWeights, Poli
 from condorbrain.train import Checkpoint, CheckpointError, RunInfo, TrainConfig, fit, latest_checkpoint, load_checkpoint
 
 __all__ = ["CondorStrikes", "JobData", "LoadedRun", "RunConfig", "condor_labels", "condor_strikes", "daily_policy_frame",
-           "evaluate_model", "evaluate_run", "load_run", "make_targets", "prepare_data", "run_main_job", "train_job",
-           "train_model"]
+           "evaluate_model", "evaluate_run", "finished_training", "load_run", "make_targets", "prepare_data",
+           "run_main_job", "train_job", "train_model"]
 
 DEFAULT_PRESET = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
 
@@ -365,8 +368,12 @@ def _predict(model: CondorBrain, batches: WindowBatches) -> tuple[np.ndarray, di
 class JobData:
     """The job's data after steps 1-3 (what training and evaluation read)."""
 
+    bars: pl.DataFrame
+    """The daily bars the frame was computed from (after ``max_bars``), in the bars schema."""
+    vix: pl.DataFrame | None
+    """The VIX closes given with the bars (None: the chains use their proxy iv)."""
     frame: pl.DataFrame
-    """One row per bar: ts and the 24 raw features (:func:`daily_policy_frame`)."""
+    """One row per bar of ``bars``, in their order: ts and the 24 raw features (:func:`daily_policy_frame`)."""
     ts: np.ndarray
     """(N,) datetime64, UTC without zone."""
     periods: dict[str, np.ndarray]
@@ -421,8 +428,8 @@ def prepare_data(cfg: RunConfig, *, bars: pl.DataFrame | None = None, vix: pl.Da
                for name, m in (("train", train), ("val", val), ("test", test))}
     print(f"      windows of {L} bars: train {len(batches['train'].ds)}, validation {len(batches['val'].ds)}, "
           f"test {len(batches['test'].ds)}")
-    return JobData(frame=frame, ts=ts, periods={"train": train, "val": val, "test": test}, raw=raw, valid=valid,
-                   targets=targets, scaler=scaler, batches=batches)
+    return JobData(bars=bars, vix=vix, frame=frame, ts=ts, periods={"train": train, "val": val, "test": test},
+                   raw=raw, valid=valid, targets=targets, scaler=scaler, batches=batches)
 
 
 def write_config(cfg: RunConfig, out_dir: str | os.PathLike[str]) -> Path:
@@ -472,11 +479,14 @@ def train_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: bool =
 
 def run_main_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: bool = False,
                  max_bars: int | None = None) -> dict[str, Any]:
-    """Run the whole job into ``out_dir``; returns the evaluation summary (also written as ``evaluation.json``).
+    """Run the whole job into ``out_dir``, ending with the held-out backtest against the strategy baselines
+    (:func:`condorbrain.backtest_job.backtest_model`); returns the evaluation summary (``evaluation.json``) with the
+    backtest's (``backtest.json``) under ``"backtest"``.
 
     ``max_bars`` overrides ``cfg.max_bars`` (keep only the last bars: quick runs and tests). Files: ``config.json``
     (the effective config), ``checkpoints/``, ``metrics.jsonl`` and ``train.json`` (training),
-    ``predictions.parquet`` (test rows: targets, model, baselines), ``evaluation.json``.
+    ``predictions.parquet`` (test rows: targets, model, baselines), ``evaluation.json``, and the backtest's
+    ``backtest.json``, ``trades_<strategy>.parquet``, ``backtest_equity.parquet``, ``decisions.parquet``.
     """
     t_start = time.perf_counter()
     if max_bars is not None:
@@ -484,7 +494,10 @@ def run_main_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: boo
     out = write_config(cfg, out_dir)
     data = prepare_data(cfg)
     model, train_summary = train_model(cfg, data, out, resume=resume)
-    return evaluate_model(cfg, model, data, out, train_summary, t_start=t_start)
+    summary = evaluate_model(cfg, model, data, out, train_summary, t_start=t_start)
+    from condorbrain.backtest_job import backtest_model  # imports this module: imported here, not at the top
+
+    return {**summary, "backtest": backtest_model(cfg, model, data, out)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -560,13 +573,19 @@ def evaluate_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """
     t_start = time.perf_counter()
     run = load_run(run_dir)
+    train_summary = finished_training(run)
+    data = prepare_data(run.config, scaler=run.scaler)
+    return evaluate_model(run.config, run.model, data, run.run_dir, train_summary, t_start=t_start)
+
+
+def finished_training(run: LoadedRun) -> dict[str, Any]:
+    """The run's training summary (``train.json``); FileNotFoundError, saying how to resume, when training did not
+    finish (the folder's checkpoint is then an intermediate one, not the run's model)."""
     train_file = run.run_dir / "train.json"
     if not train_file.is_file():
         raise FileNotFoundError(f"{train_file} does not exist: training of {run.run_dir} did not finish; continue "
                                 f"it with `condorbrain train --resume --out {run.run_dir}`")
-    data = prepare_data(run.config, scaler=run.scaler)
-    return evaluate_model(run.config, run.model, data, run.run_dir, json.loads(train_file.read_text()),
-                          t_start=t_start)
+    return json.loads(train_file.read_text())
 
 
 def evaluate_model(cfg: RunConfig, model: CondorBrain, data: JobData, out_dir: str | os.PathLike[str],
@@ -726,8 +745,4 @@ def verdict(table: pl.DataFrame, model: str = "condorbrain") -> str:
     """One line: how the model ranks on the table's primary metric, naming every baseline it loses to."""
     metric = next(m for m in PRIMARY_METRIC if m in table.columns)
     scores = dict(zip(table.get_column("forecast").to_list(), table.get_column(metric).to_list(), strict=True))
-    mine = scores.pop(model)
-    better = sorted((v, k) for k, v in scores.items() if v < mine)
-    if not better:
-        return f"-> {model} beats every baseline on {metric} ({mine:.5g})"
-    return f"-> {model} LOSES on {metric} ({mine:.5g}) to " + ", ".join(f"{k} ({v:.5g})" for v, k in better)
+    return rank_verdict(scores, model, metric, higher_is_better=False)

@@ -6,6 +6,8 @@ stands beside, and forecast metrics.
 - `simulator`: `backtest` over a history of chains, from a policy's decisions or the rule-based condor, with
   take-profit / DTE / stop / expiry management, risk-budget sizing, a trade log and a daily equity curve.
 - `strategy_metrics`: trade and equity-curve metrics (win rate, profit factor, Sharpe, Sortino, Calmar, drawdown).
+- `compare`: buy-and-hold of the underlying, and a policy's condors next to the rule-based condor and buy-and-hold
+  on the same bars, capital and config: one metrics table and a verdict line (Sharpe first).
 
 - `baselines`: volatility baselines (trailing realized vol, HAR-RV, GARCH(1,1) from arch) and return baselines
   (random walk, seed 004's momentum fallback), each computed from past data only.
@@ -26,6 +28,14 @@ from condorbrain.backtest.baselines import (
     return_baselines,
     trailing_vol_forecast,
     vol_baselines,
+)
+from condorbrain.backtest.compare import (
+    STRATEGIES,
+    backtest_strategies,
+    buy_and_hold,
+    compare_strategies,
+    rank_verdict,
+    strategy_verdict,
 )
 from condorbrain.backtest.condor import (
     IronCondor,
@@ -66,6 +76,7 @@ from condorbrain.backtest.strategy_metrics import StrategyMetrics, max_drawdown,
 __all__ = [
     "EXIT_REASONS",
     "GARCH_SCALE",
+    "STRATEGIES",
     "BacktestConfig",
     "BacktestInputError",
     "BacktestResult",
@@ -85,10 +96,13 @@ __all__ = [
     "Score",
     "StrategyMetrics",
     "backtest",
+    "backtest_strategies",
     "brier_score",
+    "buy_and_hold",
     "choose_expiry",
     "close_fill",
     "compare_forecasts",
+    "compare_strategies",
     "condor_max_loss",
     "condor_payoff",
     "directional_accuracy",
@@ -103,11 +117,13 @@ __all__ = [
     "open_fill",
     "order_fees",
     "qlike",
+    "rank_verdict",
     "reliability_curve",
     "return_baselines",
     "settlement_value",
     "snap_strike",
     "strategy_metrics",
+    "strategy_verdict",
     "trailing_vol_forecast",
     "vol_baselines",
     "write_trade_log",
