@@ -56,7 +56,14 @@ from condorbrain.features.targets import (
     forward_realized_vol,
     forward_return,
 )
-from condorbrain.models import CondorBrain, CondorBrainConfig, LossWeights, PolicyOutput, condor_loss
+from condorbrain.models import (
+    CondorBrain,
+    CondorBrainConfig,
+    LossWeights,
+    PolicyOutput,
+    condor_loss,
+    read_config_file,
+)
 from condorbrain.train import Checkpoint, CheckpointError, RunInfo, TrainConfig, fit, latest_checkpoint, load_checkpoint
 
 __all__ = ["CondorStrikes", "JobData", "LoadedRun", "RunConfig", "condor_labels", "condor_strikes", "daily_policy_frame",
@@ -121,7 +128,7 @@ class RunConfig:
         A ``[predict]`` table may sit beside them (``condorbrain predict``'s options,
         :class:`condorbrain.predictor.PredictConfig`); it is not read here. A run folder's ``config.json`` is such a
         file too."""
-        raw = _read_preset(Path(path))
+        raw = read_config_file(path)
         unknown = sorted(set(raw) - {"model", "train", "run", "predict"})
         if unknown:
             raise ValueError(f"{path}: unknown table(s) {unknown}; expected [model], [train], [run], [predict]")
@@ -137,16 +144,6 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("model", "train")}
         return {"model": self.model.to_dict(), "train": self.train.to_dict(), "run": out}
-
-
-def _read_preset(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    import tomllib
-
-    return tomllib.loads(path.read_text())
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -39,12 +39,11 @@ from condorbrain.features import CONDOR_FEATURES
 from condorbrain.main_job import (
     PopCalibration,
     RunConfig,
-    _read_preset,
     condor_strikes,
     daily_policy_frame,
     load_run,
 )
-from condorbrain.models import CondorBrain, PolicyOutput
+from condorbrain.models import CondorBrain, PolicyOutput, read_config_file
 
 __all__ = ["REGIME_NAMES", "Policy", "PolicyStream", "PredictConfig", "Predictor", "predict_bars"]
 
@@ -300,7 +299,7 @@ class PredictConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> PredictConfig:
         """The ``[predict]`` table of a TOML / JSON config file (other tables are ignored), then ``overrides``."""
-        table = dict(_read_preset(Path(path)).get("predict", {}))
+        table = dict(read_config_file(path).get("predict", {}))
         names = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(table) - names)
         if bad:

@@ -8,7 +8,7 @@ from condorbrain.models.condorbrain import (
     RegimeDetector,
     transformer_baseline,
 )
-from condorbrain.models.config import CondorBrainConfig, MixerKind
+from condorbrain.models.config import CondorBrainConfig, MixerKind, read_config_file
 from condorbrain.models.losses import (
     TARGET_KEYS,
     LossWeights,
@@ -23,6 +23,7 @@ __all__ = [
     "TARGET_KEYS",
     "CondorBrain",
     "CondorBrainConfig",
+    "read_config_file",
     "ExpertDecoder",
     "InputEmbedding",
     "LossWeights",

@@ -213,22 +213,33 @@ class CondorBrainConfig:
         or unparsable content, and as :meth:`from_dict` on bad keys or values.
         """
         path = Path(path)
-        suffix = path.suffix.lower()
-        try:
-            if suffix == ".toml":
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-            elif suffix == ".json":
-                data = json.loads(path.read_text(encoding="utf-8"))
-            else:
-                raise ValueError(f"config file {path} must end in .toml or .json")
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"config file {path} does not parse: {err}") from err
+        data = read_config_file(path)
         if isinstance(data, dict) and "model" in data:
             data = data["model"]
         try:
             return cls.from_dict(data)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
+
+
+def read_config_file(path: str | os.PathLike[str]) -> Any:
+    """The parsed content of a ``.toml`` or ``.json`` config file (every preset reader goes through here).
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file for a bad suffix or content that does
+    not parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            return tomllib.loads(path.read_text(encoding="utf-8"))
+        if suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"config file {path} does not parse: {err}") from err
+    raise ValueError(f"config file {path} must end in .toml or .json")
 
 
 def _is_real(value: object) -> bool:
