@@ -35,16 +35,9 @@ import polars as pl
 from condorbrain.data import MarketConfig, RandomBatchSampler, write_synth_market
 from condorbrain.dataset import BuildConfig, build_dataset, open_dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import proc_status  # noqa: E402
 
-def _status() -> dict[str, int]:
-    """VmHWM, VmRSS, RssAnon, RssFile of this process in bytes."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
 
 
 def _reset_peak() -> bool:
@@ -82,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="data_pipeline_", dir=args.workdir))
-    baseline = _status()["VmRSS"]  # the interpreter with numpy, polars, torch imported, before any data
+    baseline = proc_status()["VmRSS"]  # the interpreter with numpy, polars, torch imported, before any data
     stages: list[dict[str, float | int | str]] = []
     can_reset = _reset_peak()
 
@@ -97,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         written = write_synth_market(work / "market", config, progress=True)
         synth_s = time.perf_counter() - t0
-        synth_peak = _status()["VmHWM"]
+        synth_peak = proc_status()["VmHWM"]
         record("synthesize -> Parquet", synth_s, written.n_bars + written.n_quotes, synth_peak)
 
         build_cfg = BuildConfig(max_staleness=dt.timedelta(seconds=args.max_staleness_s), chunk_rows=args.chunk_rows)
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         summary = build_dataset(written.bars_dir, written.quotes_dir, work / "dataset", build_cfg, progress=True)
         build_s = time.perf_counter() - t0
-        build_peak = _status()["VmHWM"]
+        build_peak = proc_status()["VmHWM"]
         per_stage_rows = {"load + validate": written.n_bars + written.n_quotes, "plan": written.n_quotes,
                           "bar features + targets": written.n_bars, "join + features": summary.rows,
                           "ivr + valid mask": summary.rows, "write metadata": summary.segments}
@@ -114,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         record("build (all stages)", build_s, summary.rows, build_peak)
 
         _reset_peak()
-        before = _status()
+        before = proc_status()
         t0 = time.perf_counter()
         ds = open_dataset(work / "dataset", args.seq_len)
         open_s = time.perf_counter() - t0
@@ -127,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             b = ds.batch(idx)
             times.append(time.perf_counter() - t1)
         shape = tuple(b.x.shape)
-        after = _status()
+        after = proc_status()
         times_ms = sorted(1e3 * t for t in times)
         batch_median = statistics.median(times_ms)
         record("open lazy dataset", open_s, summary.rows, None)

@@ -25,16 +25,10 @@ import torch
 
 from condorbrain.data.sequences import LazySequenceDataset, RandomBatchSampler
 
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import proc_status  # noqa: E402
 
-def rss() -> dict[str, int]:
-    """RssAnon and RssFile of this process in bytes (Linux)."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("RssAnon", "RssFile", "VmRSS"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
 
 
 def cpu_model() -> str:
@@ -78,11 +72,11 @@ def main() -> None:
         ts = (np.arange(n, dtype=np.int64) - np.searchsorted(seg, seg)) * 60  # each contract's own minute clock
         x = np.load(path, mmap_mode="r")
         array_bytes = x.nbytes
-        before = rss()
+        before = proc_status()
         t0 = time.perf_counter()
         ds = LazySequenceDataset(x, L, segment_ids=seg, timestamps=ts, max_gap=60)
         build_s = time.perf_counter() - t0
-        after_build = rss()
+        after_build = proc_status()
 
         sampler = RandomBatchSampler(len(ds), B, num_batches=args.repeats + 20, seed=args.seed)
         batches = list(sampler)
@@ -97,7 +91,7 @@ def main() -> None:
             b = ds.batch(idx)
             times.append(time.perf_counter() - t0)
         assert b.x.shape == (B, L, f)
-        after_batches = rss()
+        after_batches = proc_status()
         del b
 
     times_ms = sorted(1e3 * t for t in times)

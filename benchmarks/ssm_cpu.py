@@ -24,6 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import rss_mib  # noqa: E402
+
+
 HERE = Path(__file__).resolve().parent
 
 ROWS = {
@@ -40,14 +44,6 @@ BARS = [
     ("condorbrain Mamba (compiled scan)", "mambapy 1.2.0 Mamba (pscan)", 5.0),
     ("condorbrain Mamba2 (compiled scan)", "plain einsum Mamba2 (anchor_bench)", 2.0),
 ]
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _build(kind: str, d: int, n_layers: int):
@@ -98,7 +94,7 @@ def _run_row(kind: str, backend: str | None, threads: int, d: int, n_layers: int
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
-    base = _rss_mib()
+    base = rss_mib()
     t_train = median(train_step)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     t_fwd = median(fwd)

@@ -44,6 +44,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import rss_mib  # noqa: E402
+
+
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = ("mamba2", "mamba", "attention")
 ROW_NAMES = {"mamba2": "CondorBrain Mamba-2", "mamba": "CondorBrain Mamba",
@@ -109,14 +113,6 @@ def random_targets(cfg: Any, batch: int, generator: Any) -> dict[str, Any]:
     }
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _run_row(cfg: Any, batch: int, device_name: str, threads: int, warmup: int, repeats: int, lr: float,
              grad_checkpointing: bool, q: Any) -> None:
     """Child process: build one model, time ``repeats`` training steps after ``warmup``, put the result on ``q``."""
@@ -161,7 +157,7 @@ def _measure(cfg: Any, batch: int, device_name: str, threads: int, warmup: int, 
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
 
-        rss_before = _rss_mib()
+        rss_before = rss_mib()
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)

@@ -1,0 +1,20 @@
+"""Helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+
+def proc_status() -> dict[str, int]:
+    """Memory lines of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile, ...) in bytes (Linux)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[key] = int(parts[0]) * 1024
+    return out
+
+
+def rss_mib() -> float:
+    """Resident set size of this process now, MiB."""
+    return proc_status()["VmRSS"] / 2**20
