@@ -18,3 +18,17 @@ def proc_status() -> dict[str, int]:
 def rss_mib() -> float:
     """Resident set size of this process now, MiB."""
     return proc_status()["VmRSS"] / 2**20
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() where that is unreadable)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -36,7 +36,7 @@ from condorbrain.data import MarketConfig, RandomBatchSampler, write_synth_marke
 from condorbrain.dataset import BuildConfig, build_dataset, open_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import proc_status  # noqa: E402
+from _common import cpu_model, proc_status  # noqa: E402
 
 
 
@@ -47,17 +47,6 @@ def _reset_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                  "rss_file_growth_bytes": after["RssFile"] - before["RssFile"],
                  "dataset_index_bytes": ds.overhead_bytes},
         "bars_from_issue": bars,
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "polars_threads": pl.thread_pool_size(),
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "polars_threads": pl.thread_pool_size(),
                     "polars": pl.__version__, "numpy": np.__version__, "python": platform.python_version(),
                     "platform": platform.platform()},
         "when_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -27,19 +27,8 @@ from condorbrain.data.sequences import LazySequenceDataset, RandomBatchSampler
 
 import sys
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import proc_status  # noqa: E402
+from _common import cpu_model, proc_status  # noqa: E402
 
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:
