@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _layer_checks import (
+    assert_forward_and_grads_match,
+    assert_steps_reproduce_forward,
+    assert_steps_then_window,
+    assert_windows_equal_one_pass,
+)
 
-from condorbrain.ssm import Mamba2, RMSNormGated, SSMState, ssd_scan_ref
+from condorbrain.ssm import Mamba2, RMSNormGated, ssd_scan_ref
 
 # ---------------------------------------------------------------------------------------------------------------
 # Parity with mamba_ssm. Read off state-spaces/mamba at commit e9594ce1c732d97440f0332fdc43170a2294dbfa,
@@ -233,15 +239,7 @@ def test_forward_and_gradients_match_plain_float64(kw, L):
     m = make(dtype=torch.float64, **kw)
     u = randn(2, L, kw["d_model"], dtype=torch.float64).requires_grad_()
     w = randn(2, L, kw["d_model"], seed=2, dtype=torch.float64)
-    params = [p for _, p in m.named_parameters()]
-    y = m(u)
-    y_ref = plain_forward(m, u)
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    grads = torch.autograd.grad((y * w).sum(), [u, *params])
-    grads_ref = torch.autograd.grad((y_ref * w).sum(), [u, *params])
-    names = ["u"] + [n for n, _ in m.named_parameters()]
-    for name, g, gr in zip(names, grads, grads_ref):
-        torch.testing.assert_close(g, gr, rtol=1e-9, atol=1e-11, msg=lambda s, n=name: f"grad of {n}: {s}")
+    assert_forward_and_grads_match(m, plain_forward, u, w)
 
 
 def test_dt_limit_clamps():
@@ -264,50 +262,18 @@ def test_float32_forward_close_to_float64():
 @pytest.mark.parametrize("kw, L", CASES)
 def test_step_reproduces_forward(kw, L):
     m = make(**kw)
-    u = randn(2, L, kw["d_model"])
-    with torch.no_grad():
-        y = m(u)
-        conv_state, ssm_state = m.allocate_inference_cache(2, max_seqlen=L)
-        assert conv_state.shape == (2, m.conv_dim, m.d_conv)
-        assert ssm_state.shape == (2, m.nheads, m.headdim, m.d_state)
-        outs = []
-        for t in range(L):
-            out, cs, ss = m.step(u[:, t : t + 1], conv_state, ssm_state)
-            assert cs is conv_state and ss is ssm_state  # updated in place
-            outs.append(out)
-    torch.testing.assert_close(torch.cat(outs, dim=1), y, rtol=1e-5, atol=1e-6)
-    _, state = m(u, return_state=True)
-    torch.testing.assert_close(conv_state, state.conv_state)
-    torch.testing.assert_close(ssm_state, state.ssm_state, rtol=1e-5, atol=1e-6)
+    conv_state, ssm_state = assert_steps_reproduce_forward(m, randn(2, L, kw["d_model"]))
+    assert conv_state.shape == (2, m.conv_dim, m.d_conv)
+    assert ssm_state.shape == (2, m.nheads, m.headdim, m.d_state)
 
 
 @pytest.mark.parametrize("splits", [[37], [1, 36], [2, 1, 34], [8, 8, 21], [13, 24], [36, 1]])
 def test_windowed_forward_equals_one_pass(splits):
-    m = make(**SMALL, ngroups=2)
-    u = randn(2, 37, 32)
-    y = m(u)
-    state, outs, t0 = None, [], 0
-    for n in splits:
-        passed = state
-        before = None if passed is None else [s.clone() for s in passed]
-        out, state = m(u[:, t0 : t0 + n], state=passed, return_state=True)
-        if passed is not None:  # the incoming state is not modified
-            assert all(torch.equal(a, b) for a, b in zip(passed, before))
-        assert isinstance(state, SSMState)
-        outs.append(out)
-        t0 += n
-    torch.testing.assert_close(torch.cat(outs, dim=1), y, rtol=1e-5, atol=1e-6)
+    assert_windows_equal_one_pass(make(**SMALL, ngroups=2), randn(2, 37, 32), splits)
 
 
 def test_steps_and_windows_interleave():
-    m = make(**SMALL)
-    u = randn(1, 14, 32)
-    y = m(u)
-    with torch.no_grad():
-        cache = m.allocate_inference_cache(1)
-        first = [m.step(u[:, t : t + 1], *cache)[0] for t in range(6)]
-        rest, _ = m(u[:, 6:], state=cache, return_state=True)
-    torch.testing.assert_close(torch.cat(first + [rest], dim=1), y, rtol=1e-5, atol=1e-6)
+    assert_steps_then_window(make(**SMALL), randn(1, 14, 32), n_steps=6)
 
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
