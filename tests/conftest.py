@@ -1,8 +1,16 @@
-"""Suite-wide settings: every test starts from the same global seeds (tests also seed their own generators)."""
+"""Suite-wide settings: every test starts from the same global seeds (tests also seed their own generators).
+
+Without a GPU the Triton kernels are tested under Triton's interpreter: ``TRITON_INTERPRET`` must be set before
+triton is first imported, so it is set here, before any test module imports it."""
+
+import os
 
 import numpy as np
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)
