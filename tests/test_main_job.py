@@ -34,7 +34,8 @@ def tiny_config(**run) -> RunConfig:
                                 hold_horizon=10, horizons=(1, 5))
     train = cfg.train.replace(epochs=1, warmup_steps=2, batch_size=64, progress=False, early_stopping_patience=None)
     return dataclasses.replace(cfg, model=model, train=train, **{"val_start": "2017-07-01",
-                                                                 "test_start": "2018-03-01", **run})
+                                                                 "test_start": "2018-03-01", "walk_forward": None,
+                                                                 **run})
 
 
 def test_main_job_end_to_end(tmp_path):

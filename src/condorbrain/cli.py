@@ -357,6 +357,8 @@ def _job_config(args: argparse.Namespace):
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mixer=args.mixer))
     if args.max_bars is not None:
         cfg = dataclasses.replace(cfg, max_bars=args.max_bars)
+    if args.single_split:
+        cfg = dataclasses.replace(cfg, walk_forward=None)
     return cfg
 
 
@@ -414,6 +416,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.run_dir / 'evaluation.json'} and {args.run_dir / 'predictions.parquet'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from condorbrain.report import write_report
+
+    try:
+        paths = write_report(args.run_dir)
+    except FileNotFoundError as e:  # the message names the missing file
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {paths.html} and {paths.json}")
     return 0
 
 
@@ -511,6 +525,8 @@ def _add_job_options(p: argparse.ArgumentParser, prefix: str) -> None:
                    help="override [model] mixer (attention = the Transformer baseline)")
     p.add_argument("--max-bars", type=int, default=None,
                    help="override [run] max_bars: keep only the last N daily bars (quick runs)")
+    p.add_argument("--single-split", action="store_true",
+                   help="one chronological split ([run] val_start / test_start) instead of the [walk_forward] windows")
     p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
 
 
@@ -581,6 +597,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="close when the loss reaches this multiple of the credit, or 'none' (default 2)")
     bt.add_argument("--print-config", action="store_true", help="print the effective backtest config as JSON and exit")
     bt.set_defaults(func=_cmd_backtest)
+
+    rp = sub.add_parser("report", help="write a run folder's self-contained HTML report and its JSON numbers",
+                        description="Read RUN_DIR's evaluation, predictions and backtest files and write "
+                                    "RUN_DIR/report.html (plots: equity against the baselines, drawdown, P&L "
+                                    "distribution, calibration, volatility forecast against realized, regime "
+                                    "probabilities; the walk-forward windows) and report.json (the same numbers).")
+    rp.add_argument("run_dir", type=Path, help="a run folder written by condorbrain run (or evaluate + backtest)")
+    rp.set_defaults(func=_cmd_report)
 
     i = sub.add_parser("info", help="print versions and which scan path (compiled CPU / PyTorch) is used")
     i.set_defaults(func=_cmd_info)

@@ -39,7 +39,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -58,92 +58,18 @@ from condorbrain.features.targets import (
 )
 from condorbrain.models import (
     CondorBrain,
-    CondorBrainConfig,
     LossWeights,
     PolicyOutput,
     condor_loss,
-    read_config_file,
 )
-from condorbrain.train import Checkpoint, CheckpointError, RunInfo, TrainConfig, fit, latest_checkpoint, load_checkpoint
+from condorbrain.run_config import RunConfig
+from condorbrain.train import Checkpoint, CheckpointError, RunInfo, fit, latest_checkpoint, load_checkpoint
 
-__all__ = ["CondorStrikes", "JobData", "LoadedRun", "RunConfig", "condor_labels", "condor_strikes", "daily_policy_frame",
-           "evaluate_model", "evaluate_run", "finished_training", "load_run", "make_targets", "prepare_data",
-           "run_main_job", "train_job", "train_model"]
+__all__ = ["CondorStrikes", "JobData", "LoadedRun", "RunConfig", "condor_labels", "condor_strikes",
+           "daily_policy_frame", "evaluate_model", "evaluate_run", "finished_training", "forecast_frame", "load_run",
+           "make_targets", "prepare_data", "run_main_job", "score_predictions", "train_job", "train_model"]
 
 DEFAULT_PRESET = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Settings of the main job besides the model's and the training loop's."""
-
-    model: CondorBrainConfig = field(default_factory=CondorBrainConfig)
-    """The network (``[model]`` of a preset file)."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """The training loop (``[train]`` of a preset file)."""
-    target_dte: int = 45
-    """Calendar days to expiry of the representative contract (and of the condors the POP / ROI heads price)."""
-    val_start: str = "2012-01-01"
-    """First day of the validation period (UTC date)."""
-    test_start: str = "2015-01-01"
-    """First day of the held-out test period (UTC date); everything after it is never seen in training."""
-    pop_level: float = 0.9
-    """Excursion quantile level that sets the short strikes of the condor the POP / ROI heads are trained on."""
-    rate: float = 0.02
-    """Risk-free rate for pricing (per year, continuous), as the synthetic chains use."""
-    dividend_yield: float = 0.018
-    """Dividend yield for pricing (per year, continuous), as the synthetic chains use."""
-    vol_window: int = 22
-    """Window (bars) of the trailing realized-vol baseline and of the regime label."""
-    garch_refit_every: int = 21
-    """GARCH(1,1) baseline: refit on the expanding past every this many bars of the test period."""
-    max_staleness_days: int = 5
-    """A quote older than this many days counts as missing (weekends and holidays fit inside)."""
-    max_bars: int | None = None
-    """Keep only the last this many daily bars of the embedded S&P 500 (quick runs and tests); None = all of them."""
-
-    def __post_init__(self) -> None:
-        for name in ("val_start", "test_start"):
-            try:
-                dt.date.fromisoformat(getattr(self, name))
-            except ValueError:
-                raise ValueError(f"{name} must be an ISO date (YYYY-MM-DD), got {getattr(self, name)!r}") from None
-        if not self.val_start < self.test_start:
-            raise ValueError(f"val_start ({self.val_start}) must be before test_start ({self.test_start})")
-        if not 0.5 < self.pop_level < 1.0:
-            raise ValueError(f"pop_level must be in (0.5, 1), got {self.pop_level}")
-        if self.pop_level not in self.model.quantiles:
-            raise ValueError(f"pop_level {self.pop_level} must be one of model.quantiles {self.model.quantiles}")
-        for name in ("target_dte", "vol_window", "garch_refit_every", "max_staleness_days"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_bars is not None and (isinstance(self.max_bars, bool) or not isinstance(self.max_bars, int)
-                                          or self.max_bars < 1):
-            raise ValueError(f"max_bars must be None or a positive int, got {self.max_bars!r}")
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> RunConfig:
-        """A preset file: ``[model]`` -> CondorBrainConfig, ``[train]`` -> TrainConfig, ``[run]`` -> this class.
-
-        A ``[predict]`` table may sit beside them (``condorbrain predict``'s options,
-        :class:`condorbrain.predictor.PredictConfig`); it is not read here. A run folder's ``config.json`` is such a
-        file too."""
-        raw = read_config_file(path)
-        unknown = sorted(set(raw) - {"model", "train", "run", "predict"})
-        if unknown:
-            raise ValueError(f"{path}: unknown table(s) {unknown}; expected [model], [train], [run], [predict]")
-        model = CondorBrainConfig.from_dict(raw.get("model", {}))
-        train = TrainConfig.from_dict(raw.get("train", {}))
-        run = dict(raw.get("run", {}))
-        names = {f.name for f in dataclasses.fields(cls)} - {"model", "train"}
-        bad = sorted(set(run) - names)
-        if bad:
-            raise ValueError(f"{path}: unknown [run] key(s) {bad}; known: {sorted(names)}")
-        return dataclasses.replace(cls(model=model, train=train, **run), **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("model", "train")}
-        return {"model": self.model.to_dict(), "train": self.train.to_dict(), "run": out}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -332,18 +258,29 @@ def _window_dataset(x: np.ndarray, valid: np.ndarray, period: np.ndarray, L: int
 # ---------------------------------------------------------------------------------------------------------------
 
 def _periods(ts: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boolean masks of training / validation / test rows, with ``hold_horizon`` rows purged before each boundary."""
-    v0, t0 = (np.datetime64(cfg.val_start), np.datetime64(cfg.test_start))
+    """Boolean masks of training / validation / test rows.
+
+    Training: ``[train_start, val_start)``, validation ``[val_start, test_start)``, test ``[test_start, test_end)``
+    (open ends: the data's). Before each boundary ``hold_horizon + embargo`` rows are dropped: the purge (no label
+    window of an earlier period reaches into a later one) and the embargo (inputs serially correlated past it)."""
     day = ts.astype("datetime64[D]")
-    val_lo, test_lo = int(np.searchsorted(day, v0)), int(np.searchsorted(day, t0))
-    hold = cfg.model.hold_horizon
+
+    def row(date: str | None, default: int) -> int:
+        return default if date is None else int(np.searchsorted(day, np.datetime64(date)))
+
+    train_lo, val_lo = row(cfg.train_start, 0), row(cfg.val_start, 0)
+    test_lo, test_hi = row(cfg.test_start, 0), row(cfg.test_end, len(ts))
+    gap = cfg.model.hold_horizon + cfg.embargo
     idx = np.arange(len(ts))
-    train = idx < val_lo - hold
-    val = (idx >= val_lo) & (idx < test_lo - hold)
-    test = idx >= test_lo
+    train = (idx >= train_lo) & (idx < val_lo - gap)
+    val = (idx >= val_lo) & (idx < test_lo - gap)
+    test = (idx >= test_lo) & (idx < test_hi)
     for name, m in (("training", train), ("validation", val), ("test", test)):
         if m.sum() < cfg.model.lookback:
-            raise ValueError(f"the {name} period has {int(m.sum())} rows, fewer than lookback={cfg.model.lookback}")
+            raise ValueError(f"the {name} period has {int(m.sum())} rows, fewer than lookback={cfg.model.lookback} "
+                             f"(train_start {cfg.train_start}, val_start {cfg.val_start}, test_start "
+                             f"{cfg.test_start}, test_end {cfg.test_end}, purge {cfg.model.hold_horizon} + embargo "
+                             f"{cfg.embargo} bars)")
     return train, val, test
 
 
@@ -388,7 +325,7 @@ class JobData:
 
 
 def prepare_data(cfg: RunConfig, *, bars: pl.DataFrame | None = None, vix: pl.DataFrame | None = None,
-                 scaler: ClippedZScore | None = None) -> JobData:
+                 scaler: ClippedZScore | None = None, frame: pl.DataFrame | None = None) -> JobData:
     """Steps 1-3: bars -> daily frame -> targets, periods, scaled windows. The one data path of train and evaluate.
 
     Args:
@@ -396,6 +333,8 @@ def prepare_data(cfg: RunConfig, *, bars: pl.DataFrame | None = None, vix: pl.Da
         bars, vix: daily bars and VIX closes; None = the embedded S&P 500 and VIX (both loaded when ``bars`` is None).
         scaler: None fits a :class:`ClippedZScore` on the training rows only; a saved one (a run folder's) is
             applied as it is, never refitted.
+        frame: :func:`daily_policy_frame` of these ``bars`` / ``vix`` under ``cfg``, when already computed (the
+            walk-forward's windows share one; every feature at a bar reads that bar and earlier ones only).
     """
     source = "given"
     if bars is None:
@@ -404,7 +343,10 @@ def prepare_data(cfg: RunConfig, *, bars: pl.DataFrame | None = None, vix: pl.Da
         bars = bars.tail(cfg.max_bars)
     print(f"[1/5] data: {bars.height} daily bars {bars['ts'][0]:%Y-%m-%d} .. {bars['ts'][-1]:%Y-%m-%d} ({source}), "
           f"synthetic chains priced on {'VIX / ' if vix is not None else ''}proxy iv")
-    frame = daily_policy_frame(bars, vix, cfg)
+    if frame is None:
+        frame = daily_policy_frame(bars, vix, cfg)
+    elif frame.height != bars.height:
+        raise ValueError(f"frame has {frame.height} rows for {bars.height} bars")
     ts = frame.get_column("ts").dt.replace_time_zone(None).to_numpy()
     train, val, test = _periods(ts, cfg)
 
@@ -469,32 +411,46 @@ def train_model(cfg: RunConfig, data: JobData, out_dir: str | os.PathLike[str], 
 
 def train_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: bool = False
               ) -> tuple[CondorBrain, dict[str, Any]]:
-    """``condorbrain train``: steps 1-4 (data, train) into a run folder; no evaluation. See :func:`train_model`."""
+    """``condorbrain train``: steps 1-4 (data, train) into a run folder; no evaluation. See :func:`train_model`.
+    One model on the one split of ``cfg`` (``val_start``, ``test_start``): a ``walk_forward`` table is dropped."""
+    cfg = dataclasses.replace(cfg, walk_forward=None)
     out = write_config(cfg, out_dir)
     return train_model(cfg, prepare_data(cfg), out, resume=resume)
 
 
 def run_main_job(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume: bool = False,
                  max_bars: int | None = None) -> dict[str, Any]:
-    """Run the whole job into ``out_dir``, ending with the held-out backtest against the strategy baselines
-    (:func:`condorbrain.backtest_job.backtest_model`); returns the evaluation summary (``evaluation.json``) with the
-    backtest's (``backtest.json``) under ``"backtest"``.
+    """Run the whole job into ``out_dir``. With ``cfg.walk_forward`` set, the walk-forward
+    (:func:`condorbrain.walk_forward.run_walk_forward`: a model per window, the tables per window and overall, the
+    backtest over every window, the report); otherwise one split: train, evaluate on the test period, backtest it
+    against the strategy baselines (:func:`condorbrain.backtest_job.backtest_model`), write the report. Returns the
+    evaluation summary (``evaluation.json``) with the backtest's (``backtest.json``) under ``"backtest"``.
 
     ``max_bars`` overrides ``cfg.max_bars`` (keep only the last bars: quick runs and tests). Files: ``config.json``
     (the effective config), ``checkpoints/``, ``metrics.jsonl`` and ``train.json`` (training),
-    ``predictions.parquet`` (test rows: targets, model, baselines), ``evaluation.json``, and the backtest's
-    ``backtest.json``, ``trades_<strategy>.parquet``, ``backtest_equity.parquet``, ``decisions.parquet``.
+    ``predictions.parquet`` (test rows: targets, model, baselines), ``evaluation.json``, the backtest's
+    ``backtest.json``, ``trades_<strategy>.parquet``, ``backtest_equity.parquet``, ``decisions.parquet``, and
+    ``report.html`` / ``report.json``.
     """
     t_start = time.perf_counter()
     if max_bars is not None:
         cfg = dataclasses.replace(cfg, max_bars=max_bars)
+    # These import this module: imported here, not at the top.
+    from condorbrain.backtest_job import backtest_model
+    from condorbrain.report import write_report
+    from condorbrain.walk_forward import run_walk_forward
+
+    if cfg.walk_forward is not None:
+        return run_walk_forward(cfg, out_dir, resume=resume)
     out = write_config(cfg, out_dir)
     data = prepare_data(cfg)
     model, train_summary = train_model(cfg, data, out, resume=resume)
     summary = evaluate_model(cfg, model, data, out, train_summary, t_start=t_start)
-    from condorbrain.backtest_job import backtest_model  # imports this module: imported here, not at the top
-
-    return {**summary, "backtest": backtest_model(cfg, model, data, out)}
+    calibration = PopCalibration(**train_summary.get("pop_calibration", {}))
+    summary = {**summary, "backtest": backtest_model(cfg, model, data, out, calibration=calibration)}
+    paths = write_report(out)
+    print(f"report: {paths.html}")
+    return summary
 
 
 @dataclass(frozen=True, eq=False)
@@ -516,7 +472,8 @@ class LoadedRun:
 
 def load_run(run_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> LoadedRun:
     """Load a run folder: ``config.json``, the newest complete checkpoint (safetensors + JSON, never unpickled), its
-    EMA weights and its saved scaler.
+    EMA weights and its saved scaler. For a walk-forward run folder, its last window's (``windows/wNN``, trained on
+    the most data): the model to use from here on.
 
     Raises:
         FileNotFoundError: no folder, no ``config.json``, or no complete checkpoint.
@@ -529,6 +486,10 @@ def load_run(run_dir: str | os.PathLike[str], *, device: str | torch.device = "c
         raise FileNotFoundError(f"{config_path} does not exist: {run_dir} is not a run folder (condorbrain train / "
                                 "run write one)")
     cfg = RunConfig.from_file(config_path)
+    if cfg.walk_forward is not None:  # a walk-forward run: its newest window's model (trained on the most data)
+        from condorbrain.walk_forward import window_dirs
+
+        return load_run(window_dirs(run_dir)[-1], device=device)
     path = latest_checkpoint(run_dir)
     if path is None:
         raise FileNotFoundError(f"{run_dir / 'checkpoints'} holds no complete checkpoint: training has not saved one")
@@ -568,6 +529,10 @@ def evaluate_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises FileNotFoundError when the folder has no ``train.json`` (training did not finish: resume it first).
     """
+    from condorbrain.walk_forward import evaluate_walk_forward, is_walk_forward_run
+
+    if is_walk_forward_run(run_dir):
+        return evaluate_walk_forward(run_dir)
     t_start = time.perf_counter()
     run = load_run(run_dir)
     train_summary = finished_training(run)
@@ -585,70 +550,103 @@ def finished_training(run: LoadedRun) -> dict[str, Any]:
     return json.loads(train_file.read_text())
 
 
-def evaluate_model(cfg: RunConfig, model: CondorBrain, data: JobData, out_dir: str | os.PathLike[str],
-                   train_summary: Mapping[str, Any], *, t_start: float | None = None) -> dict[str, Any]:
-    """Step 5: score ``model`` on the test period next to the baselines; print the tables with their verdicts and
-    write ``predictions.parquet`` and ``evaluation.json`` into ``out_dir``. Returns the summary."""
-    t_start = time.perf_counter() if t_start is None else t_start
-    out = Path(out_dir)
-    targets, frame, ts = data.targets, data.frame, data.ts
-    print("[4/5] evaluation on the held-out period, next to the baselines")
+def forecast_frame(cfg: RunConfig, model: CondorBrain, data: JobData, calibration: PopCalibration) -> pl.DataFrame:
+    """One row per window ending in the test period: the targets, the model's forecasts and every baseline's, on the
+    same rows (what ``predictions.parquet`` holds and :func:`score_predictions` scores).
+
+    Columns: ``ts``, ``close``; ``target_ret_{h}``, ``pred_ret_{h}`` and ``return_baseline_{h}_{name}`` (simple
+    returns over h bars; random walk, momentum); ``target_vol``, ``pred_vol`` and ``baseline_{name}`` (realized vol
+    over the holding horizon; trailing RV, HAR-RV, GARCH(1,1)); ``pred_pop`` (calibrated by ``calibration``),
+    ``pred_pop_uncalibrated``, ``pop_base_rate`` (the training period's frequency of profit of the model's own
+    proposals), ``pop_label``; ``pred_roi``, ``roi_label``; ``regime_label``, ``pred_regime_{i}``.
+
+    The fitted baselines see only the past: HAR-RV and GARCH(1,1) are fitted on the bars from the first training row
+    up to the first test row and GARCH refits every ``garch_refit_every`` bars on the bars before each refit; the
+    series handed to them ends at the last test row.
+    """
+    targets, frame = data.targets, data.frame
     rows, pred = _predict(model, data.batches["test"])
     close = frame.get_column("close").to_numpy()
     r = np.r_[np.nan, np.diff(np.log(close))]
-    test_lo = int(np.argmax(data.periods["test"]))
+    first = int(np.argmax(data.periods["train"]))
+    test_rows = np.flatnonzero(data.periods["test"])
+    test_lo, test_hi = int(test_rows[0]), int(test_rows[-1]) + 1
     hold = cfg.model.hold_horizon
-    vb = vol_baselines(r, hold, test_lo, window=cfg.vol_window, refit_every=cfg.garch_refit_every)
-    tables: dict[str, pl.DataFrame] = {}
-    truth_vol = targets["vol"][rows].astype(np.float64)
-    tables[f"volatility, {hold} bars"] = compare_forecasts(
-        truth_vol, {"condorbrain": pred["vol"].astype(np.float64), **{k: v[rows] for k, v in vb.items()}},
-        kind="volatility")
+    vb = vol_baselines(r[first + 1:test_hi], hold, test_lo - first - 1, window=cfg.vol_window,
+                       refit_every=cfg.garch_refit_every)  # (test_hi - first - 1,) each, starting at bar first + 1
+    at = rows - first - 1
+    ret_cols: dict[str, np.ndarray] = {}
     for j, h in enumerate(cfg.model.horizons):
-        truth = np.log1p(targets["ret"][rows, j].astype(np.float64))
-        rb = return_baselines(r, h)
-        model_log = np.log1p(pred["ret"][:, j].astype(np.float64))
-        tables[f"return, {h} bars"] = compare_forecasts(truth, {"condorbrain": model_log,
-                                                               **{k: v[rows] for k, v in rb.items()}},
-                                                        kind="return")
+        ret_cols[f"target_ret_{h}"] = targets["ret"][rows, j]
+        ret_cols[f"pred_ret_{h}"] = pred["ret"][:, j]
+        for name, f in return_baselines(r[1:test_hi], h).items():
+            ret_cols[f"return_baseline_{h}_{name}"] = np.expm1(f[rows - 1])
     pop_label, roi_label = _labels(pred, rows, targets, cfg)
-    # POP baseline: the training period's frequency of profit for the model's own proposals (climatology).
     train_rows, train_pred = _predict(model, data.batches["train"])
     train_pop, _ = _labels(train_pred, train_rows, targets, cfg)
-    base_rate = float(np.nanmean(train_pop.numpy()))
-    calibration = PopCalibration(**train_summary.get("pop_calibration", {}))
-    pop_cal = calibration.apply(pred["pop_logit"])
-    tables["probability of profit"] = compare_forecasts(
-        pop_label.numpy().astype(np.float64),
-        {"condorbrain": pop_cal, "condorbrain (uncalibrated)": pred["pop_prob"].astype(np.float64),
-         "training base rate": np.full(len(rows), base_rate)},
-        kind="probability")
-    reliability = {name: {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(
-                       reliability_curve(p, pop_label.numpy().astype(np.float64), n_bins=10)).items()}
-                   for name, p in (("condorbrain", pop_cal), ("condorbrain (uncalibrated)", pred["pop_prob"]))}
+    regime_p = torch.softmax(torch.from_numpy(pred["regime_logits"]), -1).numpy()
+    return pl.DataFrame({
+        "ts": frame.get_column("ts").gather(rows), "close": close[rows], **ret_cols,
+        "target_vol": targets["vol"][rows].astype(np.float64), "pred_vol": pred["vol"],
+        **{f"baseline_{k}": v[at] for k, v in vb.items()},
+        "pred_pop": calibration.apply(pred["pop_logit"]), "pred_pop_uncalibrated": pred["pop_prob"],
+        "pop_base_rate": np.full(len(rows), float(np.nanmean(train_pop.numpy()))), "pop_label": pop_label.numpy(),
+        "pred_roi": pred["roi"], "roi_label": roi_label.numpy(), "regime_label": targets["regime"][rows],
+        **{f"pred_regime_{i}": regime_p[:, i] for i in range(cfg.model.n_regimes)},
+    })
 
+
+def score_predictions(cfg: RunConfig, preds: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
+    """The comparison tables of :func:`forecast_frame`'s columns (one window's, or several windows' stacked): the
+    model next to every baseline on the same rows. Returns the tables (volatility, each return horizon, probability
+    of profit) and the POP reliability curves."""
+
+    def col(name: str) -> np.ndarray:
+        return preds.get_column(name).to_numpy().astype(np.float64)
+
+    tables: dict[str, pl.DataFrame] = {}
+    vol = {c.removeprefix("baseline_"): col(c) for c in preds.columns if c.startswith("baseline_")}
+    tables[f"volatility, {cfg.model.hold_horizon} bars"] = compare_forecasts(
+        col("target_vol"), {"condorbrain": col("pred_vol"), **vol}, kind="volatility")
+    for h in cfg.model.horizons:
+        prefix = f"return_baseline_{h}_"
+        base = {c.removeprefix(prefix): np.log1p(col(c)) for c in preds.columns if c.startswith(prefix)}
+        tables[f"return, {h} bars"] = compare_forecasts(
+            np.log1p(col(f"target_ret_{h}")), {"condorbrain": np.log1p(col(f"pred_ret_{h}")), **base}, kind="return")
+    label = col("pop_label")
+    forecasts = {"condorbrain": col("pred_pop"), "condorbrain (uncalibrated)": col("pred_pop_uncalibrated")}
+    tables["probability of profit"] = compare_forecasts(
+        label, {**forecasts, "training base rate": col("pop_base_rate")}, kind="probability")
+    reliability = {name: {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(
+                       reliability_curve(p, label, n_bins=10)).items()} for name, p in forecasts.items()}
+    return tables, reliability
+
+
+def evaluate_model(cfg: RunConfig, model: CondorBrain, data: JobData, out_dir: str | os.PathLike[str],
+                   train_summary: Mapping[str, Any], *, t_start: float | None = None, quiet: bool = False
+                   ) -> dict[str, Any]:
+    """Step 5: score ``model`` on the test period next to the baselines (:func:`forecast_frame`,
+    :func:`score_predictions`); print the tables with their verdicts (unless ``quiet``) and write
+    ``predictions.parquet`` and ``evaluation.json`` into ``out_dir``. Returns the summary."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    out = Path(out_dir)
+    print("[4/5] evaluation on the held-out period, next to the baselines")
+    preds = forecast_frame(cfg, model, data, PopCalibration(**train_summary.get("pop_calibration", {})))
+    tables, reliability = score_predictions(cfg, preds)
     print("[5/5] writing the run folder")
-    pl.DataFrame({
-        "ts": frame.get_column("ts").gather(rows), "close": close[rows],
-        **{f"target_ret_{h}": targets["ret"][rows, j] for j, h in enumerate(cfg.model.horizons)},
-        **{f"pred_ret_{h}": pred["ret"][:, j] for j, h in enumerate(cfg.model.horizons)},
-        "target_vol": truth_vol, "pred_vol": pred["vol"], **{f"baseline_{k}": v[rows] for k, v in vb.items()},
-        "pred_pop": pop_cal, "pred_pop_uncalibrated": pred["pop_prob"], "pop_label": pop_label.numpy(),
-        "pred_roi": pred["roi"],
-        "roi_label": roi_label.numpy(), "regime_label": targets["regime"][rows],
-        **{f"pred_regime_{i}": torch.softmax(torch.from_numpy(pred["regime_logits"]), -1).numpy()[:, i]
-           for i in range(cfg.model.n_regimes)},
-    }).write_parquet(out / "predictions.parquet")
+    preds.write_parquet(out / "predictions.parquet")
+    ts = preds.get_column("ts")
     summary = {
         "seconds": round(time.perf_counter() - t_start, 1),
         "verdicts": {name: verdict(t) for name, t in tables.items()},
         "train": dict(train_summary),
-        "test_period": {"first": str(ts[rows[0]]), "last": str(ts[rows[-1]]), "samples": len(rows)},
+        "test_period": {"first": str(ts[0]), "last": str(ts[-1]), "samples": preds.height},
         "tables": {name: t.to_dicts() for name, t in tables.items()},
         "pop_reliability": reliability,
     }
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-    _print_summary(summary, tables)
+    if not quiet:
+        _print_summary(summary, tables)
     return summary
 
 
@@ -711,7 +709,7 @@ class PopCalibration:
                 break
             f = f_new
         slope = w[0] / sd if sd > 1e-8 else 0.0
-        return cls(a=float(slope), b=float(w[1] - slope * mu), n=int(len(y)))
+        return cls(a=float(slope), b=float(w[1] - slope * mu), n=len(y))
 
 
 def _json_default(o: Any) -> Any:
@@ -723,9 +721,13 @@ def _json_default(o: Any) -> Any:
 
 
 def _print_summary(summary: Mapping[str, Any], tables: Mapping[str, pl.DataFrame]) -> None:
+    train = summary["train"]
+    if "windows" in train:  # walk-forward: one model per window
+        train = {"steps": "+".join(str(w["steps"]) for w in train["windows"]),
+                 "stopped": f"{len(train['windows'])} windows, one model each"}
     print(f"\nHeld-out test period {summary['test_period']['first'][:10]} .. {summary['test_period']['last'][:10]}, "
-          f"{summary['test_period']['samples']} samples; training: {summary['train']['steps']} steps "
-          f"({summary['train']['stopped']}); {summary['seconds']} s in all")
+          f"{summary['test_period']['samples']} samples; training: {train['steps']} steps "
+          f"({train['stopped']}); {summary['seconds']} s in all")
     with pl.Config(tbl_rows=50, tbl_cols=20, float_precision=5, tbl_hide_dataframe_shape=True,
                    tbl_hide_column_data_types=True):
         for name, table in tables.items():
