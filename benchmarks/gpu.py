@@ -1,0 +1,443 @@
+"""GPU benchmark, side by side in one process on one card (issue 6, sections 1, 3, 4): this project's Mamba-2 and
+Mamba layers, the official ``mamba_ssm`` Mamba2 (when importable) and a Transformer (torch SDPA), each inside the
+anchors' wrapper network (Linear(24 -> 512), N pre-norm residual blocks, RMSNorm, Linear(512 -> 8), MSE on the last
+step; see ``_gpu_models.py``).
+
+Cases (the seed config: d_model 512, 24 layers, lookback 120, batch 1024, bf16 autocast, fused AdamW):
+
+  a  training step (forward, MSE on the last step, backward, AdamW): tokens/s, samples/s, peak GiB
+  b  inference forward (no grad): samples/s
+  c  streaming: one new bar through the 24 layers with carried state, batch 1 and 1024, eager and captured in a CUDA
+     graph (``condorbrain.ssm.graph``), bf16 weights and states: latency per step
+  d  long sequences: L = 512 .. 32768 at 262,144 tokens per training step, 4 layers: tokens/s, per-token cost / L=512
+
+Floors first: the card's matrix throughput (a large bf16 matmul) and memory bandwidth (a large copy). Every figure is
+printed beside both: the time its FLOPs would take at the matmul rate, and its bytes at the copy rate, as % of the
+measured time (100% = at the floor). The FLOPs and bytes are analytic (``_gpu_models.py``: Linears' matmul FLOPs plus
+the mixing, x3 for a training step; bytes a lower bound: parameters, optimizer traffic, activations once per pass).
+
+Timing: CUDA events around each call after warm-up (perf_counter on the CPU); the median of the repeats is reported
+(the fastest beside it). Inputs are random (never all zero). A row that runs out of memory is recorded as
+"out of memory" and the others still run. Bars beside each figure: training >= 1,000,000 tokens/s and peak <= 30 GiB;
+inference >= 25,000 samples/s; streaming batch 1 <= 0.2 ms; per-token cost flat within 15% across L.
+
+    MAMBA_SSM_SRC=.anchors python benchmarks/gpu.py --out $OUT/gpu.json          # on the GPU machine
+    python benchmarks/gpu.py --case a,c --quick
+    python benchmarks/gpu.py --device cpu --tiny                                    # smoke test of the harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _gpu_models as gm  # noqa: E402
+
+from condorbrain.ssm.graph import EagerStep, GraphedStep, graph_unavailable_reason  # noqa: E402
+
+CASES = {"a": "training step", "b": "inference forward", "c": "streaming step", "d": "long sequences"}
+TRAIN_MODELS = ("cb_m2", "cb_m1", "ref_m2", "attn")
+STREAM_MODELS = ("cb_m2", "cb_m1", "ref_m2")
+MODEL_NAMES = {"cb_m2": "condorbrain Mamba2", "cb_m1": "condorbrain Mamba", "ref_m2": "official mamba_ssm Mamba2",
+               "attn": "Transformer (SDPA)"}
+BAR_TRAIN_TOKENS_PER_S = 1_000_000
+BAR_TRAIN_PEAK_GIB = 30.0
+BAR_INFER_SAMPLES_PER_S = 25_000
+BAR_STREAM_B1_MS = 0.2
+BAR_FLAT_RATIO = 1.15
+
+
+class Skip(Exception):
+    """A row that cannot run here (a peer not installed, a GPU-only path on the CPU); the reason is recorded."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Sizes and repetitions of one run."""
+
+    device: str
+    tiny: bool
+    d: int
+    layers: int
+    L: int
+    batch: int
+    stream_batches: tuple[int, ...]
+    long_lengths: tuple[int, ...]
+    long_tokens: int
+    long_layers: int
+    warmup: int
+    reps: int
+    stream_warmup: int
+    stream_reps: int
+    long_reps: int
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def sizes(self) -> gm.Sizes:
+        return gm.TINY if self.tiny else gm.FULL
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype: bf16 autocast and bf16 streaming weights on CUDA, float32 on the CPU."""
+        return torch.bfloat16 if self.cuda else torch.float32
+
+    @property
+    def elem_bytes(self) -> int:
+        return 2 if self.cuda else 4
+
+
+def make_setup(device: str, tiny: bool, quick: bool) -> Setup:
+    if tiny:
+        return Setup(device, True, d=16, layers=1, L=8, batch=2, stream_batches=(1, 2), long_lengths=(8, 16, 32, 64),
+                     long_tokens=128, long_layers=1, warmup=1, reps=1, stream_warmup=1, stream_reps=2, long_reps=1)
+    return Setup(device, False, d=512, layers=24, L=120, batch=1024, stream_batches=(1, 1024),
+                 long_lengths=(512, 2048, 8192, 32768), long_tokens=262_144, long_layers=4, warmup=3,
+                 reps=5 if quick else 10, stream_warmup=10, stream_reps=50 if quick else 200,
+                 long_reps=3 if quick else 5)
+
+
+class Timer:
+    """Median (and fastest) seconds of ``fn`` after warm-up: CUDA events on a GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any], warmup: int, reps: int) -> tuple[float, float]:
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        times = []
+        for _ in range(reps):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times), min(times)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+
+# --- floors -------------------------------------------------------------------------------------------------------
+def measure_floors(setup: Setup, timer: Timer) -> dict[str, Any]:
+    """Matrix throughput (FLOP/s of an n x n x n matmul) and memory bandwidth (bytes/s of a copy, read + write)."""
+    dev, dt = timer.device, setup.dtype
+    n = 256 if setup.tiny else 8192
+    g = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(n, n, device=dev, dtype=dt, generator=g)
+    b = torch.randn(n, n, device=dev, dtype=dt, generator=g)
+    t_mm, _ = timer(lambda: a @ b, 2 if setup.tiny else 5, 3 if setup.tiny else 20)
+    numel = (2**22 if setup.tiny else 2**30) // setup.elem_bytes  # 4 MiB / 1 GiB
+    src = torch.randn(numel, device=dev, dtype=dt, generator=g)
+    dst = torch.empty_like(src)
+    t_cp, _ = timer(lambda: dst.copy_(src), 2 if setup.tiny else 5, 3 if setup.tiny else 20)
+    return {"matmul_flops_per_s": 2 * n**3 / t_mm, "matmul_shape": [n, n, n], "matmul_dtype": str(dt),
+            "copy_bytes_per_s": 2 * numel * setup.elem_bytes / t_cp, "copy_bytes": numel * setup.elem_bytes}
+
+
+def floor_figures(seconds: float, flops: float, nbytes: float, floors: dict[str, Any]) -> dict[str, float]:
+    """The FLOPs and bytes of a measured call, and the time each floor implies as % of the measured time."""
+    t_flops = flops / floors["matmul_flops_per_s"]
+    t_bytes = nbytes / floors["copy_bytes_per_s"]
+    return {"flops": flops, "bytes": nbytes, "matmul_floor_pct": 100 * t_flops / seconds,
+            "bandwidth_floor_pct": 100 * t_bytes / seconds}
+
+
+# --- rows ---------------------------------------------------------------------------------------------------------
+def build_model(name: str, setup: Setup, n_layers: int) -> torch.nn.Module:
+    """The wrapper network with mixer ``name`` on the device (float32 weights); Skip where it cannot run here."""
+    if name == "ref_m2" and not setup.cuda:
+        raise Skip("the official mamba_ssm Mamba2 runs Triton kernels: CUDA only")
+    try:
+        net = gm.build(name, setup.d, n_layers, setup.sizes)
+    except ImportError as err:
+        raise Skip(str(err)) from None
+    return net.to(setup.device)
+
+
+def train_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any], L: int, batch: int, n_layers: int,
+              reps: int) -> dict[str, Any]:
+    """One training step of the wrapper with mixer ``name``: bf16 autocast (CUDA), MSE on the last step, fused AdamW."""
+    torch.manual_seed(0)
+    net = build_model(name, setup, n_layers).train()
+    params = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    x = torch.randn(batch, L, gm.N_IN, device=setup.device)  # (B, L, 24)
+    y = torch.randn(batch, gm.N_OUT, device=setup.device)
+
+    def step() -> None:
+        with torch.autocast(timer.device.type, dtype=torch.bfloat16, enabled=setup.cuda):
+            out = net(x)[:, -1]  # (B, 8)
+        F.mse_loss(out.float(), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if setup.cuda:
+        torch.cuda.reset_peak_memory_stats(timer.device)
+    sec, fastest = timer(step, setup.warmup, reps)
+    cost = gm.model_cost(name, setup.d, n_layers, L, setup.sizes)
+    flops, nbytes = gm.train_step_cost(cost, params, batch * L, setup.elem_bytes)
+    return {"params": params, "L": L, "batch": batch, "layers": n_layers, "ms": sec * 1e3, "ms_fastest": fastest * 1e3,
+            "tokens_per_s": batch * L / sec, "samples_per_s": batch / sec,
+            "peak_gib": torch.cuda.max_memory_allocated(timer.device) / 2**30 if setup.cuda else None,
+            **floor_figures(sec, flops, nbytes, floors)}
+
+
+def infer_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any]) -> dict[str, Any]:
+    """Forward of the wrapper over (B, L, 24), no grad, bf16 autocast on CUDA."""
+    torch.manual_seed(0)
+    net = build_model(name, setup, setup.layers).eval()
+    params = sum(p.numel() for p in net.parameters())
+    x = torch.randn(setup.batch, setup.L, gm.N_IN, device=setup.device)
+
+    @torch.no_grad()
+    def fwd() -> None:
+        with torch.autocast(timer.device.type, dtype=torch.bfloat16, enabled=setup.cuda):
+            net(x)
+
+    sec, fastest = timer(fwd, setup.warmup, setup.reps * 2)
+    cost = gm.model_cost(name, setup.d, setup.layers, setup.L, setup.sizes)
+    flops, nbytes = gm.forward_cost(cost, params, setup.batch * setup.L, setup.elem_bytes)
+    return {"params": params, "L": setup.L, "batch": setup.batch, "layers": setup.layers, "ms": sec * 1e3,
+            "ms_fastest": fastest * 1e3, "samples_per_s": setup.batch / sec,
+            "tokens_per_s": setup.batch * setup.L / sec, **floor_figures(sec, flops, nbytes, floors)}
+
+
+def stream_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any], batch: int,
+               path: str) -> dict[str, Any]:
+    """One streaming step through every layer (weights and states in the compute dtype), eager or graph-replayed."""
+    if path == "cuda-graph" and (reason := graph_unavailable_reason(None, timer.device)):
+        raise Skip(reason)
+    torch.manual_seed(0)
+    net = build_model(name, setup, setup.layers).to(setup.dtype).eval()
+    params = sum(p.numel() for p in net.parameters())
+    make = GraphedStep if path == "cuda-graph" else EagerStep
+    stepper = make(net, batch, dtype=setup.dtype, n_inputs=gm.N_IN)
+    x = torch.randn(batch, 1, gm.N_IN, device=setup.device, dtype=setup.dtype)
+    sec, fastest = timer(lambda: stepper.step(x), setup.stream_warmup, setup.stream_reps)
+    cost = gm.model_cost(name, setup.d, setup.layers, 1, setup.sizes, streaming=True)
+    flops, nbytes = gm.stream_step_cost(cost, params, batch, setup.elem_bytes)
+    return {"params": params, "batch": batch, "layers": setup.layers, "path": path, "ms": sec * 1e3,
+            "ms_fastest": fastest * 1e3, "steps_per_s": 1 / sec, "stream_bars_per_s": batch / sec,
+            **floor_figures(sec, flops, nbytes, floors)}
+
+
+def guarded(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run one row: out of memory, a skip or an error is recorded instead of ending the run."""
+    try:
+        return fn(*args)
+    except torch.OutOfMemoryError:
+        return {"error": "out of memory"}
+    except Skip as why:
+        return {"skipped": str(why)}
+    except Exception as err:  # noqa: BLE001  (one broken row must not lose the others' figures)
+        traceback.print_exc(file=sys.stderr)
+        return {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+    finally:
+        if torch.cuda.is_available():  # hand the row's memory back before the next (a full collection: ~0.2 s)
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+# --- table --------------------------------------------------------------------------------------------------------
+def _bar(value: float | None, limit: float, at_most: bool, judged: bool) -> dict[str, Any]:
+    met = None if value is None or not judged else (value <= limit if at_most else value >= limit)
+    return {"bar": limit, "at_most": at_most, "met": met}
+
+
+def _bar_text(bar: dict[str, Any]) -> str:
+    sign = "<=" if bar["at_most"] else ">="
+    verdict = {True: "met", False: "NOT met", None: "not judged"}[bar["met"]]
+    return f"[bar {sign} {bar['bar']:,}: {verdict}]"
+
+
+def _floors_text(r: dict[str, Any]) -> str:
+    return f"{r['flops'] / 1e9:>10,.2f} {r['matmul_floor_pct']:>7.1f}% {r['bytes'] / 1e9:>9,.3f} " \
+           f"{r['bandwidth_floor_pct']:>7.1f}%"
+
+
+FLOOR_HEAD = f"{'GFLOP':>10} {'%mm':>8} {'GB':>9} {'%bw':>8}"
+
+
+def _row_name(r: dict[str, Any]) -> str:
+    return MODEL_NAMES[r["model"]] + (" (fused)" if r.get("fused") else "")
+
+
+def print_rows(case: str, rows: list[dict[str, Any]], cols: list[tuple[str, str, str]], judged: bool) -> None:
+    """One table: the model, ``cols`` (json key, header, format), the floors, the bars."""
+    print(f"\n({case}) {CASES[case]}")
+    print(f"{'model':<32} " + " ".join(f"{h:>12}" for _, h, _ in cols)
+          + f" {FLOOR_HEAD}")
+    for r in rows:
+        label = _row_name(r) + (f" {r['path']}" if "path" in r else "")
+        if "error" in r or "skipped" in r:
+            print(f"{label:<32} {r.get('error') or 'skipped: ' + r['skipped']}")
+            continue
+        cells = " ".join(f"{'-' if r.get(k) is None else format(r[k], f):>12}" for k, _, f in cols)
+        bars = " ".join(_bar_text(b) for b in r.get("bars", {}).values())
+        print(f"{label:<32} {cells} {_floors_text(r)} {bars}")
+
+
+# --- cases --------------------------------------------------------------------------------------------------------
+def case_train(setup: Setup, timer: Timer, floors: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name in TRAIN_MODELS:
+        r = {"model": name, **guarded(train_row, name, setup, timer, floors, setup.L, setup.batch, setup.layers,
+                                      setup.reps)}
+        if "ms" in r:
+            r["bars"] = {"tokens_per_s": _bar(r["tokens_per_s"], BAR_TRAIN_TOKENS_PER_S, False, not setup.tiny),
+                         "peak_gib": _bar(r["peak_gib"], BAR_TRAIN_PEAK_GIB, True, not setup.tiny)}
+        rows.append(r)
+    return rows
+
+
+def case_infer(setup: Setup, timer: Timer, floors: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name in TRAIN_MODELS:
+        r = {"model": name, **guarded(infer_row, name, setup, timer, floors)}
+        if "ms" in r:
+            r["bars"] = {"samples_per_s": _bar(r["samples_per_s"], BAR_INFER_SAMPLES_PER_S, False, not setup.tiny)}
+        rows.append(r)
+    return rows
+
+
+def case_stream(setup: Setup, timer: Timer, floors: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name in STREAM_MODELS:
+        for batch in setup.stream_batches:
+            for path in ("eager", "cuda-graph"):
+                r = {"model": name, "batch": batch, "path": path,
+                     **guarded(stream_row, name, setup, timer, floors, batch, path)}
+                if "ms" in r and batch == 1:
+                    r["bars"] = {"ms": _bar(r["ms"], BAR_STREAM_B1_MS, True, not setup.tiny)}
+                rows.append(r)
+    return rows
+
+
+def case_long(setup: Setup, timer: Timer, floors: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name in TRAIN_MODELS:
+        base = None
+        for L in setup.long_lengths:
+            batch = setup.long_tokens // L
+            r = {"model": name, "L": L, "batch": batch,
+                 **guarded(train_row, name, setup, timer, floors, L, batch, setup.long_layers, setup.long_reps)}
+            if "ms" in r:
+                per_token = r["ms"] / (batch * L)
+                base = per_token if L == setup.long_lengths[0] else base
+                if base is not None:
+                    r["per_token_cost_vs_first_L"] = per_token / base
+                    r["bars"] = {"per_token_cost_vs_first_L": _bar(r["per_token_cost_vs_first_L"], BAR_FLAT_RATIO,
+                                                                   True, not setup.tiny)}
+            rows.append(r)
+    return rows
+
+
+CASE_FNS: dict[str, Callable[[Setup, Timer, dict[str, Any]], list[dict[str, Any]]]] = {
+    "a": case_train, "b": case_infer, "c": case_stream, "d": case_long}
+CASE_COLS = {
+    "a": [("ms", "ms/step", ",.2f"), ("tokens_per_s", "tokens/s", ",.0f"), ("samples_per_s", "samples/s", ",.0f"),
+          ("peak_gib", "peak GiB", ".2f")],
+    "b": [("ms", "ms", ",.2f"), ("samples_per_s", "samples/s", ",.0f"), ("tokens_per_s", "tokens/s", ",.0f")],
+    "c": [("batch", "batch", "d"), ("ms", "ms/step", ",.4f"), ("ms_fastest", "(fastest)", ",.4f")],
+    "d": [("L", "L", ",d"), ("batch", "batch", ",d"), ("tokens_per_s", "tokens/s", ",.0f"),
+          ("per_token_cost_vs_first_L", "cost/L0", ".3f"), ("peak_gib", "peak GiB", ".2f")],
+}
+
+
+def environment(setup: Setup) -> dict[str, Any]:
+    env: dict[str, Any] = {"torch": torch.__version__, "device": setup.device}
+    if setup.cuda:
+        env["gpu"] = torch.cuda.get_device_name(torch.device(setup.device))
+    try:
+        _, env["mamba_ssm_fused"] = gm.official_mamba2()
+        env["mamba_ssm"] = "importable" + (", fused path (causal_conv1d)" if env["mamba_ssm_fused"] else
+                                           ", no causal_conv1d: unfused path")
+    except ImportError as err:
+        env["mamba_ssm"], env["mamba_ssm_fused"] = str(err), False
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--device", default="cuda", help="cuda (cuda:N) or cpu")
+    ap.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke test of the harness in seconds")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    ap.add_argument("--out", default="bench-results/gpu.json")
+    args = ap.parse_args(argv)
+    cases = [c for c in args.case.split(",") if c]
+    if bad := sorted(set(cases) - set(CASES)):
+        ap.error(f"unknown case(s) {bad}; choose from {','.join(CASES)}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch.cuda.is_available() is False (no GPU, or a CPU-only torch build); "
+                         "use --device cpu --tiny for a smoke test")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    setup = make_setup(args.device, args.tiny, args.quick)
+    timer = Timer(device)
+    env = environment(setup)
+    print("; ".join(f"{k} {v}" for k, v in env.items() if k != "mamba_ssm_fused"))
+    print(f"d_model {setup.d}, {setup.layers} layers, lookback {setup.L}, batch {setup.batch}; "
+          f"{'bf16 autocast, CUDA events' if setup.cuda else 'float32, perf_counter'}; median of repeats"
+          + ("; TINY smoke sizes: bars not judged" if setup.tiny else ""))
+
+    floors = measure_floors(setup, timer)
+    print(f"floors: matmul {floors['matmul_flops_per_s'] / 1e12:,.1f} TFLOP/s ({floors['matmul_dtype']}, "
+          f"{'x'.join(map(str, floors['matmul_shape']))}); copy {floors['copy_bytes_per_s'] / 1e9:,.0f} GB/s (read + "
+          f"write of {floors['copy_bytes'] / 2**20:,.0f} MiB)")
+    print("%mm / %bw: the time the row's FLOPs / bytes take at the matmul / copy floor, as % of its measured time")
+
+    results: dict[str, Any] = {}
+    for case in cases:
+        rows = CASE_FNS[case](setup, timer, floors)
+        for r in rows:
+            if r["model"] == "ref_m2":
+                r["fused"] = env["mamba_ssm_fused"]
+        results[case] = {"title": CASES[case], "rows": rows}
+        print_rows(case, rows, CASE_COLS[case], not setup.tiny)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": {**dataclasses.asdict(setup), **env}, "floors": floors, "cases": results,
+                               "bars": {"train_tokens_per_s": BAR_TRAIN_TOKENS_PER_S, "train_peak_gib":
+                                        BAR_TRAIN_PEAK_GIB, "infer_samples_per_s": BAR_INFER_SAMPLES_PER_S,
+                                        "stream_batch1_ms": BAR_STREAM_B1_MS, "long_flat_ratio": BAR_FLAT_RATIO}},
+                              indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
