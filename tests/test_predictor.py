@@ -94,6 +94,11 @@ def test_stream_equals_the_batch_forward_at_every_position(run):
                 np.testing.assert_allclose(list(s.to_row().values()), list(q.to_row().values()), rtol=1e-4,
                                            atol=1e-5, err_msg=f"two streams, position {t}")
     assert one.steps == len(a)
+    assert one.path == "eager"  # "cuda-graph" for a model on a GPU (tests/ssm/test_graph.py)
+    one.reset()  # back to the first bar: the same policies again
+    assert one.steps == 0
+    np.testing.assert_allclose(list(one.update(a[0]).to_row().values()), list(p.policy(a[:1]).to_row().values()),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_the_scaler_is_the_saved_one(run):

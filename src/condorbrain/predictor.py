@@ -44,6 +44,7 @@ from condorbrain.main_job import (
     load_run,
 )
 from condorbrain.models import CondorBrain, PolicyOutput, read_config_file
+from condorbrain.ssm.graph import make_stepper
 
 __all__ = ["REGIME_NAMES", "Policy", "PolicyStream", "PredictConfig", "Predictor", "predict_bars"]
 
@@ -208,7 +209,8 @@ class Predictor:
 
 
 class PolicyStream:
-    """Bars one at a time with carried state (``CondorBrain.allocate_inference_cache`` + ``step``): O(1) per bar.
+    """Bars one at a time with carried state (``CondorBrain.allocate_inference_cache`` + ``step``): O(1) per bar,
+    captured in a CUDA graph on a GPU (:attr:`path`).
 
     After bars x_0 .. x_t, :meth:`update` returns what ``predictor.policy(x[0 : t + 1])`` returns."""
 
@@ -216,9 +218,18 @@ class PolicyStream:
         if isinstance(n_streams, bool) or not isinstance(n_streams, int) or n_streams < 1:
             raise ValueError(f"n_streams must be a positive int, got {n_streams!r}")
         self.predictor, self.n_streams = predictor, n_streams
-        self.cache = predictor.model.allocate_inference_cache(n_streams, max_seqlen=max_len)
+        self._stepper = make_stepper(predictor.model, n_streams, max_seqlen=max_len)
+        self.cache = self._stepper.cache
+        self.path = self._stepper.path
+        """How each bar runs: ``"cuda-graph"`` (the whole step captured once and replayed: a model on a GPU with SSM
+        mixers) or ``"eager"`` (:func:`condorbrain.ssm.graph.make_stepper`)."""
         self.steps = 0
         """Bars consumed so far."""
+
+    def reset(self) -> None:
+        """Forget every bar seen: the states back to zero, in place."""
+        self._stepper.reset()
+        self.steps = 0
 
     def update(self, features_row: Any) -> Policy | list[Policy]:
         """Consume the newest bar and return the policy at it.
@@ -236,7 +247,7 @@ class PolicyStream:
         raw = raw[None] if single else raw  # (B, F)
         if raw.shape[0] != self.n_streams:
             raise ValueError(f"features_row must have shape {shape} for this stream, got {raw.shape}")
-        out = self.predictor.model.step(self.predictor._scaled(raw[:, None]), self.cache)  # (B, ...)
+        out = self._stepper.step(self.predictor._scaled(raw[:, None]))  # (B, ...); _policies copies it out
         self.steps += 1
         pols = self.predictor._policies(out, raw[:, _CLOSE])
         return pols[0] if single else pols

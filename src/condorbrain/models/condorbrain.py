@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from condorbrain.models.config import CondorBrainConfig
 from condorbrain.ssm import Backbone
+from condorbrain.ssm._checks import all_finite
 
 __all__ = [
     "CondorBrain",
@@ -296,7 +297,7 @@ class CondorBrain(nn.Module):
             raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"{name} must be a floating tensor, got {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError(f"{name} contains NaN or inf: leave out invalid rows (the dataset's valid.npy) first")
 
 

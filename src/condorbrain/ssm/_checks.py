@@ -8,6 +8,17 @@ from torch import Tensor
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def capturing() -> bool:
+    """True while the current CUDA stream is being captured into a graph: a check must not read a value back to the
+    host then (``bool(tensor)`` would fail the capture). ``is_current_stream_capturing`` raises on CPU-only builds."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def all_finite(t: Tensor) -> bool:
+    """Whether ``t`` has no NaN / inf; True without looking while capturing a CUDA graph (see :func:`capturing`)."""
+    return capturing() or bool(torch.isfinite(t).all())
+
+
 def check_tensor(name: str, t: Tensor, shape: tuple[int, ...], expected: str, check_finite: bool = True) -> None:
     """Raise ValueError unless ``t`` is a floating tensor of ``shape`` (documented as ``expected``) with no NaN/inf."""
     if not isinstance(t, Tensor):
@@ -17,8 +28,10 @@ def check_tensor(name: str, t: Tensor, shape: tuple[int, ...], expected: str, ch
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {expected} = {tuple(shape)}, got {tuple(t.shape)}")
     # NaN would otherwise spread silently through the whole scan. One cheap reduction pass first (a sum is
-    # non-finite if any element is); only then the exact elementwise check, since a sum can also overflow.
-    if check_finite and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+    # non-finite if any element is); only then the exact elementwise check, since a sum can also overflow. On a GPU
+    # the layers check their inputs once; the scans' own arguments are not read back (a host sync per call).
+    if (check_finite and t.device.type == "cpu" and not bool(torch.isfinite(t.sum()))
+            and not bool(torch.isfinite(t).all())):
         raise ValueError(f"{name} contains NaN or inf")
 
 
@@ -26,3 +39,17 @@ def check_same_device(**tensors: Tensor | None) -> None:
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         raise ValueError(f"all tensors must be on one device, got {devices}")
+
+
+def check_bc(name: str, X: Tensor, batch: int, dim: int, L: int, N: int) -> None:
+    """The selective scan's B or C: (dim, N) time-invariant, (batch, N, L), or (batch, G, N, L) with G | dim."""
+    shapes = {2: ((dim, N), "(dim, N)"), 3: ((batch, N, L), "(batch, N, L)")}
+    if isinstance(X, Tensor) and X.dim() == 4:
+        G = X.shape[1]
+        if G < 1 or dim % G:
+            raise ValueError(f"{name} has G={G} groups, which must divide dim={dim}; expected (batch, G, N, L)")
+        shapes[4] = ((batch, G, N, L), "(batch, G, N, L)")
+    if not isinstance(X, Tensor) or X.dim() not in shapes:
+        raise ValueError(f"{name} must be (dim, N), (batch, N, L) or (batch, G, N, L), "
+                         f"got {getattr(X, 'shape', type(X))}")
+    check_tensor(name, X, *shapes[X.dim()])

@@ -23,15 +23,12 @@ two :func:`make_stepper` picks, for a caller to report.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from condorbrain.ssm import blocks, mamba, mamba2
 from condorbrain.ssm.blocks import CausalSelfAttention
 
 __all__ = ["EagerStep", "GraphedStep", "graph_unavailable_reason", "make_stepper", "streaming_path"]
@@ -140,42 +137,6 @@ class EagerStep:
         self.steps = 0
 
 
-def _host_stand_in(t: Tensor) -> Tensor:
-    """A zero tensor on the CPU with ``t``'s shape and dtype (one element, expanded): passes a check's shape and
-    finiteness tests without reading ``t``, and without launching anything on the GPU."""
-    return torch.zeros((), dtype=t.dtype).expand(t.shape)
-
-
-@contextlib.contextmanager
-def _no_host_sync_checks(module: nn.Module) -> Iterator[None]:
-    """While capturing: the input checks without their finiteness test, which reads a value back to the host
-    (``bool(isfinite(x).all())``), something a capturing stream refuses. The shape checks still run, on a CPU stand-in
-    of the same shape; :class:`GraphedStep` checks each step's input itself. Restored on exit.
-
-    Patched: ``check_hidden_states`` where the ssm layers look it up, and the ``_check_input`` method of ``module``
-    if it has one (``CondorBrain``). Interim: once those checks skip the finiteness test while the current stream is
-    capturing (``torch.cuda.is_current_stream_capturing()``), this context manager goes.
-    """
-    original = mamba.check_hidden_states
-
-    def check_hidden_states(name: str, u: Tensor, d_model: int, seqlen: int | None = None) -> None:
-        original(name, _host_stand_in(u), d_model, seqlen)
-
-    patched = [m for m in (mamba, mamba2, blocks) if getattr(m, "check_hidden_states", None) is original]
-    for m in patched:
-        m.check_hidden_states = check_hidden_states
-    check_input = getattr(module, "_check_input", None)
-    if callable(check_input):
-        module._check_input = lambda x, *args, **kwargs: check_input(_host_stand_in(x), *args, **kwargs)
-    try:
-        yield
-    finally:
-        for m in patched:
-            m.check_hidden_states = original
-        if callable(check_input):
-            del module._check_input
-
-
 class GraphedStep(EagerStep):
     """:class:`EagerStep` captured once in a ``torch.cuda.CUDAGraph`` and replayed every bar.
 
@@ -220,7 +181,7 @@ class GraphedStep(EagerStep):
                 module.step(self.static_input, self.cache)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), _no_host_sync_checks(module), torch.cuda.graph(self.graph):
+        with torch.no_grad(), torch.cuda.graph(self.graph):  # checks skip host reads meanwhile (_checks.capturing)
             self.static_output = module.step(self.static_input, self.cache)
         self.reset()
 

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from condorbrain.ssm._checks import all_finite
 from condorbrain.ssm.conv import causal_conv1d
 from condorbrain.ssm.scans import selective_scan
 
@@ -70,7 +71,7 @@ def check_hidden_states(name: str, u: Tensor, d_model: int, seqlen: int | None =
         raise ValueError(f"{name} must have length {seqlen} {expected}, got shape {tuple(u.shape)}")
     if u.shape[1] < 1:
         raise ValueError(f"{name} must have at least one time step {expected}, got shape {tuple(u.shape)}")
-    if not bool(torch.isfinite(u).all()):
+    if not all_finite(u):
         raise ValueError(f"{name} contains NaN or inf")
 
 

@@ -32,7 +32,7 @@ from condorbrain.ssm.mamba import (
     inverse_softplus,
     upcast,
 )
-from condorbrain.ssm.scans import ssd_scan
+from condorbrain.ssm.scans import scan_backend, ssd_scan
 
 __all__ = ["Mamba2", "RMSNormGated"]
 
@@ -289,6 +289,16 @@ class Mamba2(nn.Module):
             conv_state, ssm_state = self._checked_state(state, batch)
 
         zxbcdt = self.in_proj(u)  # (B, L, d_in_proj)
+        if state is None and not return_state and self._fused_path(u):
+            # conv + SiLU, SSD and the gated RMSNorm as Triton kernels reading zxbcdt in place (triton/fused.py)
+            from condorbrain.ssm.triton.fused import mamba2_fused_forward
+
+            y = mamba2_fused_forward(
+                zxbcdt, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log, self._D(),
+                self.norm.weight if self.rmsnorm else None, headdim=self.headdim, d_state=self.d_state,
+                ngroups=self.ngroups, chunk_size=self.chunk_size, norm_before_gate=self.norm_before_gate,
+                eps=self.norm.eps if self.rmsnorm else 1e-5, dt_limit=self.dt_limit)  # (B, L, d_inner)
+            return self.out_proj(y)
         z0, x0, z, xBC, dt = torch.split(
             zxbcdt, [self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
         xBC, new_conv_state = causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, "silu", conv_state,
@@ -317,6 +327,12 @@ class Mamba2(nn.Module):
             return out
         ssm_dtype = ssm_state.dtype if ssm_state is not None else self.in_proj.weight.dtype
         return out, SSMState(new_conv_state, final.to(ssm_dtype))
+
+    def _fused_path(self, u: Tensor) -> bool:
+        """Whether a whole-sequence forward of ``u`` takes the fused Triton path: not float64, and the scan backend
+        is ``triton`` (``scan_backend``: the default for CUDA tensors where triton imports; on the CPU only when
+        asked for, under Triton's interpreter)."""
+        return u.dtype != torch.float64 and scan_backend(u.device) == "triton"
 
     # ------------------------------------------------------------------------------------------------------------
     def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -12,7 +12,10 @@ Paths, chosen per call (``scan_backend()`` says which one a call takes):
   (Hillis-Steele) scans over tiles of 8 steps inside each chunk, each chunk under activation checkpointing;
   Mamba-2: the chunked SSD algorithm (intra-chunk quadratic form + inter-chunk state passing).
 
-Both are tested against the step-by-step references in :mod:`condorbrain.ssm.reference` (outputs and gradients).
+* ``triton``: the GPU kernels of :mod:`condorbrain.ssm.triton` (``selective.py``, ``ssd.py``), the default for CUDA
+  tensors where triton imports; states and decay sums in float32 whatever the input dtype.
+
+All are tested against the step-by-step references in :mod:`condorbrain.ssm.reference` (outputs and gradients).
 Half-precision inputs are scanned in float32 and the result cast back, as mamba_ssm does.
 """
 
@@ -26,21 +29,32 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from condorbrain.ssm import cpu_kernel
-from condorbrain.ssm._checks import check_same_device, check_tensor
+from condorbrain.ssm import triton as triton_path
+from condorbrain.ssm._checks import check_bc, check_same_device, check_tensor
 from condorbrain.ssm.reference import expand_bc
 
 __all__ = ["selective_scan", "ssd_scan", "scan_backend"]
 
 
 def scan_backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str:
-    """The path a scan on ``device`` with ``dtype`` takes: ``"compiled"`` or ``"torch"``.
+    """The path a scan on ``device`` computing in ``dtype`` takes: ``"triton"``, ``"compiled"`` or ``"torch"``.
 
-    ``CONDORBRAIN_SCAN_BACKEND`` = ``auto`` (default) | ``torch`` | ``compiled`` (an error if it cannot be built).
+    ``CONDORBRAIN_SCAN_BACKEND`` = ``auto`` (default: Triton for CUDA tensors where triton imports, the compiled C++
+    on the CPU, PyTorch otherwise) | ``torch`` | ``compiled`` | ``triton`` (an error where it cannot run; on the CPU
+    it runs under Triton's interpreter, ``TRITON_INTERPRET=1``: for tests).
     """
     choice = os.environ.get("CONDORBRAIN_SCAN_BACKEND", "auto")
-    if choice not in ("auto", "torch", "compiled"):
-        raise ValueError(f"CONDORBRAIN_SCAN_BACKEND must be auto, torch or compiled, got {choice!r}")
-    if choice == "torch" or torch.device(device).type != "cpu" or dtype not in (torch.float32, torch.float64):
+    if choice not in ("auto", "torch", "compiled", "triton"):
+        raise ValueError(f"CONDORBRAIN_SCAN_BACKEND must be auto, torch, compiled or triton, got {choice!r}")
+    dev = torch.device(device)
+    if choice == "triton":
+        ok, why = triton_path.status(dev)
+        if not ok:
+            raise RuntimeError(f"CONDORBRAIN_SCAN_BACKEND=triton but the Triton kernels cannot run: {why}")
+        return "triton"
+    if choice == "auto" and dev.type == "cuda" and triton_path.available(dev):
+        return "triton"
+    if choice == "torch" or dev.type != "cpu" or dtype not in (torch.float32, torch.float64):
         return "torch"
     if cpu_kernel.available():
         return "compiled"
@@ -57,18 +71,6 @@ def _compute_dtype(*ts: Tensor | None) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------------------------
 # Mamba: selective_scan
 # ----------------------------------------------------------------------------------------------------------------
-
-def _check_bc(name: str, X: Tensor, batch: int, dim: int, L: int, N: int) -> None:
-    shapes = {2: ((dim, N), "(dim, N)"), 3: ((batch, N, L), "(batch, N, L)")}
-    if X.dim() == 4:
-        G = X.shape[1]
-        if G < 1 or dim % G:
-            raise ValueError(f"{name} has G={G} groups, which must divide dim={dim}; expected (batch, G, N, L)")
-        shapes[4] = ((batch, G, N, L), "(batch, G, N, L)")
-    if X.dim() not in shapes:
-        raise ValueError(f"{name} must be (dim, N), (batch, N, L) or (batch, G, N, L), got {tuple(X.shape)}")
-    check_tensor(name, X, *shapes[X.dim()])
-
 
 def _log_depth_scan(a: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """Inclusive scan of h_t = a_t h_{t-1} + x_t along dim 2 in log2(T) steps (Hillis-Steele).
@@ -163,8 +165,8 @@ def selective_scan(
     check_tensor("A", A, (dim, N), "(dim, N)")
     if A.is_complex():
         raise ValueError("A must be real; complex A is not supported")
-    _check_bc("B", B, batch, dim, L, N)
-    _check_bc("C", C, batch, dim, L, N)
+    check_bc("B", B, batch, dim, L, N)
+    check_bc("C", C, batch, dim, L, N)
     if D is not None:
         check_tensor("D", D, (dim,), "(dim,)")
     if z is not None:
@@ -178,6 +180,11 @@ def selective_scan(
     check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
 
     cdt = _compute_dtype(u, delta, A, B, C, initial_state)
+    if scan_backend(u.device, cdt) == "triton":
+        from condorbrain.ssm.triton.selective import selective_scan_triton  # imports triton: only on this path
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                     initial_state, chunk_size)
     uc, dc, Ac, Bc, Cc = (t.to(cdt) for t in (u, delta, A, B, C))
     h0 = initial_state.to(cdt) if initial_state is not None else None
     if delta_bias is not None:
@@ -306,6 +313,11 @@ def ssd_scan(
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
 
     cdt = _compute_dtype(x, dt, A, B, C, initial_states)
+    if cdt == torch.float32 and scan_backend(x.device, cdt) == "triton":  # float64 stays on the PyTorch path
+        from condorbrain.ssm.triton.ssd import ssd_scan_triton  # imports triton: only on this path
+
+        return ssd_scan_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states,
+                               return_final_states)
     xc, dtc, Ac, Bc, Cc = (t.to(cdt) for t in (x, dt, A, B, C))
     h0 = initial_states.to(cdt) if initial_states is not None else None
     if dt_bias is not None:

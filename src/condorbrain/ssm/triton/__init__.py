@@ -34,6 +34,11 @@ def _triton_version() -> str | None:
     return str(triton.__version__)
 
 
+@functools.cache
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
 def status(device: torch.device | str | None = None) -> tuple[bool, str]:
     """(usable, why): whether the Triton kernels can run on ``device`` (None: CUDA if present, else the CPU).
 
@@ -45,7 +50,7 @@ def status(device: torch.device | str | None = None) -> tuple[bool, str]:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             return False, "no CUDA device"
-        return True, f"triton {version} on {torch.cuda.get_device_name(dev)}"
+        return True, f"triton {version} on {_cuda_name(dev.index if dev.index is not None else 0)}"
     if dev.type == "cpu" and interpreting():
         return True, f"triton {version} interpreter (TRITON_INTERPRET=1) on the CPU"
     return False, f"triton {version} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU), not {dev.type}"

@@ -1,0 +1,389 @@
+"""The fused Mamba-2 layer training path in Triton: in_proj output -> conv+SiLU -> SSD -> gated RMSNorm.
+
+:func:`mamba2_fused_forward` computes what :meth:`condorbrain.ssm.mamba2.Mamba2.forward` computes between ``in_proj``
+and ``out_proj`` (no carried state), outputs and gradients, in three Triton stages with no copies in between:
+
+1. ``causal_conv1d_silu_triton``: reads the xBC columns of the in_proj output in place (a strided view: the split
+   costs no copy) and writes silu(conv(xBC)) once. Bias and SiLU are fused into the convolution, so the
+   pre-activation never goes to memory; the backward recomputes it (K extra multiply-adds per element) rather than
+   storing it, and fuses the SiLU derivative, dx, dweight and dbias into one pass.
+2. :func:`condorbrain.ssm.triton.ssd.ssd_scan_triton`: takes x, B and C as strided views of the conv output and
+   dt as a view of the in_proj output; dt + dt_bias, softplus and the D skip are applied inside its kernels, so
+   no processed copy of dt, x or the output is made.
+3. ``rmsnorm_gated_triton``: y * silu(z) (z read in place from the in_proj output), the per-group RMS, the
+   weight, in one pass; the backward recomputes the gate and the normalised value from y, z and the stored
+   1/rms (one float per row and group), so neither y*silu(z) nor the normalised y is stored.
+
+Between in_proj and out_proj the forward therefore writes three (B, L, width) tensors (conv output, scan output,
+normalised output) and no intermediate copies (split, dt, pre-activation, gated product), which is what bounds a
+memory-bound layer's speed; the unfused path also writes the split, the processed dt, the conv pre-activation and
+the norm's float32 temporaries. Further fusion (the norm into the scan's last kernel, as a T x p tile does not
+hold a whole norm group when ngroups < nheads) is left out. The
+remaining small pieces (A = -exp(A_log), the d_mlp gated-MLP branch when d_ssm < d_inner, sums of per-block partial
+gradients) stay in PyTorch.
+
+Like :mod:`condorbrain.ssm.triton.ssd`, host code uses one fixed launch config (no autotuner, no device queries),
+so the same code runs under ``TRITON_INTERPRET=1`` on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from condorbrain.ssm.triton.ssd import launch_options, on_device, ssd_scan_triton
+
+__all__ = ["causal_conv1d_silu_triton", "mamba2_fused_forward", "rmsnorm_gated_triton"]
+
+_BLOCK_L = 16  # time steps per conv program
+_BLOCK_ROWS = 16  # rows (batch * time) per RMSNorm program: the weight-gradient partials are per block of rows
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Causal depthwise conv1d + SiLU
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _conv_fwd(
+    x_ptr, w_ptr, bias_ptr, y_ptr,
+    L, C,
+    s_x_b, s_x_l, s_x_c, s_w_c, s_w_k,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+):
+    # grid (b, cdiv(L, BL), cdiv(C, BC)). y[t, c] = act(bias[c] + sum_k w[c, k] x[t - K + 1 + k, c]); y contiguous.
+    bi, pid_l, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t = pid_l * BL + tl.arange(0, BL)
+    cc = pid_c * BC + tl.arange(0, BC)
+    mc = cc < C
+    acc = tl.zeros([BL, BC], dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cc, mask=mc, other=0.0).to(tl.float32)[None, :]
+    for k in tl.static_range(K):
+        src = t - (K - 1) + k
+        m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
+        xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
+        wk = tl.load(w_ptr + cc * s_w_c + k * s_w_k, mask=mc, other=0.0).to(tl.float32)
+        acc += xv.to(tl.float32) * wk[None, :]
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + (bi * L + t[:, None]) * C + cc[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(t[:, None] < L) & mc[None, :])
+
+
+@triton.jit
+def _conv_bwd(
+    x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dwp_ptr, dbp_ptr,
+    L, C, nlb,
+    s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_d_b, s_d_l, s_d_c,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+):
+    # grid (b, cdiv(L, BL), cdiv(C, BC)). With g = dL/dpre (pre = the conv before SiLU, recomputed here):
+    #   dx[t] = sum_j w[K-1-j] g[t+j],  dw[k] = sum_t g[t] x[t-K+1+k],  dbias = sum_t g[t]
+    # dw, dbias as per-program partials (b, nlb, C, K) and (b, nlb, C), summed on the host.
+    bi, pid_l, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t = pid_l * BL + tl.arange(0, BL)
+    cc = pid_c * BC + tl.arange(0, BC)
+    mc = cc < C
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cc, mask=mc, other=0.0).to(tl.float32)
+    dx = tl.zeros([BL, BC], dtype=tl.float32)
+    for j in tl.static_range(K):
+        tj = t + j  # the output step whose gradient reaches x[t] through w[K-1-j]
+        mj = (tj[:, None] < L) & mc[None, :]
+        g = tl.load(dy_ptr + bi * s_d_b + tj[:, None] * s_d_l + cc[None, :] * s_d_c, mask=mj, other=0.0)
+        g = g.to(tl.float32)
+        if SILU:
+            pre = tl.zeros([BL, BC], dtype=tl.float32)
+            if HAS_BIAS:
+                pre += bias[None, :]
+            for k in tl.static_range(K):
+                src = tj - (K - 1) + k
+                m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
+                xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
+                wk = tl.load(w_ptr + cc * s_w_c + k * s_w_k, mask=mc, other=0.0).to(tl.float32)
+                pre += xv.to(tl.float32) * wk[None, :]
+            sg = tl.sigmoid(pre)
+            g = g * sg * (1.0 + pre * (1.0 - sg))
+        g = tl.where(mj, g, 0.0)
+        wj = tl.load(w_ptr + cc * s_w_c + (K - 1 - j) * s_w_k, mask=mc, other=0.0).to(tl.float32)
+        dx += g * wj[None, :]
+        if j == 0:  # this program's own output steps: the weight and bias gradients
+            part = (bi * nlb + pid_l) * C + cc
+            if HAS_BIAS:
+                tl.store(dbp_ptr + part, tl.sum(g, axis=0), mask=mc)
+            for k in tl.static_range(K):
+                src = t - (K - 1) + k
+                m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
+                xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
+                tl.store(dwp_ptr + part * K + k, tl.sum(g * xv.to(tl.float32), axis=0), mask=mc)
+    tl.store(dx_ptr + (bi * L + t[:, None]) * C + cc[None, :], dx, mask=(t[:, None] < L) & mc[None, :])
+
+
+def _conv_launch(x: Tensor, C: int) -> tuple[int, int, int]:
+    return x.shape[0], triton.cdiv(x.shape[1], _BLOCK_L), triton.cdiv(C, min(_pow2(C), 128))
+
+
+class _ConvSiLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu):
+        b, L, C = x.shape
+        w = weight.reshape(C, -1)
+        K = w.shape[1]
+        BC = min(_pow2(C), 128)
+        y = torch.empty(b, L, C, device=x.device, dtype=x.dtype)
+        with on_device(x):
+            _conv_fwd[_conv_launch(x, C)](
+                x, w, bias if bias is not None else w, y, L, C, *x.stride(), *w.stride(),
+                HAS_BIAS=bias is not None, SILU=silu, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu = silu
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias = ctx.saved_tensors
+        b, L, C = x.shape
+        w = weight.reshape(C, -1)
+        K = w.shape[1]
+        BC = min(_pow2(C), 128)
+        grid = _conv_launch(x, C)
+        f32 = dict(device=x.device, dtype=torch.float32)
+        dx = torch.empty(b, L, C, **f32)
+        dwp = torch.empty(b, grid[1], C, K, **f32)
+        dbp = torch.empty(b, grid[1], C, **f32) if bias is not None else None
+        with on_device(x):
+            _conv_bwd[grid](
+                x, w, bias if bias is not None else w, dy, dx, dwp, dbp if dbp is not None else dwp,
+                L, C, grid[1], *x.stride(), *w.stride(), *dy.stride(),
+                HAS_BIAS=bias is not None, SILU=ctx.silu, K=K, BL=_BLOCK_L, BC=BC,
+                **launch_options(_BLOCK_L * BC))
+        dw = dwp.sum((0, 1)).reshape(weight.shape).to(weight.dtype)
+        db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
+        return dx.to(x.dtype), dw, db, None
+
+
+def causal_conv1d_silu_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True) -> Tensor:
+    """Causal depthwise conv over time (+ SiLU), as :func:`condorbrain.ssm.conv.causal_conv1d` with no state.
+
+    Args:
+        x: (B, L, C), any strides (e.g. the xBC columns of an in_proj output). weight: (C, K) or (C, 1, K).
+        bias: (C,) or None. silu: apply SiLU.
+
+    Returns:
+        (B, L, C) contiguous, x's dtype (computed in float32).
+    """
+    return _ConvSiLU.apply(x, weight, bias, silu)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gated RMSNorm
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _rmsnorm_fwd(
+    y_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr,
+    rows, L, gs, ngroups, eps,
+    s_y_b, s_y_l, s_z_b, s_z_l,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # grid (cdiv(rows, ROWS), ngroups); a row is one (batch, step), a group gs contiguous channels of it.
+    pid_r, gi = tl.program_id(0), tl.program_id(1)
+    r = pid_r * ROWS + tl.arange(0, ROWS)
+    col = gi * gs + tl.arange(0, BLOCK)
+    m = (r[:, None] < rows) & (tl.arange(0, BLOCK)[None, :] < gs)
+    bi, li = r // L, r % L
+    v = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + (bi * s_z_b + li * s_z_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
+        gate = z * tl.sigmoid(z)
+        if not NORM_BEFORE_GATE:
+            v = v * gate
+    rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=1) / gs + eps)  # (ROWS,)
+    w = tl.load(w_ptr + col, mask=col < gs * ngroups, other=0.0).to(tl.float32)
+    out = v * rstd[:, None] * w[None, :]
+    if HAS_Z and NORM_BEFORE_GATE:
+        out = out * gate
+    tl.store(out_ptr + r[:, None] * (gs * ngroups) + col[None, :], out.to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(rstd_ptr + r * ngroups + gi, rstd, mask=r < rows)
+
+
+@triton.jit
+def _rmsnorm_bwd(
+    y_ptr, z_ptr, w_ptr, rstd_ptr, dout_ptr, dy_ptr, dz_ptr, dwp_ptr,
+    rows, L, gs, ngroups,
+    s_y_b, s_y_l, s_z_b, s_z_l, s_d_r,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # Recomputes v (y or y*silu(z)) and vhat = v/rms from y, z, rstd. With dv_hat = dout * w (* silu(z)):
+    #   dv = rstd (dv_hat - vhat mean(dv_hat vhat)),  dw = sum_rows dout vhat (* silu(z)), as per-program partials.
+    pid_r, gi = tl.program_id(0), tl.program_id(1)
+    r = pid_r * ROWS + tl.arange(0, ROWS)
+    col = gi * gs + tl.arange(0, BLOCK)
+    m = (r[:, None] < rows) & (tl.arange(0, BLOCK)[None, :] < gs)
+    bi, li = r // L, r % L
+    y = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
+    dout = tl.load(dout_ptr + r[:, None] * s_d_r + col[None, :], mask=m, other=0.0).to(tl.float32)
+    rstd = tl.load(rstd_ptr + r * ngroups + gi, mask=r < rows, other=0.0)
+    w = tl.load(w_ptr + col, mask=col < gs * ngroups, other=0.0).to(tl.float32)
+    v = y
+    if HAS_Z:
+        z = tl.load(z_ptr + (bi * s_z_b + li * s_z_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
+        sz = tl.sigmoid(z)
+        gate = z * sz
+        dgate = sz * (1.0 + z * (1.0 - sz))
+        if not NORM_BEFORE_GATE:
+            v = y * gate
+    vhat = v * rstd[:, None]
+    g = dout
+    if HAS_Z and NORM_BEFORE_GATE:
+        tl.store(dz_ptr + r[:, None] * (gs * ngroups) + col[None, :], dout * vhat * w[None, :] * dgate, mask=m)
+        g = dout * gate
+    tl.store(dwp_ptr + pid_r * (gs * ngroups) + col, tl.sum(g * vhat, axis=0), mask=col < gs * ngroups)
+    dvhat = g * w[None, :]
+    dv = rstd[:, None] * (dvhat - vhat * (tl.sum(dvhat * vhat, axis=1) / gs)[:, None])
+    dy = dv
+    if HAS_Z and not NORM_BEFORE_GATE:
+        dy = dv * gate
+        tl.store(dz_ptr + r[:, None] * (gs * ngroups) + col[None, :], dv * y * dgate, mask=m)
+    tl.store(dy_ptr + r[:, None] * (gs * ngroups) + col[None, :], dy, mask=m)
+
+
+class _RMSNormGated(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, z, weight, eps, group_size, norm_before_gate):
+        b, L, d = y.shape
+        gs = group_size or d
+        ngroups = d // gs
+        rows = b * L
+        out = torch.empty(b, L, d, device=y.device, dtype=y.dtype)
+        rstd = torch.empty(rows, ngroups, device=y.device, dtype=torch.float32)
+        BLOCK = _pow2(gs)
+        with on_device(y):
+            _rmsnorm_fwd[(triton.cdiv(rows, _BLOCK_ROWS), ngroups)](
+                y, z if z is not None else y, weight, out, rstd, rows, L, gs, ngroups, eps,
+                y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
+                HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
+                **launch_options(_BLOCK_ROWS * BLOCK))
+        ctx.save_for_backward(y, z, weight, rstd)
+        ctx.cfg = (gs, ngroups, norm_before_gate)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        y, z, weight, rstd = ctx.saved_tensors
+        gs, ngroups, norm_before_gate = ctx.cfg
+        b, L, d = y.shape
+        rows = b * L
+        dout = dout.contiguous()  # rows of d channels; usually already so (out_proj's input gradient)
+        f32 = dict(device=y.device, dtype=torch.float32)
+        nrb = triton.cdiv(rows, _BLOCK_ROWS)
+        dy = torch.empty(b, L, d, **f32)
+        dz = torch.empty(b, L, d, **f32) if z is not None else None
+        dwp = torch.empty(nrb, d, **f32)
+        BLOCK = _pow2(gs)
+        with on_device(y):
+            _rmsnorm_bwd[(nrb, ngroups)](
+                y, z if z is not None else y, weight, rstd, dout, dy, dz if dz is not None else dy, dwp,
+                rows, L, gs, ngroups, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)), d,
+                HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
+                **launch_options(_BLOCK_ROWS * BLOCK))
+        return (dy.to(y.dtype), dz.to(z.dtype) if z is not None else None, dwp.sum(0).to(weight.dtype),
+                None, None, None)
+
+
+def rmsnorm_gated_triton(
+    y: Tensor, z: Tensor | None, weight: Tensor, eps: float = 1e-5, group_size: int | None = None,
+    norm_before_gate: bool = False,
+) -> Tensor:
+    """:class:`condorbrain.ssm.mamba2.RMSNormGated`'s forward in one kernel: norm(y * silu(z)) * weight (or
+    norm(y) * weight * silu(z) if ``norm_before_gate``), the RMS over groups of ``group_size`` channels.
+
+    Args:
+        y: (B, L, d) with unit channel stride. z: (B, L, d) with unit channel stride (e.g. a view of the in_proj
+            output) or None. weight: (d,). group_size: must divide d (None = d).
+
+    Returns:
+        (B, L, d) contiguous, y's dtype (computed in float32).
+    """
+    if y.stride(-1) != 1:
+        y = y.contiguous()
+    if z is not None and z.stride(-1) != 1:
+        z = z.contiguous()
+    return _RMSNormGated.apply(y, z, weight, eps, group_size, norm_before_gate)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The layer
+# ----------------------------------------------------------------------------------------------------------------
+
+def mamba2_fused_forward(
+    zxbcdt: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    dt_bias: Tensor,
+    A_log: Tensor,
+    D: Tensor,
+    norm_weight: Tensor | None,
+    *,
+    headdim: int,
+    d_state: int,
+    ngroups: int = 1,
+    chunk_size: int = 256,
+    norm_before_gate: bool = False,
+    eps: float = 1e-5,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> Tensor:
+    """Mamba-2 between in_proj and out_proj (no carried state), as :meth:`condorbrain.ssm.mamba2.Mamba2.forward`.
+
+    Args:
+        zxbcdt: (B, L, d_in_proj), in_proj's output, split as [z0, x0, z, xBC, dt] (z0, x0 of width d_mlp, which
+            is inferred from the other sizes; d_ssm = nheads * headdim with nheads = dt_bias.shape[0]).
+        conv_weight: (conv_dim, 1, d_conv) or (conv_dim, d_conv); conv_bias: (conv_dim,) or None.
+        dt_bias, A_log: (nheads,). D: (nheads,) or (nheads, headdim) (Mamba2's ``_D()``).
+        norm_weight: (d_ssm,) weight of the gated RMSNorm (one group per B/C group), or None for Mamba2's
+            ``rmsnorm=False`` (then y * silu(z) inside the scan).
+        headdim, d_state, ngroups, chunk_size, norm_before_gate, eps, dt_limit: the layer's settings.
+
+    Returns:
+        (B, L, d_inner) in zxbcdt's dtype: the input of out_proj.
+    """
+    nheads = dt_bias.shape[0]
+    d_ssm = nheads * headdim
+    conv_dim = d_ssm + 2 * ngroups * d_state
+    d_mlp = (zxbcdt.shape[-1] - d_ssm - conv_dim - nheads) // 2
+    if d_mlp < 0 or 2 * d_mlp + d_ssm + conv_dim + nheads != zxbcdt.shape[-1]:
+        raise ValueError(f"zxbcdt has {zxbcdt.shape[-1]} channels, which does not split as 2*d_mlp + d_ssm "
+                         f"({d_ssm}) + conv_dim ({conv_dim}) + nheads ({nheads})")
+    # views, no copies: every kernel below takes strides
+    z0, x0, z, xBC, dt = torch.split(zxbcdt, [d_mlp, d_mlp, d_ssm, conv_dim, nheads], dim=-1)
+    xBC = causal_conv1d_silu_triton(xBC, conv_weight, conv_bias)  # (B, L, conv_dim)
+    x, B, C = torch.split(xBC, [d_ssm, ngroups * d_state, ngroups * d_state], dim=-1)
+    A = -torch.exp(A_log.float())  # (nheads,)
+    if tuple(dt_limit) == (0.0, float("inf")):  # dt + dt_bias and softplus inside the scan's first kernel
+        dt_args = dict(dt=dt, dt_bias=dt_bias, dt_softplus=True)
+    else:  # the clamp has no kernel: dt as Mamba2._dt computes it
+        dt_c = F.softplus(dt.float() + dt_bias.float()).clamp(min=dt_limit[0], max=dt_limit[1])
+        dt_args = dict(dt=dt_c, dt_bias=None, dt_softplus=False)
+    y = ssd_scan_triton(
+        x.unflatten(-1, (nheads, headdim)),  # (B, L, h, p)
+        A=A,
+        B=B.unflatten(-1, (ngroups, d_state)),  # (B, L, g, n)
+        C=C.unflatten(-1, (ngroups, d_state)),  # (B, L, g, n)
+        chunk_size=chunk_size,
+        D=D,
+        z=None if norm_weight is not None else z.unflatten(-1, (nheads, headdim)),
+        **dt_args,
+    )  # (B, L, h, p)
+    y = y.flatten(-2)  # (B, L, d_ssm)
+    if norm_weight is not None:
+        y = rmsnorm_gated_triton(y, z, norm_weight, eps, d_ssm // ngroups, norm_before_gate)
+    if d_mlp > 0:
+        y = torch.cat([F.silu(z0) * x0, y], dim=-1)  # (B, L, d_inner)
+    return y

@@ -1,0 +1,595 @@
+"""Mamba-2's SSD scan in Triton: ``ssd_scan_triton``, the CUDA fast path of :func:`condorbrain.ssm.ssd_scan`.
+
+Same arguments, shapes and meaning as :func:`condorbrain.ssm.ssd_scan` (mamba_ssm's ``mamba_chunk_scan_combined``)::
+
+    h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T   (per head: state (p, n), scalar A),   y_t = h_t C_t + D x_t,
+    out = y * silu(z),   dt = softplus(dt + dt_bias) when asked.
+
+The chunked SSD algorithm (Mamba-2 paper, section 6). The sequence is cut into chunks of T steps; inside a chunk,
+with a_l = sum_{r<=l} dt_r A (the cumulative log-decay, float32)::
+
+    y_l = sum_{s<=l} (C_l . B_s) exp(a_l - a_s) dt_s x_s      (intra-chunk: a masked T x T matmul, "attention")
+        + exp(a_l) S_c C_l                                     (the state S_c entering the chunk)
+    S_{c+1} = exp(a_T) S_c + sum_s exp(a_T - a_s) dt_s x_s B_s^T
+
+Forward kernels (one launch each):
+
+1. ``_cumsum_fwd``:      dt <- softplus(dt + dt_bias), a = cumsum(dt A) per chunk, both float32 (b, h, c, T).
+2. ``_chunk_state_fwd``: each chunk's own end state from its inputs alone (one tl.dot), (b, c, h, p, n).
+3. ``_state_pass_fwd``:  the sequential part, a loop over chunks (not time steps): the state entering each chunk.
+4. ``_chunk_scan_fwd``:  C.B^T, the decay mask, the intra-chunk matmul, + C.S_c, + D x, times silu(z) (the
+   official code's separate ``bmm`` kernel is folded in here: C.B^T never goes to memory).
+
+Forward saves only its inputs and the float32 dt and a (O(L) per head). Backward reruns kernels 2 and 3 for the
+entering states S_c (as the official code does: saving them would cost p n / T floats per step and head, several
+times the activations) and recomputes everything inside a chunk from them (no T x T tensor is stored), in three
+more kernels:
+
+1. ``_chunk_scan_bwd_dstate``: dL/dS_c through the chunk's own outputs: sum_l exp(a_l) dy_l C_l^T.
+2. ``_state_pass_bwd``:  the reverse loop over chunks: dL/d(states of chunk c), dL/da_T, dL/d(initial_states).
+3. ``_chunk_bwd``:       every per-step gradient of one chunk: dx, ddt, dB, dC, dz, partial dD and dA, and the
+   reverse cumsum that turns dL/da into dL/d(dt A).
+
+Heads of a group share B and C: the two chunk kernels (4. and 3.) take up to ``HEADS_PER_PROGRAM`` heads of one
+group per program, compute C.B^T once for them and, backward, sum their dB, dC in registers; the few partial sums
+left (one per program of a group), and the per-chunk partials of dA, dD and dt_bias, are reduced on the host.
+
+Precision: inputs float32/bfloat16/float16 are loaded and computed in float32 (states, decays and sums always
+float32); tl.dot runs in full float32 ("ieee") for float32 inputs (tf32 if ``torch.backends.cuda.matmul.allow_tf32``
+is set) and in tf32 for half inputs, whose own rounding dominates. Output in x's dtype, final states float32.
+
+Chunk length: the kernels hold whole T x T, T x n and p x n tiles and tl.dot needs every dimension >= 16, so T is
+``chunk_size`` rounded up to a power of two and clamped to [16, 64] (32 for large states, see
+:func:`kernel_chunk_size`). Like ``chunk_size`` everywhere, it changes memory and speed only, never the result.
+p and n are padded (masked) to powers of two >= 16.
+
+Checked without a GPU: the tests run these kernels under the interpreter; every kernel also compiles for sm_90
+(frontend and ptxas; headdim 64, d_state 128: at most 79 KB shared memory per block, small register spills in
+``_chunk_scan_fwd`` and ``_chunk_bwd``). Not yet timed on a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from condorbrain.ssm.triton import interpreting
+
+__all__ = ["kernel_chunk_size", "launch_options", "on_device", "ssd_scan_triton"]
+
+_MIN_BLOCK = 16  # tl.dot needs every dimension >= 16 (on GPUs and in the interpreter)
+_MAX_CHUNK = 64  # a T x T float32 tile per program: 64 keeps it (and the T x n, T x p tiles) in registers
+_STATE_BLOCK = 1024  # state elements per program in the state-passing loops
+HEADS_PER_PROGRAM = 4  # heads of one group per program in the chunk-scan kernels (see _head_split)
+
+
+def _pow2(n: int) -> int:
+    return max(_MIN_BLOCK, triton.next_power_of_2(n))
+
+
+def kernel_chunk_size(chunk_size: int, headdim: int = 64, d_state: int = 128) -> int:
+    """The chunk length T the kernels use for a requested ``chunk_size``: a power of two in [16, 64], at most 32
+    when a head's state (headdim x d_state, padded) exceeds 64 x 64 elements.
+
+    Why 32 for large states: compiled for sm_90 with headdim 64 and d_state 128, ``_chunk_bwd`` needs 180 KB of
+    shared memory at T = 64 (more than an A100 gives a block) and 32 KB at T = 32, with fewer register spills."""
+    cap = _MAX_CHUNK if _pow2(headdim) * _pow2(d_state) <= 4096 else _MAX_CHUNK // 2
+    return min(cap, _pow2(chunk_size))
+
+
+def on_device(t: Tensor) -> contextlib.AbstractContextManager:
+    """Launch on ``t``'s GPU (Triton launches on the current CUDA device); nothing for CPU tensors, so the
+    interpreter never touches a driver. Also says how to fix a call that cannot run here."""
+    if t.is_cuda:
+        return torch.cuda.device(t.device)
+    if not interpreting():
+        raise RuntimeError(f"the Triton kernels need CUDA tensors (got {t.device.type}), or TRITON_INTERPRET=1 set "
+                           "before triton is imported to run them on the CPU; condorbrain.ssm.ssd_scan and "
+                           "Mamba2 pick the CPU path themselves")
+    return contextlib.nullcontext()
+
+
+def launch_options(*tile: int) -> dict:
+    """Launch options from the tile size: a fixed choice (no autotuner, so nothing needs a driver); one warp under
+    the interpreter. FP fusion (FMA) is named explicitly: Triton 3.9 warns when it is left to its default, and the
+    tests turn warnings into errors."""
+    size = 1
+    for t in tile:
+        size *= t
+    num_warps = 1 if interpreting() else (8 if size >= 8192 else 4)
+    return {"num_warps": num_warps, "enable_fp_fusion": True}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward kernels
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _cumsum_fwd(
+    dt_ptr, A_ptr, bias_ptr, dtp_ptr, a_ptr,
+    L, nh, nchunks,
+    s_dt_b, s_dt_l, s_dt_h,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, T: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    # grid (b, c, cdiv(h, BLOCK_H)); tile (T, BLOCK_H). Out: dtp, a as (b, h, c, T) float32.
+    pid_b, pid_c, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t = tl.arange(0, T)
+    hh = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    pos = pid_c * T + t
+    m = (pos[:, None] < L) & (hh[None, :] < nh)
+    dt = tl.load(dt_ptr + pid_b * s_dt_b + pos[:, None] * s_dt_l + hh[None, :] * s_dt_h, mask=m, other=0.0)
+    dt = dt.to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + hh, mask=hh < nh, other=0.0).to(tl.float32)[None, :]
+    if SOFTPLUS:
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    dt = tl.where(m, dt, 0.0)  # steps past L: dt = 0, so no decay and no update (the last state is kept)
+    A = tl.load(A_ptr + hh, mask=hh < nh, other=0.0).to(tl.float32)
+    a = tl.cumsum(dt * A[None, :], axis=0)
+    out = ((pid_b * nh + hh[None, :]) * nchunks + pid_c) * T + t[:, None]
+    mo = hh[None, :] < nh
+    tl.store(dtp_ptr + out, dt, mask=mo)
+    tl.store(a_ptr + out, a, mask=mo)
+
+
+@triton.jit
+def _chunk_state_fwd(
+    x_ptr, B_ptr, dtp_ptr, a_ptr, st_ptr,
+    L, nh, nchunks, hpg, p, n,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_B_b, s_B_l, s_B_g, s_B_n,
+    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+):
+    # grid (b * c, h). states[b, c, h] = sum_s exp(a_T - a_s) dt_s x_s B_s^T, (p, n) float32.
+    pid_bc, hd = tl.program_id(0), tl.program_id(1)
+    bi, ci = pid_bc // nchunks, pid_bc % nchunks
+    g = hd // hpg
+    t = tl.arange(0, T)
+    ip, jn = tl.arange(0, BP), tl.arange(0, BN)
+    pos = ci * T + t
+    mt = pos < L
+    x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
+                mask=mt[:, None] & (ip[None, :] < p), other=0.0).to(tl.float32)  # (T, BP)
+    Bm = tl.load(B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n,
+                 mask=mt[:, None] & (jn[None, :] < n), other=0.0).to(tl.float32)  # (T, BN)
+    base = ((bi * nh + hd) * nchunks + ci) * T
+    dt = tl.load(dtp_ptr + base + t)
+    a = tl.load(a_ptr + base + t)
+    a_end = tl.load(a_ptr + base + T - 1)
+    w = tl.exp(a_end - a) * dt  # (T,)
+    st = tl.dot(tl.trans(x * w[:, None]), Bm, input_precision=PREC)  # (BP, BN)
+    out = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
+    tl.store(st_ptr + out, st, mask=(ip[:, None] < p) & (jn[None, :] < n))
+
+
+@triton.jit
+def _state_pass_fwd(
+    st_ptr, a_ptr, h0_ptr, enter_ptr, final_ptr,
+    nh, nchunks, pn,
+    HAS_H0: tl.constexpr, T: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # grid (b, h, cdiv(p*n, BLOCK)): S_0 = h0; enter[c] = S_c; S_{c+1} = exp(a_T of chunk c) S_c + states[c].
+    # enter may be the states buffer itself (overwritten in place).
+    bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    k = pid * BLOCK + tl.arange(0, BLOCK)
+    mk = k < pn
+    if HAS_H0:
+        s = tl.load(h0_ptr + (bi * nh + hd) * pn + k, mask=mk, other=0.0).to(tl.float32)
+    else:
+        s = tl.zeros([BLOCK], dtype=tl.float32)
+    for ci in range(nchunks):
+        off = ((bi * nchunks + ci) * nh + hd) * pn + k
+        st = tl.load(st_ptr + off, mask=mk, other=0.0)  # loaded before the store: enter may be st, in place
+        tl.store(enter_ptr + off, s, mask=mk)
+        decay = tl.exp(tl.load(a_ptr + ((bi * nh + hd) * nchunks + ci) * T + T - 1))
+        s = decay * s + st
+    tl.store(final_ptr + (bi * nh + hd) * pn + k, s, mask=mk)
+
+
+@triton.jit
+def _chunk_scan_fwd(
+    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, out_ptr,
+    L, nh, nchunks, hpg, hpp, p, n,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_B_b, s_B_l, s_B_g, s_B_n,
+    s_C_b, s_C_l, s_C_g, s_C_n,
+    s_z_b, s_z_l, s_z_h, s_z_p,
+    s_D_h, s_D_p,
+    s_o_b, s_o_l, s_o_h, s_o_p,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+):
+    # grid (b * c, g, cdiv(hpg, hpp)): the outputs (T, p) of one chunk for up to hpp heads of one group, which
+    # share B and C, so C.B^T is computed once for all of them.
+    pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bi, ci = pid_bc // nchunks, pid_bc % nchunks
+    t = tl.arange(0, T)
+    ip, jn = tl.arange(0, BP), tl.arange(0, BN)
+    pos = ci * T + t
+    mt = pos < L
+    mtp = mt[:, None] & (ip[None, :] < p)
+    mtn = mt[:, None] & (jn[None, :] < n)
+    Bm = tl.load(B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n,
+                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
+    Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
+                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
+    CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # (T, T)
+    causal = t[:, None] >= t[None, :]
+    h_lo = g * hpg + pid_s * hpp
+    for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
+        x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
+                    mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
+        base = ((bi * nh + hd) * nchunks + ci) * T
+        dt = tl.load(dtp_ptr + base + t)
+        a = tl.load(a_ptr + base + t)
+        S = tl.load(enter_ptr + (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :],
+                    mask=(ip[:, None] < p) & (jn[None, :] < n), other=0.0)  # (BP, BN)
+        # -inf above the diagonal before exp: exp(a_l - a_s) for s > l would overflow (a decreases with l)
+        decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
+        y = tl.dot(CB * decay, x * dt[:, None], input_precision=PREC)  # (T, BP)
+        y += tl.exp(a)[:, None] * tl.dot(Cm, tl.trans(S), input_precision=PREC)
+        if HAS_D:
+            Dv = tl.load(D_ptr + hd * s_D_h + ip * s_D_p, mask=ip < p, other=0.0).to(tl.float32)
+            y += x * Dv[None, :]
+        if HAS_Z:
+            z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
+                        mask=mtp, other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p,
+                 y.to(out_ptr.dtype.element_ty), mask=mtp)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward kernels
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _chunk_scan_bwd_dstate(
+    dout_ptr, C_ptr, z_ptr, a_ptr, dS_ptr,
+    L, nh, nchunks, hpg, p, n,
+    s_d_b, s_d_l, s_d_h, s_d_p,
+    s_C_b, s_C_l, s_C_g, s_C_n,
+    s_z_b, s_z_l, s_z_h, s_z_p,
+    HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+):
+    # grid (b * c, h): dS[b, c, h] = sum_l exp(a_l) dy_l C_l^T, dy = dout * silu(z): (p, n) float32.
+    pid_bc, hd = tl.program_id(0), tl.program_id(1)
+    bi, ci = pid_bc // nchunks, pid_bc % nchunks
+    g = hd // hpg
+    t = tl.arange(0, T)
+    ip, jn = tl.arange(0, BP), tl.arange(0, BN)
+    pos = ci * T + t
+    mt = pos < L
+    mtp = mt[:, None] & (ip[None, :] < p)
+    dy = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
+                 mask=mtp, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
+                    mask=mtp, other=0.0).to(tl.float32)
+        dy = dy * z * tl.sigmoid(z)
+    Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
+                 mask=mt[:, None] & (jn[None, :] < n), other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + ((bi * nh + hd) * nchunks + ci) * T + t)
+    dS = tl.dot(tl.trans(dy * tl.exp(a)[:, None]), Cm, input_precision=PREC)  # (BP, BN)
+    out = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
+    tl.store(dS_ptr + out, dS, mask=(ip[:, None] < p) & (jn[None, :] < n))
+
+
+@triton.jit
+def _state_pass_bwd(
+    dS_ptr, enter_ptr, a_ptr, dfinal_ptr, dst_ptr, dalast_ptr, dh0_ptr,
+    nh, nchunks, pn, nblocks,
+    HAS_DFINAL: tl.constexpr, T: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # grid (b, h, nblocks). Reverse of _state_pass_fwd; gS = dL/dS_{c+1} while at chunk c.
+    #   dstates[c] = gS;  dL/da_T(c) += exp(a_T) sum(gS * S_c);  dL/dS_c = exp(a_T) gS + dS[c] (through outputs)
+    bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    k = pid * BLOCK + tl.arange(0, BLOCK)
+    mk = k < pn
+    if HAS_DFINAL:
+        gS = tl.load(dfinal_ptr + (bi * nh + hd) * pn + k, mask=mk, other=0.0).to(tl.float32)
+    else:
+        gS = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(nchunks):
+        ci = nchunks - 1 - i
+        off = ((bi * nchunks + ci) * nh + hd) * pn + k
+        dS = tl.load(dS_ptr + off, mask=mk, other=0.0)  # loaded before the store: dst may be dS, in place
+        tl.store(dst_ptr + off, gS, mask=mk)
+        decay = tl.exp(tl.load(a_ptr + ((bi * nh + hd) * nchunks + ci) * T + T - 1))
+        S = tl.load(enter_ptr + off, mask=mk, other=0.0)
+        tl.store(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + pid, decay * tl.sum(gS * S))
+        gS = decay * gS + dS
+    tl.store(dh0_ptr + (bi * nh + hd) * pn + k, gS, mask=mk)
+
+
+@triton.jit
+def _chunk_bwd(
+    x_ptr, dtraw_ptr, A_ptr, bias_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dout_ptr,
+    dtp_ptr, a_ptr, enter_ptr, dst_ptr, dalast_ptr,
+    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dz_ptr, dDp_ptr, dAp_ptr,
+    L, nh, ng, nchunks, hpg, hpp, p, n, nblocks,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_dt_b, s_dt_l, s_dt_h,
+    s_B_b, s_B_l, s_B_g, s_B_n,
+    s_C_b, s_C_l, s_C_g, s_C_n,
+    s_z_b, s_z_l, s_z_h, s_z_p,
+    s_D_h, s_D_p,
+    s_d_b, s_d_l, s_d_h, s_d_p,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+):
+    # grid (b * c, g, nsplit): all per-step gradients of one chunk for up to hpp heads of one group (C.B^T once;
+    # dB, dC summed over those heads in registers). Outputs: dx, dz (b, L, h, p) and ddt (b, L, h) float32, ddt
+    # w.r.t. the raw dt; dB, dC (b, L, g, nsplit, n) float32 partial sums over the program's heads; partial dD
+    # (b, c, h, p) and dA (b, c, h).
+    pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bi, ci = pid_bc // nchunks, pid_bc % nchunks
+    t = tl.arange(0, T)
+    ip, jn = tl.arange(0, BP), tl.arange(0, BN)
+    pos = ci * T + t
+    mt = pos < L
+    mtp = mt[:, None] & (ip[None, :] < p)
+    mtn = mt[:, None] & (jn[None, :] < n)
+    mpn = (ip[:, None] < p) & (jn[None, :] < n)
+    Bm = tl.load(B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n,
+                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
+    Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
+                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
+    CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # (T, T)
+    causal = t[:, None] >= t[None, :]
+    dB = tl.zeros([T, BN], dtype=tl.float32)
+    dC = tl.zeros([T, BN], dtype=tl.float32)
+    h_lo = g * hpg + pid_s * hpp
+    for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
+        x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
+                    mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
+        dout = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
+                       mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
+        base = ((bi * nh + hd) * nchunks + ci) * T
+        dt = tl.load(dtp_ptr + base + t)
+        a = tl.load(a_ptr + base + t)
+        a_end = tl.load(a_ptr + base + T - 1)
+        soff = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
+        S = tl.load(enter_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) state entering the chunk
+        G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) dL/d(this chunk's own end state)
+        ea = tl.exp(a)  # (T,)
+        wend = tl.exp(a_end - a)  # (T,) decay from step s to the chunk's end
+
+        # recompute the forward quantities of the chunk
+        decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
+        M = CB * decay
+        xdt = x * dt[:, None]
+        y_off = ea[:, None] * tl.dot(Cm, tl.trans(S), input_precision=PREC)  # (T, BP)
+        if HAS_D:
+            Dv = tl.load(D_ptr + hd * s_D_h + ip * s_D_p, mask=ip < p, other=0.0).to(tl.float32)
+        dy = dout
+        if HAS_Z:
+            z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
+                        mask=mtp, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            y = tl.dot(M, xdt, input_precision=PREC) + y_off
+            if HAS_D:
+                y += x * Dv[None, :]
+            dz = dout * y * sz * (1.0 + z * (1.0 - sz))
+            tl.store(dz_ptr + ((bi * L + pos[:, None]) * nh + hd) * p + ip[None, :], dz, mask=mtp)
+            dy = dout * z * sz
+        if HAS_D:
+            tl.store(dDp_ptr + ((bi * nchunks + ci) * nh + hd) * p + ip, tl.sum(dy * x, axis=0), mask=ip < p)
+
+        # intra-chunk term y_l = sum_s M[l, s] dt_s x_s
+        dM = tl.dot(dy, tl.trans(xdt), input_precision=PREC)  # (T, T): dy_l . dt_s x_s
+        MtDy = tl.dot(tl.trans(M), dy, input_precision=PREC)  # (T, BP)
+        dCB = dM * decay
+        dC += tl.dot(dCB, Bm, input_precision=PREC)  # (T, BN)
+        dB += tl.dot(tl.trans(dCB), Cm, input_precision=PREC)  # (T, BN)
+        dMM = dM * M
+        da = tl.sum(dMM, axis=1) - tl.sum(dMM, axis=0)  # (T,): dL/da_l through exp(a_l - a_s)
+        ddt = tl.sum(MtDy * x, axis=1)
+        dx = MtDy * dt[:, None]
+        # carried-state term y_l += exp(a_l) S C_l
+        dC += ea[:, None] * tl.dot(dy, S, input_precision=PREC)
+        da += tl.sum(dy * y_off, axis=1)
+        # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G
+        BG = tl.dot(Bm, tl.trans(G), input_precision=PREC)  # (T, BP): B_s . G[p, :]
+        w = wend * dt
+        dx += w[:, None] * BG
+        dB += w[:, None] * tl.dot(x, G, input_precision=PREC)
+        xBG = tl.sum(x * BG, axis=1)  # (T,)
+        ddt += wend * xBG
+        dend = tl.sum(w * xBG)  # dL/da_T through the end state, and minus this per step:
+        da -= w * xBG
+        for j in range(nblocks):  # through the passing to the next chunk (partial sums over state blocks)
+            dend += tl.load(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + j)
+        da += tl.where(t == T - 1, dend, 0.0)
+        if HAS_D:
+            dx += dy * Dv[None, :]
+        # a = cumsum(dt A): dL/d(dt_r A) = sum_{l >= r} dL/da_l
+        dAdt = tl.sum(da, axis=0) - tl.cumsum(da, axis=0) + da
+        A = tl.load(A_ptr + hd).to(tl.float32)
+        ddt += A * dAdt
+        tl.store(dAp_ptr + (bi * nchunks + ci) * nh + hd, tl.sum(tl.where(mt, dAdt * dt, 0.0)))
+        if SOFTPLUS:
+            raw = tl.load(dtraw_ptr + bi * s_dt_b + pos * s_dt_l + hd * s_dt_h, mask=mt, other=0.0)
+            raw = raw.to(tl.float32)
+            if HAS_BIAS:
+                raw += tl.load(bias_ptr + hd).to(tl.float32)
+            ddt = ddt * tl.sigmoid(raw)
+        tl.store(ddt_ptr + (bi * L + pos) * nh + hd, ddt, mask=mt)
+        tl.store(dx_ptr + ((bi * L + pos[:, None]) * nh + hd) * p + ip[None, :], dx, mask=mtp)
+    nsplit = tl.num_programs(2)
+    out = (((bi * L + pos[:, None]) * ng + g) * nsplit + pid_s) * n + jn[None, :]
+    tl.store(dB_ptr + out, dB, mask=mtn)
+    tl.store(dC_ptr + out, dC, mask=mtn)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------------------------------------
+
+def _strides(t: Tensor | None, ndim: int) -> tuple[int, ...]:
+    return tuple(t.stride()) if t is not None else (0,) * ndim
+
+
+def _precision(*ts: Tensor) -> str:
+    """tl.dot's input precision: full float32 for float32 inputs unless PyTorch's own matmuls may use tf32
+    (``torch.backends.cuda.matmul.allow_tf32``, off by default); tf32 for half inputs (their rounding dominates)."""
+    if all(t.dtype == torch.float32 for t in ts) and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _head_split(hpg: int) -> tuple[int, int]:
+    """(heads per program, programs per group) for the kernels that share C.B^T between the heads of a group:
+    more heads per program reuse more (and keep fewer partial dB, dC), fewer keep more programs in flight."""
+    hpp = min(hpg, HEADS_PER_PROGRAM)
+    return hpp, triton.cdiv(hpg, hpp)
+
+
+def _dims(x: Tensor, B: Tensor, chunk_size: int) -> dict:
+    b, L, nh, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    T = kernel_chunk_size(chunk_size, p, n)
+    return dict(b=b, L=L, nh=nh, p=p, g=g, n=n, T=T, c=triton.cdiv(L, T), BP=_pow2(p), BN=_pow2(n))
+
+
+def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus):
+    b, L, nh, p, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "n", "T", "c", "BP", "BN"))
+    hpg = nh // d["g"]
+    f32 = dict(device=x.device, dtype=torch.float32)
+    prec = _precision(x, B, C)
+    dtp = torch.empty(b, nh, c, T, **f32)
+    a = torch.empty(b, nh, c, T, **f32)
+    BH = min(_pow2(nh), 64)
+    _cumsum_fwd[(b, c, triton.cdiv(nh, BH))](
+        dt, A, dt_bias if dt_bias is not None else dt, dtp, a, L, nh, c, *dt.stride(),
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, T=T, BLOCK_H=BH, **launch_options(T, BH))
+    enter, final = _entering_states(x, B, dtp, a, h0, d, prec)
+    out = torch.empty(b, L, nh, p, device=x.device, dtype=x.dtype)
+    hpp, nsplit = _head_split(hpg)
+    _chunk_scan_fwd[(b * c, d["g"], nsplit)](
+        x, B, C, z if z is not None else x, D2 if D2 is not None else x, dtp, a, enter, out,
+        L, nh, c, hpg, hpp, p, n, *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2),
+        *out.stride(),
+        HAS_D=D2 is not None, HAS_Z=z is not None, T=T, BP=BP, BN=BN, PREC=prec,
+        **launch_options(T, max(T, BP, BN)))
+    return out, final, dtp, a
+
+
+def _entering_states(x, B, dtp, a, h0, d, prec):
+    """Kernels 2 and 3: the state entering each chunk (b, c, h, p, n) and the final state (b, h, p, n), float32.
+    Run by the forward and again by the backward, so that only dt and a (O(L), not O(L p n / T)) are saved."""
+    b, L, nh, p, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "n", "T", "c", "BP", "BN"))
+    f32 = dict(device=x.device, dtype=torch.float32)
+    states = torch.empty(b, c, nh, p, n, **f32)
+    _chunk_state_fwd[(b * c, nh)](
+        x, B, dtp, a, states, L, nh, c, nh // d["g"], p, n, *x.stride(), *B.stride(),
+        T=T, BP=BP, BN=BN, PREC=prec, **launch_options(BP, BN))
+    final = torch.empty(b, nh, p, n, **f32)
+    _state_pass_fwd[(b, nh, triton.cdiv(p * n, _STATE_BLOCK))](
+        states, a, h0 if h0 is not None else states, states, final, nh, c, p * n,
+        HAS_H0=h0 is not None, T=T, BLOCK=_STATE_BLOCK, **launch_options(_STATE_BLOCK))
+    return states, final  # states now holds the entering states (overwritten in place)
+
+
+def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus):
+    b, L, nh, p, g, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "g", "n", "T", "c", "BP", "BN"))
+    hpg = nh // g
+    f32 = dict(device=x.device, dtype=torch.float32)
+    prec = _precision(x, B, C)
+    enter, _ = _entering_states(x, B, dtp, a, h0, d, prec)
+    dS = torch.empty(b, c, nh, p, n, **f32)
+    _chunk_scan_bwd_dstate[(b * c, nh)](
+        dout, C, z if z is not None else x, a, dS, L, nh, c, hpg, p, n,
+        *dout.stride(), *C.stride(), *_strides(z, 4),
+        HAS_Z=z is not None, T=T, BP=BP, BN=BN, PREC=prec, **launch_options(BP, BN))
+    nblocks = triton.cdiv(p * n, _STATE_BLOCK)
+    dst = dS  # overwritten in place: dL/dS_c through the outputs -> dL/d(chunk c's own end state)
+    dalast = torch.empty(b, nh, c, nblocks, **f32)
+    dh0 = torch.empty(b, nh, p, n, **f32)
+    _state_pass_bwd[(b, nh, nblocks)](
+        dS, enter, a, dfinal if dfinal is not None else dS, dst, dalast, dh0, nh, c, p * n, nblocks,
+        HAS_DFINAL=dfinal is not None, T=T, BLOCK=_STATE_BLOCK, **launch_options(_STATE_BLOCK))
+    dx = torch.empty(b, L, nh, p, **f32)
+    ddt = torch.empty(b, L, nh, **f32)
+    hpp, nsplit = _head_split(hpg)
+    dB = torch.empty(b, L, g, nsplit, n, **f32)
+    dC = torch.empty(b, L, g, nsplit, n, **f32)
+    dz = torch.empty(b, L, nh, p, **f32) if z is not None else None
+    dDp = torch.empty(b, c, nh, p, **f32) if D2 is not None else None
+    dAp = torch.empty(b, c, nh, **f32)
+    _chunk_bwd[(b * c, g, nsplit)](
+        x, dt, A, dt_bias if dt_bias is not None else A, B, C, z if z is not None else x,
+        D2 if D2 is not None else x, dout, dtp, a, enter, dst, dalast,
+        dx, ddt, dB, dC, dz if dz is not None else dx, dDp if dDp is not None else dAp, dAp,
+        L, nh, g, c, hpg, hpp, p, n, nblocks,
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
+        HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+        T=T, BP=BP, BN=BN, PREC=prec, **launch_options(T, max(T, BP, BN)))
+    dB, dC = (t[:, :, :, 0] if nsplit == 1 else t.sum(3) for t in (dB, dC))
+    dD2 = dDp.sum((0, 1)) if dDp is not None else None  # (h, p)
+    return dx, ddt, dAp.sum((0, 1)), dB, dC, dD2, dz, dh0
+
+
+class _SSDScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus):
+        d = _dims(x, B, chunk_size)
+        D2 = None if D is None else (D[:, None].expand(d["nh"], d["p"]) if D.dim() == 1 else D)
+        with on_device(x):
+            out, final, dtp, a = _forward(x, dt, A, B, C, D2, z, dt_bias, initial_states, d, dt_softplus)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, dtp, a)
+        ctx.d, ctx.softplus = d, dt_softplus
+        ctx.set_materialize_grads(False)  # an unused final state gets no zero gradient tensor (HAS_DFINAL=False)
+        return out, final
+
+    @staticmethod
+    def backward(ctx, dout, dfinal):
+        x, dt, A, B, C, D, z, dt_bias, h0, dtp, a = ctx.saved_tensors
+        d = ctx.d
+        if dout is None:  # only the final state is used
+            dout = torch.zeros_like(x)
+        D2 = None if D is None else (D[:, None].expand(d["nh"], d["p"]) if D.dim() == 1 else D)
+        with on_device(x):
+            dx, ddt, dA, dB, dC, dD2, dz, dh0 = _backward(
+                dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, ctx.softplus)
+        dD = None if D is None else (dD2.sum(-1) if D.dim() == 1 else dD2)
+        dbias = None if dt_bias is None else ddt.sum((0, 1))
+        grads = [dx, ddt, dA, dB, dC, dD, dz, dbias, dh0 if h0 is not None else None]
+        inputs = [x, dt, A, B, C, D, z, dt_bias, h0]
+        return (*(None if gr is None else gr.to(t.dtype) for gr, t in zip(grads, inputs)), None, None)
+
+
+def ssd_scan_triton(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = 64,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    initial_states: Tensor | None = None,
+    return_final_states: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Mamba-2's SSD scan in Triton, forward and backward; the arguments of :func:`condorbrain.ssm.ssd_scan`.
+
+    Args:
+        x: (b, L, h, p). dt: (b, L, h), becomes softplus(dt + dt_bias) when asked (inside the kernels). A: (h,).
+        B, C: (b, L, g, n) with g dividing h. chunk_size: a hint; the kernels use :func:`kernel_chunk_size`.
+        D: (h,) or (h, p). z: (b, L, h, p). dt_bias: (h,). initial_states: (b, h, p, n).
+        Any strides (e.g. views into one in_proj output): nothing is copied.
+
+    Returns:
+        y (b, L, h, p) in x's dtype and, if asked, the final states (b, h, p, n) in float32.
+
+    Arguments are not validated here (``ssd_scan`` does that before dispatching); all tensors must be on one CUDA
+    device, or on the CPU under ``TRITON_INTERPRET=1``.
+    """
+    out, final = _SSDScan.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus)
+    return (out, final) if return_final_states else out

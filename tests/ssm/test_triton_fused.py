@@ -1,0 +1,174 @@
+"""The fused Mamba-2 training path (Triton conv+SiLU, SSD, gated RMSNorm) against the layer's own CPU forward.
+
+Each kernel against its PyTorch twin (outputs and gradients), then ``mamba2_fused_forward`` inside a tiny Mamba2
+layer: the same out_proj input, output and gradients of every parameter and of the layer input as
+``Mamba2.forward`` computed in float64. Under the interpreter on the CPU (conftest sets TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (`pip install triton`, or the `dev` extra)")
+
+from condorbrain.ssm import triton as cb_triton  # noqa: E402
+from condorbrain.ssm.conv import causal_conv1d_ref  # noqa: E402
+from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated  # noqa: E402
+from condorbrain.ssm.triton.fused import (  # noqa: E402
+    causal_conv1d_silu_triton,
+    mamba2_fused_forward,
+    rmsnorm_gated_triton,
+)
+
+F64 = torch.float64
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    ok, why = cb_triton.status(request.param)
+    if not ok:
+        pytest.skip(f"Triton kernels cannot run on {request.param}: {why}")
+    return torch.device(request.param)
+
+
+def assert_close(name, got, want, rtol=1e-4):
+    """Max abs error within rtol of the reference's largest magnitude."""
+    err = (got.detach().double().cpu() - want.detach().double().cpu()).abs().max().item()
+    scale = want.detach().abs().max().item() + 1e-12
+    assert err <= rtol * scale, f"{name}: max error {err:.3g} > {rtol} * {scale:.3g}"
+
+
+def grads_of(fn, tensors, seed=1):
+    """fn(*tensors) and the gradients of <out, fixed random weights> w.r.t. tensors (leaf copies)."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
+    out = fn(*leaves)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    (out * w.to(out)).sum().backward()
+    return out, [t.grad if t is not None else None for t in leaves]
+
+
+# --- the two kernels on their own ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias,silu", [(True, True), (False, True), (True, False)])
+def test_conv(device, bias, silu):
+    gen = torch.Generator().manual_seed(0)
+    # x as a strided slice of a wider tensor, as the conv reads the xBC columns of the in_proj output
+    wide = torch.randn(2, 37, 50, generator=gen, dtype=F64)
+    w = torch.randn(40, 1, 4, generator=gen, dtype=F64) * 0.5
+    b = torch.randn(40, generator=gen, dtype=F64) if bias else None
+    act = "silu" if silu else None
+    ref, g_ref = grads_of(lambda x, w, b: causal_conv1d_ref(x[..., 5:45], w.view(40, 4), b, act), (wide, w, b))
+    dev = [t.float().to(device) if t is not None else None for t in (wide, w, b)]
+    out, g = grads_of(lambda x, w, b: causal_conv1d_silu_triton(x[..., 5:45], w, b, silu), dev)
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    assert_close("y", out, ref)
+    for name, a, e in zip(("dx", "dw", "db"), g, g_ref):
+        assert (a is None) == (e is None)
+        if e is not None:
+            assert_close(name, a, e)
+
+
+def test_conv_bfloat16(device):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 20, 24, generator=gen).bfloat16()
+    w = (torch.randn(24, 4, generator=gen) * 0.5).bfloat16()
+    b = torch.randn(24, generator=gen).bfloat16()
+    ref, g_ref = grads_of(lambda x, w, b: causal_conv1d_ref(x, w, b, "silu"), [t.double() for t in (x, w, b)])
+    out, g = grads_of(lambda x, w, b: causal_conv1d_silu_triton(x, w, b), [t.to(device) for t in (x, w, b)])
+    assert out.dtype == torch.bfloat16 and all(t.dtype == torch.bfloat16 for t in g)
+    assert_close("y", out, ref, 1e-2)
+    for name, a, e in zip(("dx", "dw", "db"), g, g_ref):
+        assert_close(name, a, e, 2e-2)
+
+
+@pytest.mark.parametrize("gate,norm_before_gate,groups", [(True, False, 1), (True, True, 2), (False, False, 2)])
+def test_rmsnorm_gated(device, gate, norm_before_gate, groups):
+    gen = torch.Generator().manual_seed(0)
+    d = 48
+    y = torch.randn(2, 19, d, generator=gen, dtype=F64)
+    z = torch.randn(2, 19, d + 7, generator=gen, dtype=F64) if gate else None  # z: a strided slice
+    norm = RMSNormGated(d, group_size=d // groups, norm_before_gate=norm_before_gate).double()
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3, generator=gen)
+    weight = norm.weight.detach()
+
+    def ref_fn(y, z, w):  # the module's forward with w as its weight, so w gets the gradient
+        return torch.func.functional_call(norm, {"weight": w}, (y, z[..., 3:3 + d] if z is not None else None))
+
+    ref, g_ref = grads_of(ref_fn, (y, z, weight))
+    dev = [t.float().to(device) if t is not None else None for t in (y, z, weight)]
+    out, g = grads_of(lambda y, z, w: rmsnorm_gated_triton(y, z[..., 3:3 + d] if z is not None else None, w, 1e-5,
+                                                           d // groups, norm_before_gate), dev)
+    assert_close("out", out, ref)
+    for name, a, e in zip(("dy", "dz", "dw"), g, g_ref):
+        assert (a is None) == (e is None)
+        if e is not None:
+            assert_close(name, a, e)
+
+
+# --- the whole layer -----------------------------------------------------------------------------------------------
+
+LAYERS = {
+    "default": dict(),
+    "groups+norm_before_gate+D_hdim": dict(ngroups=2, norm_before_gate=True, D_has_hdim=True),
+    "no_rmsnorm+mlp+dt_limit+no_conv_bias": dict(rmsnorm=False, d_ssm=32, dt_limit=(0.01, 0.5), conv_bias=False),
+}
+
+
+def fused_layer(m: Mamba2, u):
+    """Mamba2 with the fused path between in_proj and out_proj (what Mamba2.forward dispatches to on CUDA)."""
+    y = mamba2_fused_forward(
+        m.in_proj(u), m.conv1d.weight, m.conv1d.bias, m.dt_bias, m.A_log, m._D(),
+        m.norm.weight if m.rmsnorm else None, headdim=m.headdim, d_state=m.d_state, ngroups=m.ngroups,
+        chunk_size=m.chunk_size, norm_before_gate=m.norm_before_gate, eps=1e-5, dt_limit=m.dt_limit)
+    return m.out_proj(y), y
+
+
+def layer_grads(m, u, forward):
+    u = u.detach().clone().requires_grad_()
+    captured = {}
+    hook = m.out_proj.register_forward_hook(lambda mod, args, out: captured.setdefault("y", args[0]))
+    try:
+        out = forward(m, u)
+    finally:
+        hook.remove()
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=F64).to(out)
+    m.zero_grad(set_to_none=True)
+    (out * w).sum().backward()
+    grads = {name: p.grad for name, p in m.named_parameters()}
+    grads["u"] = u.grad
+    return out, captured["y"], grads
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_layer_matches_mamba2(device, name):
+    torch.manual_seed(0)
+    m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16, **LAYERS[name])  # 4 heads (2 with d_ssm=32)
+    u = torch.randn(2, 37, 32)  # 3 chunks, the last partial
+    ref_m = copy.deepcopy(m).double()
+    out_ref, y_ref, g_ref = layer_grads(ref_m, u.double(), lambda m, u: m(u))
+    dev_m = copy.deepcopy(m).to(device)
+    out, y, g = layer_grads(dev_m, u.to(device), lambda m, u: fused_layer(m, u)[0])
+    assert_close("out_proj input", y, y_ref)
+    assert_close("out", out, out_ref)
+    assert set(g) == set(g_ref)
+    for k in g_ref:
+        assert (g[k] is None) == (g_ref[k] is None), k
+        if g_ref[k] is not None:
+            assert_close(f"d{k}", g[k], g_ref[k])
+
+
+def test_layer_bfloat16(device):
+    torch.manual_seed(0)
+    m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16)
+    u = torch.randn(1, 24, 32)
+    out_ref, _, g_ref = layer_grads(copy.deepcopy(m).double(), u.double(), lambda m, u: m(u))
+    bf = copy.deepcopy(m).to(device=device, dtype=torch.bfloat16)
+    out, y, g = layer_grads(bf, u.to(device, torch.bfloat16), lambda m, u: fused_layer(m, u)[0])
+    assert out.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+    assert_close("out", out, out_ref, 5e-2)
+    for k in ("u", "in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight"):
+        assert_close(f"d{k}", g[k], g_ref[k], 5e-2)
