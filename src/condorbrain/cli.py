@@ -25,7 +25,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"condorbrain {__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"CPU scan path: {scan_backend('cpu')}"
           + (f" ({cpu_kernel.unavailable_reason()})" if not cpu_kernel.available() else ""))
-    print(f"CUDA: {torch.cuda.is_available()}")
+    from condorbrain.ssm import triton as triton_path
+    from condorbrain.ssm.graph import streaming_path
+
+    cuda = torch.cuda.is_available()
+    print(f"CUDA: {cuda}" + (f" ({torch.cuda.get_device_name(0)})" if cuda else ""))
+    if cuda:
+        ok, why = triton_path.status("cuda")
+        print(f"GPU scan path: {scan_backend('cuda')}" + ("" if ok else f" (Triton kernels unavailable: {why})"))
+        print(f"GPU streaming: {streaming_path('cuda')}")
+    else:
+        print(f"GPU kernels (Triton): {triton_path.status('cuda')[1]}")
     return 0
 
 

@@ -165,6 +165,19 @@ def test_max_open() -> None:
     assert two.equity.get_column("open_positions").to_list() == [2, 0]
 
 
+def test_a_ruined_account_opens_nothing_more() -> None:
+    # capital 300; the stop on day 1 loses 416 -> equity -116: the decisions of days 1 and 2 are not opened
+    days = [0, 1, 2]
+    chain = _chain(days, [ENTRY, ((0.5, 0.6), (1.9, 2.0), (1.9, 2.0), (0.5, 0.6)), ENTRY])
+    decisions = pl.concat([_decision().with_columns(pl.lit(T0 + dt.timedelta(days=d)).dt.cast_time_unit("us")
+                                                    .dt.replace_time_zone("UTC").alias("ts")) for d in days])
+    res = backtest(chain, _bars(days, [100.0] * 3), decisions,
+                   BacktestConfig(**{**CFG, "initial_capital": 300.0}, stop_loss=2.0, close_dte=None))
+    assert res.trades.get_column("exit_reason").to_list() == ["stop"]
+    assert res.skipped.get_column("reason").to_list() == ["ruined", "ruined"]
+    assert res.equity.get_column("equity").to_list()[1:] == [pytest.approx(300.0 - 416.0)] * 2
+
+
 def test_trade_log_round_trips(tmp_path: Path) -> None:
     days = [0, 1, 2]
     trades = backtest(_chain(days, [ENTRY] * 3), _bars(days, [100.0] * 3), _decision(),

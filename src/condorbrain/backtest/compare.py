@@ -6,10 +6,10 @@ underlying, backtested on the same bars with the same :class:`~.simulator.Backte
   (fractional shares, no costs, no dividends: the bars' ``close`` is a price series) and held to the last bar.
 - :func:`backtest_strategies`: the three backtests over one period.
 - :func:`compare_strategies`: one row per strategy, the metric columns; refuses results from different bars or
-  different capital. The simulator keeps trading after the equity reaches 0 (as on unlimited margin); a strategy
-  whose equity is <= 0 at some bar is *ruined*: ``ruined`` holds the first such bar, its Sharpe, Sortino and
-  Calmar are -inf (it ranks last), CAGR -1 and max drawdown 1 (all the capital lost); its trade metrics, total P&L
-  and final equity are those of all its trades.
+  different capital. A strategy whose equity is <= 0 at some bar is *ruined*: the simulator opens no position
+  after that (the ones open are managed to their exits, so the equity can end below 0); ``ruined`` holds the first
+  such bar, its Sharpe, Sortino and Calmar are -inf (it ranks last), CAGR -1 and max drawdown 1 (all the capital
+  lost); its trade metrics, total P&L and final equity are those of all its trades.
 - :func:`strategy_verdict`: one line, Sharpe first; the model is reported as LOSING to every baseline that beats it.
   :func:`rank_verdict` is the line for any metric (``condorbrain.main_job.verdict`` uses it for forecasts).
 """

@@ -181,8 +181,9 @@ class BacktestResult:
     equity: pl.DataFrame
     """One row per bar: ``ts``, ``equity`` (marked to mid), ``realized``, ``unrealized``, ``open_positions``."""
     skipped: pl.DataFrame
-    """Decisions not opened: ``ts`` and ``reason`` (capacity, no_expiry, no_strike, crossed_strikes, no_credit,
-    no_risk, budget, no_chain)."""
+    """Decisions not opened: ``ts`` and ``reason`` (ruined, capacity, no_expiry, no_strike, crossed_strikes,
+    no_credit, no_risk, budget, no_chain). ``ruined``: the equity was <= 0, and a ruined account opens nothing more
+    (its open positions are still managed to their exits)."""
     config: BacktestConfig
 
 
@@ -271,9 +272,14 @@ def backtest(chain: pl.DataFrame, bars: pl.DataFrame, decisions: pl.DataFrame | 
             trades.append(_trade_row(p, now, spot, px, debit, fees, reason, fc))
             realized += trades[-1]["pnl"]  # type: ignore[operator]
         open_ = still
-        # 2. open new positions
+        # 2. open new positions (none once the account is ruined: equity marked to mid <= 0)
         wanted = [None] if by_ts is None else by_ts.get(t_us, [])
+        marked = cfg.initial_capital + realized + sum(
+            (p.credit - p.mid_debit) * fc.multiplier * p.contracts - p.entry_fees for p in open_)
         for d in wanted:
+            if marked <= 0:
+                skipped.append((t_us, "ruined"))
+                continue
             if len(open_) >= cfg.max_open:
                 skipped.append((t_us, "capacity"))
                 continue
