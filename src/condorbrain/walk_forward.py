@@ -207,8 +207,7 @@ def _assemble(cfg: RunConfig, out: Path, bars: pl.DataFrame, vix: pl.DataFrame |
         bt = backtest_decisions(w, bars, vix, _test_ts(data), decisions, wdir, config, quiet=True)
         ev = json.loads((wdir / "evaluation.json").read_text())
         windows.append({"window": k, "folder": str(wdir.relative_to(out)),
-                        "train": {"first": w.train_start, "last": w.val_start},
-                        "val": {"first": w.val_start, "last": w.test_start},
+                        "train": _rows_period(data, "train"), "val": _rows_period(data, "val"),
                         "test": {"first": ev["test_period"]["first"], "last": ev["test_period"]["last"],
                                  "samples": ev["test_period"]["samples"]},
                         "training": {k2: ev["train"][k2] for k2 in ("steps", "stopped", "best_step")},
@@ -231,6 +230,12 @@ def _assemble(cfg: RunConfig, out: Path, bars: pl.DataFrame, vix: pl.DataFrame |
     seconds = round(time.perf_counter() - t_start, 1)
     print(f"walk-forward: {len(windows)} windows in {seconds} s")
     return {**summary, "seconds": seconds, "backtest": backtest, "walk_forward": record}
+
+
+def _rows_period(data: JobData, name: str) -> dict[str, Any]:
+    """First and last bar of a period's rows (after purge and embargo) and how many rows it has."""
+    ts = data.ts[data.periods[name]]
+    return {"first": str(ts[0]), "last": str(ts[-1]), "rows": int(len(ts))}
 
 
 def _print_windows(windows: list[dict[str, Any]]) -> None:

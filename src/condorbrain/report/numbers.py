@@ -184,11 +184,22 @@ def _run_summary(files: RunFiles) -> dict[str, Any]:
         "name": files.run_dir.name,
         "test_period": period,
         "model": {k: cfg["model"][k] for k in model_keys if k in cfg.get("model", {})} or None,
-        "split": {k: cfg["run"][k] for k in ("val_start", "test_start") if k in cfg.get("run", {})} or None,
+        "split": None if files.walk_forward else (
+            {k: cfg["run"][k] for k in ("val_start", "test_start") if k in cfg.get("run", {})} or None),
         "train": {k: train[k] for k in ("steps", "stopped", "best_step", "best_val_loss") if k in train} or None,
         "backtest_config": (bt or {}).get("config"),
         "walk_forward_mode": (files.walk_forward or {}).get("mode"),
+        "walk_forward": _walk_forward_summary(files.walk_forward),
     }
+
+
+def _walk_forward_summary(wf: Mapping[str, Any] | None) -> str | None:
+    """One line: mode, windows with their test periods, purge and embargo."""
+    if not wf:
+        return None
+    tests = ", ".join(f"{str(w['test']['first'])[:10]} to {str(w['test']['last'])[:10]}" for w in wf.get("windows", []))
+    gaps = f"; purge {wf['purge_bars']} + embargo {wf['embargo_bars']} bars" if "purge_bars" in wf else ""
+    return f"{wf.get('mode')}, {len(wf.get('windows', []))} windows, a model each (tests {tests}){gaps}"
 
 
 def _verdicts(ev: Mapping[str, Any], bt: Mapping[str, Any] | None, wf: Mapping[str, Any] | None

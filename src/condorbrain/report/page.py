@@ -105,8 +105,8 @@ def _header(run: Mapping[str, Any]) -> str:
         facts.append(("training", _pairs(run["train"])))
     if run.get("backtest_config"):
         facts.append(("backtest", _pairs(run["backtest_config"])))
-    if run.get("walk_forward_mode"):
-        facts.append(("walk-forward", str(run["walk_forward_mode"])))
+    if run.get("walk_forward") or run.get("walk_forward_mode"):
+        facts.append(("walk-forward", str(run.get("walk_forward") or run["walk_forward_mode"])))
     rows = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
     return (f"<header><h1>CondorBrain run report</h1><p class='run'>{_e(run['name'])}</p>"
             f"<dl class='facts'>{rows}</dl></header>")

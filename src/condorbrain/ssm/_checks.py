@@ -53,3 +53,33 @@ def check_bc(name: str, X: Tensor, batch: int, dim: int, L: int, N: int) -> None
         raise ValueError(f"{name} must be (dim, N), (batch, N, L) or (batch, G, N, L), "
                          f"got {getattr(X, 'shape', type(X))}")
     check_tensor(name, X, *shapes[X.dim()])
+
+
+def check_selective_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                              z: Tensor | None, delta_bias: Tensor | None, initial_state: Tensor | None,
+                              chunk_size: int) -> None:
+    """Every argument of ``selective_scan`` (and of its Triton twin): shapes, dtypes, finiteness, one device."""
+    if not isinstance(u, Tensor) or u.dim() != 3:
+        raise ValueError(f"u must be a tensor of shape (batch, dim, L), got {getattr(u, 'shape', type(u))}")
+    batch, dim, L = u.shape
+    check_tensor("u", u, (batch, dim, L), "(batch, dim, L)")
+    check_tensor("delta", delta, (batch, dim, L), "(batch, dim, L)")
+    if not isinstance(A, Tensor) or A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must have shape (dim, N) with dim={dim}, got {getattr(A, 'shape', type(A))}")
+    N = A.shape[1]
+    check_tensor("A", A, (dim, N), "(dim, N)")
+    if A.is_complex():
+        raise ValueError("A must be real; complex A is not supported")
+    check_bc("B", B, batch, dim, L, N)
+    check_bc("C", C, batch, dim, L, N)
+    if D is not None:
+        check_tensor("D", D, (dim,), "(dim,)")
+    if z is not None:
+        check_tensor("z", z, (batch, dim, L), "(batch, dim, L)")
+    if delta_bias is not None:
+        check_tensor("delta_bias", delta_bias, (dim,), "(dim,)")
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, (batch, dim, N), "(batch, dim, N)")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from condorbrain.ssm._checks import check_bc, check_same_device, check_tensor
+from condorbrain.ssm._checks import check_selective_scan_args
 from condorbrain.ssm.triton import status
 from condorbrain.ssm.triton.ssd import launch_options
 
@@ -431,28 +431,7 @@ def selective_scan_triton(
 
     Runs on CUDA tensors, or on CPU tensors under Triton's interpreter (slow; for tests).
     """
-    if not isinstance(u, Tensor) or u.dim() != 3:
-        raise ValueError(f"u must be a tensor of shape (batch, dim, L), got {getattr(u, 'shape', type(u))}")
-    batch, dim, L = u.shape
-    check_tensor("u", u, (batch, dim, L), "(batch, dim, L)")
-    check_tensor("delta", delta, (batch, dim, L), "(batch, dim, L)")
-    if not isinstance(A, Tensor) or A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"A must have shape (dim, N) with dim={dim}, got {getattr(A, 'shape', type(A))}")
-    N = A.shape[1]
-    check_tensor("A", A, (dim, N), "(dim, N)")
-    check_bc("B", B, batch, dim, L, N)
-    check_bc("C", C, batch, dim, L, N)
-    if D is not None:
-        check_tensor("D", D, (dim,), "(dim,)")
-    if z is not None:
-        check_tensor("z", z, (batch, dim, L), "(batch, dim, L)")
-    if delta_bias is not None:
-        check_tensor("delta_bias", delta_bias, (dim,), "(dim,)")
-    if initial_state is not None:
-        check_tensor("initial_state", initial_state, (batch, dim, N), "(batch, dim, N)")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
+    check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_size)
     usable, why = status(u.device)
     if not usable:
         raise RuntimeError(f"the Triton selective scan cannot run on {u.device}: {why}; use "
