@@ -170,3 +170,16 @@ def test_policy_filter_keeps_the_proposals_it_drops(tmp_path, wf_run, market):
     trades = pl.read_parquet(tmp_path / "trades_condorbrain.parquet")
     entered = set(filtered.filter(pl.col("enter"))["ts"].to_list())
     assert set(trades["entry_ts"].to_list()) <= entered
+
+
+def test_report_command_and_single_split_flag(wf_run, tmp_path, capsys):
+    out, _ = wf_run
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").is_file() and json.loads((out / "report.json").read_text())["walk_forward"]
+    capsys.readouterr()
+    assert main(["report", str(tmp_path)]) == 1  # an empty folder: the error names the missing file
+    assert "backtest_equity.parquet not found" in (err := capsys.readouterr().err) and str(tmp_path) in err
+    assert main(["run", "--single-split", "--print-config"]) == 0
+    assert "walk_forward" not in json.loads(capsys.readouterr().out)
+    assert main(["run", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["walk_forward"]["first_test"] == "2011-01-01"
