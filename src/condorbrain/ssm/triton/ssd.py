@@ -43,9 +43,11 @@ Chunk length: the kernels hold whole T x T, T x n and p x n tiles and tl.dot nee
 :func:`kernel_chunk_size`). Like ``chunk_size`` everywhere, it changes memory and speed only, never the result.
 p and n are padded (masked) to powers of two >= 16.
 
-Checked without a GPU: the tests run these kernels under the interpreter; every kernel also compiles for sm_90
-(frontend and ptxas; headdim 64, d_state 128: at most 79 KB shared memory per block, small register spills in
-``_chunk_scan_fwd`` and ``_chunk_bwd``). Not yet timed on a GPU.
+Checked without a GPU: the tests run these kernels under the interpreter, and ``tests/ssm/test_triton_compile.py``
+compiles every one for sm_90 at the seed config (ptxas register / spill / shared-memory report printed there). Not
+yet timed on a GPU. Known from that report: ``_chunk_bwd`` spills (2-3 KB per thread at headdim 64, d_state 64,
+T = 64, 96 KB shared; at d_state 128, T = 32, ptxas keeps 32 registers and spills ~15 KB per thread), the first
+thing to tune on a GPU.
 """
 
 from __future__ import annotations
@@ -75,8 +77,9 @@ def kernel_chunk_size(chunk_size: int, headdim: int = 64, d_state: int = 128) ->
     """The chunk length T the kernels use for a requested ``chunk_size``: a power of two in [16, 64], at most 32
     when a head's state (headdim x d_state, padded) exceeds 64 x 64 elements.
 
-    Why 32 for large states: compiled for sm_90 with headdim 64 and d_state 128, ``_chunk_bwd`` needs 180 KB of
-    shared memory at T = 64 (more than an A100 gives a block) and 32 KB at T = 32, with fewer register spills."""
+    Why 32 for large states: compiled for sm_90 with headdim 64 and d_state 128, ``_chunk_bwd`` needs ~180 KB of
+    shared memory at T = 64 (more than an A100 gives a block; an H100 fits it) and 32 KB at T = 32, but spills more
+    there (module docstring): which is faster is to be timed on a GPU."""
     cap = _MAX_CHUNK if _pow2(headdim) * _pow2(d_state) <= 4096 else _MAX_CHUNK // 2
     return min(cap, _pow2(chunk_size))
 

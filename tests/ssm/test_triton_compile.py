@@ -1,0 +1,390 @@
+"""Every Triton kernel compiles for an H100 (CUDA sm_90, warp size 32), on a machine without a GPU.
+
+The other ``test_triton_*`` files run the kernels under Triton's interpreter, which never compiles them: a kernel
+that Triton's compiler or ptxas rejects, or one that asks for more shared memory than an H100 gives a block, would
+only show on a GPU. Here the host code of each kernel module runs at the seed's production sizes (configs/
+h100-seed.toml: Mamba-2 with d_model 512, expand 2, headdim 64, ngroups 1, L 120, bfloat16 activations, d_state 64
+and also 128, chunk_size 64 and 256 requested; Mamba-1 with d_inner 1024, d_state 16) with every
+``kernel[grid](...)`` recorded instead of launched, forward and backward, so the block sizes, flags and launch
+options are the ones the host code picks. Each distinct launch is specialised as Triton specialises a real one
+(pointer dtypes and 16-byte alignment, integers equal to 1 or divisible by 16: Triton's own
+``native_specialize_impl``) and compiled ahead of time::
+
+    triton.compile(ASTSource(fn=kernel, signature=..., constexprs=..., attrs=...),
+                   target=GPUTarget("cuda", 90, 32), options={"num_warps": ..., "enable_fp_fusion": True})
+
+which runs Triton's whole pipeline and ptxas (shipped in the triton wheel) down to a cubin.
+
+The compiling runs in a subprocess (this file run as a script) with ``TRITON_INTERPRET=0``: conftest sets
+``TRITON_INTERPRET=1`` before triton is first imported, and then every ``@triton.jit`` is an interpreter wrapper that
+cannot be compiled (nor can a fresh JITFunction of its ``fn``, whose helpers are wrappers too). The host checks that
+want a CUDA device (``on_device``, ``status``) are patched out there, as the tensors are CPU ones. The batch is 2,
+not the seed's 1024: no kernel argument depends on it except the RMSNorm's row count b * L, divisible by 16 for both.
+
+Fails on a compile error, on shared memory over an H100's 227 KB per block (its opt-in maximum) and on a kernel that
+no case launches. Registers and spills are reported, not checked (``pytest -s`` prints the table): Triton's own
+``n_regs`` / ``n_spills`` come from the driver when it loads the binary, so they are read from ptxas' report instead
+(registers per thread; stack frame and spill stores in bytes per thread); shared memory is the compiled kernel's
+``metadata.shared``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+H100_SHARED_BYTES = 227 * 1024  # cudaDevAttrMaxSharedMemoryPerBlockOptin on an H100 (sm_90)
+TARGET = ("cuda", 90, 32)  # GPUTarget(backend, capability, warp size) of an H100
+MODULES = ("selective", "ssd", "fused")  # condorbrain.ssm.triton.<module>
+
+# ----------------------------------------------------------------------------------------------------------------
+# The cases: host calls at the production sizes, run in the subprocess with the launches recorded
+# ----------------------------------------------------------------------------------------------------------------
+
+BATCH, SEQLEN = 2, 120  # seed: batch 1024 (see the module docstring), lookback 120
+
+
+def _backward(*outs) -> None:
+    """Gradients of every output (values are garbage: nothing is launched)."""
+    import torch
+
+    torch.autograd.backward(list(outs), [torch.ones_like(o) for o in outs])
+
+
+def _selective_cases():
+    """Mamba-1 (condorbrain.ssm.mamba.Mamba): d_inner 1024, d_state 16, bf16 activations, float32 A, D, dt bias and
+    state (the layer upcasts them); chunk_size the default 64."""
+    import torch
+
+    from condorbrain.ssm.triton.selective import selective_scan_triton
+
+    b, d, n, L = BATCH, 1024, 16, SEQLEN
+    bf = {"dtype": torch.bfloat16}
+
+    def act(*shape, grad=True):  # a bf16 activation
+        return torch.randn(*shape, **bf).requires_grad_(grad)
+
+    def param(*shape, grad=True):
+        return torch.randn(*shape).requires_grad_(grad)
+
+    def layer(train: bool):
+        # as Mamba.forward calls it: u, delta, z (b, d, L) and B, C (b, N, L) are transposed views
+        xz = act(b, L, 2 * d, grad=train)
+        x_dbl = act(b, L, 32 + 2 * n, grad=train)
+        u, z = (t.transpose(1, 2) for t in xz.chunk(2, dim=-1))
+        B, C = (t.transpose(1, 2) for t in x_dbl[..., 32:].split(n, dim=-1))
+        delta = act(b, L, d, grad=train).transpose(1, 2)
+        out, last = selective_scan_triton(u, delta, -param(d, n, grad=train).exp(), B, C, param(d, grad=train), z,
+                                          param(d, grad=train), True, True, None)
+        if train:  # inference: no input wants a gradient, so no states are stored for a backward
+            _backward(out, last)
+
+    def plain_grouped(G: int, b_variable: bool, c_variable: bool):
+        # no D, z, bias, softplus; an initial state; B, C (b, G, N, L) or time-invariant (d, N)
+        def bc(variable):
+            return act(b, G, n, L) if variable else param(d, n)
+
+        out, last = selective_scan_triton(act(b, d, L), act(b, d, L), -param(d, n).exp(), bc(b_variable),
+                                          bc(c_variable), return_last_state=True, initial_state=param(b, d, n))
+        _backward(out, last)
+
+    return {
+        "mamba1 train": lambda: layer(True),
+        "mamba1 inference": lambda: layer(False),
+        "plain, h0, B (b,4,N,L), C (d,N)": lambda: plain_grouped(4, True, False),
+        "plain, h0, B (d,N), C (b,2,N,L)": lambda: plain_grouped(2, False, True),
+    }
+
+
+def _mamba2_zxbcdt(d_state: int):
+    """(zxbcdt, conv weight, conv bias, dt_bias, A_log, D, norm weight) of a seed Mamba2 layer; zxbcdt bf16 as
+    in_proj gives it under autocast, the parameters float32."""
+    import torch
+
+    from condorbrain.ssm.mamba2 import Mamba2
+
+    m = Mamba2(512, d_state=d_state, expand=2, headdim=64)
+    zxbcdt = torch.randn(BATCH, SEQLEN, m.in_proj.out_features, dtype=torch.bfloat16, requires_grad=True)
+    return zxbcdt, m.conv1d.weight, m.conv1d.bias, m.dt_bias, m.A_log, m._D(), m.norm.weight
+
+
+def _fused_layer(d_state: int, chunk_size: int, norm_weight: bool = True, dt_limit=(0.0, float("inf"))):
+    from condorbrain.ssm.triton.fused import mamba2_fused_forward
+
+    zxbcdt, w, bias, dt_bias, A_log, D, norm = _mamba2_zxbcdt(d_state)
+    y = mamba2_fused_forward(zxbcdt, w, bias, dt_bias, A_log, D, norm if norm_weight else None, headdim=64,
+                             d_state=d_state, chunk_size=chunk_size, dt_limit=dt_limit)
+    _backward(y)
+
+
+def _ssd_cases():
+    """The seed layer's SSD through the fused path (x, B, C views of the conv output, dt a view of in_proj's output,
+    bias and softplus inside, D per head, no z), at d_state 64 and 128 and chunk_size 64 and 256 (chunk 256 gives
+    the same kernel chunk as 64, see kernel_chunk_size); the layer with rmsnorm=False (z, a view, in the scan) and
+    a dt_limit (dt clamped on the host: no bias or softplus in the scan); and ssd_scan_triton directly with z, D per
+    channel, an initial state and the final state's gradient."""
+    import torch
+
+    from condorbrain.ssm.triton.ssd import ssd_scan_triton
+
+    def direct(d_state: int):
+        b, L, h, p = BATCH, SEQLEN, 16, 64
+        bf = {"dtype": torch.bfloat16, "requires_grad": True}
+        x, z = torch.randn(b, L, h, p, **bf), torch.randn(b, L, h, p, **bf)
+        B, C = torch.randn(b, L, 1, d_state, **bf), torch.randn(b, L, 1, d_state, **bf)
+        dt = torch.rand(b, L, h, **bf)
+        f32 = {"requires_grad": True}
+        out, final = ssd_scan_triton(x, dt, -torch.rand(h, **f32), B, C, 64, D=torch.randn(h, p, **f32), z=z,
+                                     initial_states=torch.randn(b, h, p, d_state, **f32),
+                                     return_final_states=True)
+        _backward(out, final)
+
+    cases = {}
+    for n in (64, 128):
+        for chunk in (64, 256):
+            cases[f"mamba2 d_state {n} chunk {chunk}"] = lambda n=n, chunk=chunk: _fused_layer(n, chunk)
+        cases[f"z, D (h,p), h0, final grad, d_state {n}"] = lambda n=n: direct(n)
+    cases["mamba2 d_state 64, rmsnorm=False, dt_limit"] = lambda: _fused_layer(64, 64, False, (0.001, 0.1))
+    return cases
+
+
+def _fused_cases():
+    """The fused layer's conv and RMSNorm at the seed sizes, and their other flags."""
+    import torch
+
+    from condorbrain.ssm.triton.fused import causal_conv1d_silu_triton, rmsnorm_gated_triton
+
+    def conv_no_bias():
+        zxbcdt, w, *_ = _mamba2_zxbcdt(64)  # split [z, xBC, dt] (no MLP branch): xBC from column d_ssm = 1024
+        _backward(causal_conv1d_silu_triton(zxbcdt[..., 1024:1024 + w.shape[0]], w, None))
+
+    def norm(with_z: bool, before_gate: bool):
+        y = torch.randn(BATCH, SEQLEN, 1024, dtype=torch.bfloat16, requires_grad=True)
+        z = torch.randn(BATCH, SEQLEN, 2 * 1024, dtype=torch.bfloat16, requires_grad=True)[..., :1024]  # a view
+        w = torch.ones(1024, requires_grad=True)
+        _backward(rmsnorm_gated_triton(y, z if with_z else None, w, 1e-5, 1024, before_gate))
+
+    return {
+        "mamba2 d_state 64 chunk 64": lambda: _fused_layer(64, 64),
+        "conv without bias": conv_no_bias,
+        "norm before gate": lambda: norm(True, True),
+        "norm without z": lambda: norm(False, False),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The subprocess: record, specialise, compile
+# ----------------------------------------------------------------------------------------------------------------
+
+def _record(case) -> list:
+    """(kernel, args, kwargs) of every launch ``case()`` makes; nothing is launched."""
+    from unittest import mock
+
+    import triton
+
+    from condorbrain.ssm.triton import fused, selective, ssd
+
+    launches = []
+
+    def getitem(kernel, grid):
+        return lambda *args, **kwargs: launches.append((kernel, args, kwargs))
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(triton.runtime.jit.KernelInterface, "__getitem__", getitem))
+        for module in (ssd, fused):  # CPU tensors, no interpreter: the device checks would refuse them
+            stack.enter_context(mock.patch.object(module, "on_device", lambda t: contextlib.nullcontext()))
+        stack.enter_context(mock.patch.object(selective, "status", lambda device: (True, "recording")))
+        case()
+    return launches
+
+
+def _specialise(kernel, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:
+    """(signature, constexprs, attrs, options) of a launch, as JITFunction.run derives them."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    values = dict(zip(kernel.arg_names, args)) | {k: v for k, v in kwargs.items() if k in kernel.arg_names}
+    options = {k: v for k, v in kwargs.items() if k not in kernel.arg_names}
+    signature, constexprs, attrs = {}, {}, {}
+    for i, param in enumerate(kernel.params):
+        value = values[param.name]
+        if param.is_constexpr:
+            signature[param.name], constexprs[param.name] = "constexpr", value
+            continue
+        ty, attr = native_specialize_impl(BaseBackend, value, param.is_const, not param.do_not_specialize,
+                                          not param.do_not_specialize_on_alignment)
+        signature[param.name] = ty
+        if ty == "constexpr":  # an integer 1 or None
+            constexprs[param.name] = value
+        elif isinstance(attr, str):
+            attrs[(i,)] = BaseBackend.parse_attr(attr)
+    return signature, constexprs, attrs, options
+
+
+def _describe(kernel, constexprs: dict, options: dict) -> str:
+    """The launch's tl.constexpr parameters and num_warps, compactly (flags by name when set)."""
+    parts = []
+    for name, value in constexprs.items():
+        param = kernel.params[kernel.arg_names.index(name)]
+        if not param.is_constexpr:
+            continue
+        if isinstance(value, bool):
+            parts.extend([name] if value else [])
+        else:
+            parts.append(f"{name}={getattr(value, 'name', value)}")
+    return " ".join(parts + [f"warps={options.get('num_warps')}"])
+
+
+def _compile(kernel, signature: dict, constexprs: dict, attrs: dict, options: dict) -> dict:
+    """Compile one launch for sm_90: shared memory per block (bytes) from the kernel's metadata; registers per
+    thread, stack frame and spill stores (bytes per thread) from ptxas' own report (``ptxas -v``, which Triton
+    prints when ``knobs.nvidia.dump_ptxas_log`` is set; the cache is fresh, so ptxas always runs)."""
+    import io
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+        compiled = triton.compile(src, target=GPUTarget(*TARGET), options=options)
+    text = log.getvalue()
+    regs = re.search(r"Used (\d+) registers", text)
+    frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    if regs is None or frame is None:
+        raise RuntimeError(f"no ptxas report for {kernel.fn.__name__}:\n{text}")
+    return {"shared": compiled.metadata.shared, "regs": int(regs.group(1)), "stack": int(frame.group(1)),
+            "spills": int(frame.group(2))}
+
+
+def _compile_all(out_path: str) -> None:
+    """Record every case, compile each distinct launch for sm_90, write the rows (or why not) to ``out_path``."""
+    import importlib
+    import re
+    import time
+
+    import triton
+
+    triton.knobs.nvidia.dump_ptxas_log = True
+
+    def write(obj):
+        Path(out_path).write_text(json.dumps(obj))
+
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        ptxas = get_ptxas(TARGET[1])
+    except Exception as e:  # noqa: BLE001 - no CUDA backend or no ptxas: cannot compile here
+        ptxas, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = "no ptxas found (it ships in the triton wheel, or set TRITON_PTXAS_BLACKWELL_PATH)"
+    if ptxas is None:
+        return write({"skip": f"the CUDA backend cannot compile here: {why}"})
+
+    cases = {"selective": _selective_cases(), "ssd": _ssd_cases(), "fused": _fused_cases()}
+    rows, seen, launched, counts = [], set(), set(), {}
+    for module_name, module_cases in cases.items():
+        module = importlib.import_module(f"condorbrain.ssm.triton.{module_name}")
+        for case_name, case in module_cases.items():
+            launches = _record(case)
+            n_rows = len(rows)
+            for kernel, args, kwargs in launches:
+                name = kernel.fn.__name__
+                launched.add((kernel.fn.__module__, name))
+                if kernel.fn.__module__ != module.__name__:
+                    continue  # e.g. the SSD kernels of the fused layer: the ssd cases compile those
+                signature, constexprs, attrs, options = _specialise(kernel, args, kwargs)
+                key = repr((name, signature, constexprs, sorted(attrs.items()), sorted(options.items())))
+                if key in seen:
+                    continue
+                seen.add(key)
+                row = {"module": module_name, "kernel": name, "case": case_name,
+                       "config": _describe(kernel, constexprs, options)}
+                t0 = time.perf_counter()
+                try:
+                    row |= _compile(kernel, signature, constexprs, attrs, options)
+                except Exception as e:  # noqa: BLE001 - reported per launch by the test
+                    row["error"] = f"{type(e).__name__}: {e}"[-4000:]
+                row["seconds"] = round(time.perf_counter() - t0, 2)
+                rows.append(row)
+            counts[f"{module_name}: {case_name}"] = (len(launches), len(rows) - n_rows)
+
+    # every @triton.jit of the modules is launched, or used by a launched kernel or by a helper one uses
+    uncovered = []
+    for module_name in MODULES:
+        module = importlib.import_module(f"condorbrain.ssm.triton.{module_name}")
+        jitted = {n: obj for n, obj in vars(module).items() if isinstance(obj, triton.runtime.jit.JITFunction)
+                  and obj.fn.__module__ == module.__name__}
+        used = {n for mod, n in launched if mod == module.__name__}
+        grown = True
+        while grown:
+            sources = "".join(jitted[n].src for n in used if n in jitted)
+            more = {n for n in jitted if re.search(rf"\b{n}\b", sources)} - used
+            used |= more
+            grown = bool(more)
+        uncovered += [f"{module_name}.{n}" for n in sorted(set(jitted) - used)]
+    write({"rows": rows, "uncovered": uncovered, "counts": counts})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The tests
+# ----------------------------------------------------------------------------------------------------------------
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'kernel':<23} {'regs':>4} {'spill B':>7} {'stack B':>7} {'smem KB':>7} {'s':>4}  config  [case]"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['kernel']:<23} COMPILE ERROR {'':>22}  {r['config']}  [{r['case']}]")
+        else:
+            lines.append(f"{r['kernel']:<23} {r['regs']:>4} {r['spills']:>7} {r['stack']:>7} "
+                         f"{r['shared'] / 1024:>7.1f} {r['seconds']:>4.1f}  {r['config']}  [{r['case']}]")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict:
+    pytest.importorskip("triton", reason="triton is not installed (`pip install triton`, or the `dev` extra)")
+    tmp = tmp_path_factory.mktemp("triton_compile")
+    out = tmp / "rows.json"
+    # a fresh cache: every kernel goes through the compiler and ptxas, whatever ran before
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp / "cache")}
+    proc = subprocess.run([sys.executable, "-W", "error", __file__, str(out)], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    if proc.returncode != 0 or not out.exists():
+        raise AssertionError(f"the compile subprocess failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}")
+    result = json.loads(out.read_text())
+    if "skip" in result:
+        pytest.skip(result["skip"])
+    print(f"\nTriton kernels compiled for sm_90 (per thread: registers, spill stores, stack frame; per block: shared "
+          f"memory, limit {H100_SHARED_BYTES / 1024:.0f} KB; compile seconds):\n{_table(result['rows'])}")
+    print("launches recorded per case, and how many were new (not the same specialisation as an earlier one):")
+    for case, (n, new) in result["counts"].items():
+        print(f"  {case}: {n} launches, {new} new")
+    return result
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_kernels_compile_for_h100(compiled, module):
+    rows = [r for r in compiled["rows"] if r["module"] == module]
+    assert rows, f"no launch of condorbrain.ssm.triton.{module} was recorded"
+    errors = [f"{r['kernel']} [{r['config']}] ({r['case']}):\n{r['error']}" for r in rows if "error" in r]
+    assert not errors, "kernels that do not compile for sm_90:\n" + "\n\n".join(errors)
+    over = [f"{r['kernel']} [{r['config']}]: {r['shared'] / 1024:.1f} KB" for r in rows
+            if r["shared"] > H100_SHARED_BYTES]
+    assert not over, f"shared memory over the H100's {H100_SHARED_BYTES // 1024} KB per block: {over}"
+
+
+def test_every_kernel_is_compiled(compiled):
+    assert not compiled["uncovered"], f"@triton.jit functions no case launches: {compiled['uncovered']}"
+
+
+if __name__ == "__main__":  # the subprocess of the `compiled` fixture: python test_triton_compile.py OUT.json
+    _compile_all(sys.argv[1])
