@@ -31,7 +31,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -53,11 +53,27 @@ from condorbrain.main_job import (
     verdict,
     write_config,
 )
+from condorbrain.models import CondorBrain
 from condorbrain.report import write_report
 from condorbrain.run_config import RunConfig
 
-__all__ = ["backtest_walk_forward", "evaluate_walk_forward", "is_walk_forward_run", "run_walk_forward",
+__all__ = ["WindowRun", "backtest_walk_forward", "evaluate_walk_forward", "is_walk_forward_run", "run_walk_forward",
            "window_configs", "window_dirs"]
+
+
+class WindowRun(NamedTuple):
+    """One window's trained model with what scoring and backtesting it needs."""
+
+    config: RunConfig
+    """The window's single-split config (its dates)."""
+    model: CondorBrain
+    """Its model, EMA weights, eval mode."""
+    data: JobData
+    """Its data: periods, scaler fitted on its training rows, windows."""
+    calibration: PopCalibration
+    """Its POP calibration (fitted on its validation period)."""
+    folder: Path
+    """Its run folder (``windows/wNN``)."""
 
 
 def window_configs(cfg: RunConfig, last_day: dt.date) -> list[RunConfig]:
@@ -119,27 +135,27 @@ def run_walk_forward(cfg: RunConfig, out_dir: str | os.PathLike[str], *, resume:
           f"({source}); the features are computed once, every value from its bar and earlier ones")
     frame = daily_policy_frame(bars, vix, cfg)
     windows = window_configs(cfg, bars["ts"][-1].date())
-    models = []
+    models: list[WindowRun] = []
     for k, w in enumerate(windows, 1):
         print(_window_line(k, len(windows), w))
         wdir = write_config(w, out / "windows" / f"w{k:02d}")
         data = prepare_data(w, bars=bars, vix=vix, frame=frame)
         model, train_summary = train_model(w, data, wdir, resume=resume)
         evaluate_model(w, model, data, wdir, train_summary, quiet=True)
-        models.append((w, model, data, PopCalibration(**train_summary["pop_calibration"]), wdir))
+        models.append(WindowRun(w, model, data, PopCalibration(**train_summary["pop_calibration"]), wdir))
     return _assemble(cfg, out, bars, vix, models, cfg.backtest_config(), t_start)
 
 
-def _load_windows(run_dir: Path) -> tuple[RunConfig, pl.DataFrame, pl.DataFrame, list]:
+def _load_windows(run_dir: Path) -> tuple[RunConfig, pl.DataFrame, pl.DataFrame, list[WindowRun]]:
     cfg = RunConfig.from_file(run_dir / "config.json")
     bars, vix = _load_market(cfg)
     frame = daily_policy_frame(bars, vix, cfg)
-    models = []
+    models: list[WindowRun] = []
     for wdir in window_dirs(run_dir):
         run = load_run(wdir)
         finished_training(run)
         data = prepare_data(run.config, bars=bars, vix=vix, frame=frame, scaler=run.scaler)
-        models.append((run.config, run.model, data, run.pop_calibration, wdir))
+        models.append(WindowRun(run.config, run.model, data, run.pop_calibration, wdir))
     return cfg, bars, vix, models
 
 
@@ -149,9 +165,9 @@ def evaluate_walk_forward(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     cfg, bars, vix, models = _load_windows(run_dir)
-    for w, model, data, _, wdir in models:
+    for w, model, data, _, wdir in models:  # WindowRun fields
         evaluate_model(w, model, data, wdir, json.loads((wdir / "train.json").read_text()), quiet=True)
-    return _overall_evaluation(cfg, run_dir, [m[-1] for m in models], t_start)
+    return _overall_evaluation(cfg, run_dir, [m.folder for m in models], t_start)
 
 
 def backtest_walk_forward(run_dir: str | os.PathLike[str], config: BacktestConfig | None = None,
@@ -167,7 +183,7 @@ def backtest_walk_forward(run_dir: str | os.PathLike[str], config: BacktestConfi
                               t_start=t_start)
 
 
-def _decisions(models: list) -> tuple[pl.DataFrame, pl.Series]:
+def _decisions(models: list[WindowRun]) -> tuple[pl.DataFrame, pl.Series]:
     """Every window's decisions (by its own model) and test bars, stacked in time order, with a ``window`` column."""
     frames, ts = [], []
     for k, (w, model, data, calibration, _) in enumerate(models, 1):
@@ -198,7 +214,7 @@ def _overall_evaluation(cfg: RunConfig, out: Path, wdirs: list[Path], t_start: f
     return summary
 
 
-def _assemble(cfg: RunConfig, out: Path, bars: pl.DataFrame, vix: pl.DataFrame | None, models: list,
+def _assemble(cfg: RunConfig, out: Path, bars: pl.DataFrame, vix: pl.DataFrame | None, models: list[WindowRun],
               config: BacktestConfig, t_start: float) -> dict[str, Any]:
     """Per-window backtests, the overall evaluation, the stitched backtest, ``walk_forward.json``, the report."""
     windows = []
@@ -214,7 +230,7 @@ def _assemble(cfg: RunConfig, out: Path, bars: pl.DataFrame, vix: pl.DataFrame |
                         "tables": ev["tables"], "verdicts": ev["verdicts"],
                         "backtest": bt["table"], "backtest_verdict": bt["verdict"]})
     print("\n=== all windows together: each test row scored by its own window's model")
-    summary = _overall_evaluation(cfg, out, [m[-1] for m in models], t_start)
+    summary = _overall_evaluation(cfg, out, [m.folder for m in models], t_start)
     print("\n=== backtest over every window's test period, each bar's condor proposed by that window's model")
     decisions, test_ts = _decisions(models)
     backtest = backtest_decisions(cfg, bars, vix, test_ts, decisions, out, config)
