@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from condorbrain.backtest import BacktestConfig, FillConfig
-from condorbrain.main_job import DEFAULT_PRESET, _periods
+from condorbrain.job_data import _periods
+from condorbrain.main_job import DEFAULT_PRESET
 from condorbrain.run_config import PolicyFilter, RunConfig, WalkForwardConfig, add_months
 
 

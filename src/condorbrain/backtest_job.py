@@ -41,19 +41,13 @@ from condorbrain.backtest import (
     strategy_verdict,
     write_trade_log,
 )
+from condorbrain.condor_labels import condor_strikes
 from condorbrain.data import synth_chains
-from condorbrain.main_job import (
-    JobData,
-    PopCalibration,
-    RunConfig,
-    _json_default,
-    _predict,
-    condor_strikes,
-    finished_training,
-    load_run,
-    prepare_data,
-)
+from condorbrain.evaluation import PopCalibration, _json_default
+from condorbrain.job_data import JobData, _predict, prepare_data
+from condorbrain.main_job import finished_training, load_run
 from condorbrain.models import CondorBrain, PolicyOutput
+from condorbrain.run_config import RunConfig
 
 __all__ = ["PRINTED_COLUMNS", "backtest_config", "backtest_decisions", "backtest_model", "backtest_run",
            "policy_decisions"]

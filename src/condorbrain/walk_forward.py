@@ -38,21 +38,16 @@ import polars as pl
 from condorbrain.backtest import BacktestConfig
 from condorbrain.backtest_job import backtest_decisions, policy_decisions
 from condorbrain.data import load_sp500, load_vix
-from condorbrain.main_job import (
-    JobData,
+from condorbrain.evaluation import (
     PopCalibration,
     _json_default,
     _print_summary,
-    daily_policy_frame,
     evaluate_model,
-    finished_training,
-    load_run,
-    prepare_data,
     score_predictions,
-    train_model,
     verdict,
-    write_config,
 )
+from condorbrain.job_data import JobData, daily_policy_frame, prepare_data
+from condorbrain.main_job import finished_training, load_run, train_model, write_config
 from condorbrain.models import CondorBrain
 from condorbrain.report import write_report
 from condorbrain.run_config import RunConfig
