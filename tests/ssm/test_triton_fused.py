@@ -1,13 +1,16 @@
 """The fused Mamba-2 training path (Triton conv+SiLU, SSD, gated RMSNorm) against the layer's own CPU forward.
 
 Each kernel against its PyTorch twin (outputs and gradients), then ``mamba2_fused_forward`` inside a tiny Mamba2
-layer: the same out_proj input, output and gradients of every parameter and of the layer input as
-``Mamba2.forward`` computed in float64. Under the interpreter on the CPU (conftest sets TRITON_INTERPRET=1).
+layer, with out_proj outside it and inside it (``Mamba2.forward``'s fused path): the same out_proj input, output and
+gradients of every parameter and of the layer input as ``Mamba2.forward`` computed in float64, also under bf16
+autocast; and the activations it keeps per token, against what the official fused layer keeps. Under the
+interpreter on the CPU (conftest sets TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 
 import pytest
 import torch
@@ -113,7 +116,7 @@ def test_rmsnorm_gated(device, gate, norm_before_gate, groups):
 
 LAYERS = {
     "default": dict(),
-    "groups+norm_before_gate+D_hdim": dict(ngroups=2, norm_before_gate=True, D_has_hdim=True),
+    "groups+norm_before_gate+D_hdim+bias": dict(ngroups=2, norm_before_gate=True, D_has_hdim=True, bias=True),
     "no_rmsnorm+mlp+dt_limit+no_conv_bias": dict(rmsnorm=False, d_ssm=32, dt_limit=(0.01, 0.5), conv_bias=False),
 }
 
@@ -128,9 +131,12 @@ def fused_layer(m: Mamba2, u):
 
 
 def layer_grads(m, u, forward):
+    """forward(m, u), out_proj's input where out_proj runs as a module (else None), and the gradients of
+    <out, fixed random weights> w.r.t. every parameter and u."""
     u = u.detach().clone().requires_grad_()
     captured = {}
-    hook = m.out_proj.register_forward_hook(lambda mod, args, out: captured.setdefault("y", args[0]))
+    # the hook returns None: a forward hook's return value would replace the module's output
+    hook = m.out_proj.register_forward_hook(lambda mod, args, out: captured.update(y=args[0]))
     try:
         out = forward(m, u)
     finally:
@@ -140,19 +146,34 @@ def layer_grads(m, u, forward):
     (out * w).sum().backward()
     grads = {name: p.grad for name, p in m.named_parameters()}
     grads["u"] = u.grad
-    return out, captured["y"], grads
+    return out, captured.get("y"), grads
 
 
+@pytest.fixture
+def triton_backend(monkeypatch):
+    """Mamba2.forward takes the fused path (on the CPU too, under the interpreter)."""
+    monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
+
+
+@pytest.mark.parametrize("out_proj_inside", [False, True], ids=["out_proj_outside", "out_proj_inside"])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_layer_matches_mamba2(device, name):
+def test_layer_matches_mamba2(device, name, out_proj_inside, monkeypatch):
+    """The fused path against the unfused float64 forward: out_proj's input (when out_proj is outside, where it
+    can be seen), the output, and the gradient of every parameter (out_proj's included) and of the input.
+    out_proj inside = ``Mamba2.forward`` itself, which passes out_proj to the fused function."""
     torch.manual_seed(0)
     m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16, **LAYERS[name])  # 4 heads (2 with d_ssm=32)
     u = torch.randn(2, 37, 32)  # 3 chunks, the last partial
     ref_m = copy.deepcopy(m).double()
     out_ref, y_ref, g_ref = layer_grads(ref_m, u.double(), lambda m, u: m(u))
     dev_m = copy.deepcopy(m).to(device)
-    out, y, g = layer_grads(dev_m, u.to(device), lambda m, u: fused_layer(m, u)[0])
-    assert_close("out_proj input", y, y_ref)
+    if out_proj_inside:
+        monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
+        assert dev_m._fused_path(u.to(device))
+        out, _, g = layer_grads(dev_m, u.to(device), lambda m, u: m(u))
+    else:
+        out, y, g = layer_grads(dev_m, u.to(device), lambda m, u: fused_layer(m, u)[0])
+        assert_close("out_proj input", y, y_ref)
     assert_close("out", out, out_ref)
     assert set(g) == set(g_ref)
     for k in g_ref:
@@ -170,5 +191,64 @@ def test_layer_bfloat16(device):
     out, y, g = layer_grads(bf, u.to(device, torch.bfloat16), lambda m, u: fused_layer(m, u)[0])
     assert out.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
     assert_close("out", out, out_ref, 5e-2)
-    for k in ("u", "in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight"):
+    for k in ("u", "in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight"):
         assert_close(f"d{k}", g[k], g_ref[k], 5e-2)
+
+
+def test_layer_autocast_bfloat16(device, triton_backend):
+    """Mamba2.forward's fused path under bf16 autocast (float32 parameters), as training runs: out_proj's matmul in
+    bfloat16 like nn.Linear's, float32 parameter gradients, close to the float64 layer."""
+    torch.manual_seed(0)
+    m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16, bias=True)
+    u = torch.randn(2, 24, 32)
+    out_ref, _, g_ref = layer_grads(copy.deepcopy(m).double(), u.double(), lambda m, u: m(u))
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out, _, g = layer_grads(copy.deepcopy(m).to(device), u.to(device), lambda m, u: m(u))
+    assert out.dtype == torch.bfloat16
+    assert_close("out", out, out_ref, 5e-2)
+    for k in g_ref:
+        assert g[k].dtype == torch.float32, k
+        assert_close(f"d{k}", g[k], g_ref[k], 5e-2)
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct storages that autograd keeps for the backward of ``fn()`` (called here), parameters
+    and leaf inputs that require grad excluded. Only what is still held once ``fn`` returns counts (a tensor saved
+    by a node that is freed at once, e.g. inside an input check, is not an activation)."""
+    held = []
+
+    class Held:  # what the graph keeps in place of the tensor: alive as long as its node is
+        def __init__(self, t):
+            self.t = t
+
+    def pack(t):
+        h = Held(t)
+        if not (isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad)):
+            held.append((weakref.ref(h), t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()))
+        return h
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
+        out = fn()
+    sizes = {ptr: n for ref, ptr, n in held if ref() is not None}
+    del out
+    return sum(sizes.values())
+
+
+def test_fused_layer_saves_what_the_official_one_saves(device, triton_backend):
+    """Activations kept per token by one layer's training forward (bf16 autocast), the slope between two lengths
+    (what does not grow with L, e.g. bf16 copies of weights, cancels): at most what the official fused layer
+    (mamba_split_conv1d_scan_combined) keeps: in_proj's input, zxbcdt and the scan's output before the norm, 2 bytes
+    each per channel, + its 1/rms (4 bytes per group) and a few bytes of slack. The previous chain of three
+    autograd functions also kept the conv output, the norm's output, the scan's float32 dt and decay sums."""
+    torch.manual_seed(0)
+    m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16).to(device)
+    batch, lengths = 2, (32, 64)
+    per_len = []
+    for L in lengths:
+        u = torch.randn(batch, L, 32, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            per_len.append(saved_bytes(lambda u=u: m(u)))
+    per_token = (per_len[1] - per_len[0]) / (batch * (lengths[1] - lengths[0]))
+    d_in_proj = m.in_proj.out_features
+    bound = (d_in_proj + m.d_ssm + m.d_model) * 2 + 64
+    assert per_token <= bound, f"{per_token:.0f} bytes per token kept, official-like bound {bound}"

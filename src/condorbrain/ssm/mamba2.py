@@ -290,15 +290,16 @@ class Mamba2(nn.Module):
 
         zxbcdt = self.in_proj(u)  # (B, L, d_in_proj)
         if state is None and not return_state and self._fused_path(u):
-            # conv + SiLU, SSD and the gated RMSNorm as Triton kernels reading zxbcdt in place (triton/fused.py)
+            # conv + SiLU, SSD, the gated RMSNorm and out_proj as one autograd node of Triton kernels reading zxbcdt
+            # in place, which keeps only zxbcdt and the scan's output for the backward (triton/fused.py)
             from condorbrain.ssm.triton.fused import mamba2_fused_forward
 
-            y = mamba2_fused_forward(
+            return mamba2_fused_forward(
                 zxbcdt, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log, self._D(),
                 self.norm.weight if self.rmsnorm else None, headdim=self.headdim, d_state=self.d_state,
                 ngroups=self.ngroups, chunk_size=self.chunk_size, norm_before_gate=self.norm_before_gate,
-                eps=self.norm.eps if self.rmsnorm else 1e-5, dt_limit=self.dt_limit)  # (B, L, d_inner)
-            return self.out_proj(y)
+                eps=self.norm.eps if self.rmsnorm else 1e-5, dt_limit=self.dt_limit,
+                out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias)  # (B, L, d_model)
         z0, x0, z, xBC, dt = torch.split(
             zxbcdt, [self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
         xBC, new_conv_state = causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, "silu", conv_state,

@@ -1,26 +1,32 @@
-"""The fused Mamba-2 layer training path in Triton: in_proj output -> conv+SiLU -> SSD -> gated RMSNorm.
+"""The fused Mamba-2 layer training path in Triton: in_proj output -> conv+SiLU -> SSD -> gated RMSNorm -> out_proj.
 
-:func:`mamba2_fused_forward` computes what :meth:`condorbrain.ssm.mamba2.Mamba2.forward` computes between ``in_proj``
-and ``out_proj`` (no carried state), outputs and gradients, in three Triton stages with no copies in between:
+:func:`mamba2_fused_forward` computes what :meth:`condorbrain.ssm.mamba2.Mamba2.forward` computes after ``in_proj``
+(no carried state), outputs and gradients, in three Triton stages with no copies in between, and out_proj:
 
-1. ``causal_conv1d_silu_triton``: reads the xBC columns of the in_proj output in place (a strided view: the split
+1. conv + SiLU (``_conv_fwd``): reads the xBC columns of the in_proj output in place (a strided view: the split
    costs no copy) and writes silu(conv(xBC)) once. Bias and SiLU are fused into the convolution, so the
    pre-activation never goes to memory; the backward recomputes it (K extra multiply-adds per element) rather than
    storing it, and fuses the SiLU derivative, dx, dweight and dbias into one pass.
-2. :func:`condorbrain.ssm.triton.ssd.ssd_scan_triton`: takes x, B and C as strided views of the conv output and
-   dt as a view of the in_proj output; dt + dt_bias, softplus and the D skip are applied inside its kernels, so
+2. the SSD scan (:mod:`condorbrain.ssm.triton.ssd`'s kernels): takes x, B and C as strided views of the conv output
+   and dt as a view of the in_proj output; dt + dt_bias, softplus and the D skip are applied inside its kernels, so
    no processed copy of dt, x or the output is made.
-3. ``rmsnorm_gated_triton``: y * silu(z) (z read in place from the in_proj output), the per-group RMS, the
-   weight, in one pass; the backward recomputes the gate and the normalised value from y, z and the stored
-   1/rms (one float per row and group), so neither y*silu(z) nor the normalised y is stored.
+3. the gated RMSNorm (``_rmsnorm_fwd``): y * silu(z) (z read in place from the in_proj output), the per-group RMS,
+   the weight, in one pass; the backward recomputes the gate and the normalised value from y, z and 1/rms, so
+   neither y*silu(z) nor the normalised y is stored.
 
-Between in_proj and out_proj the forward therefore writes three (B, L, width) tensors (conv output, scan output,
-normalised output) and no intermediate copies (split, dt, pre-activation, gated product), which is what bounds a
-memory-bound layer's speed; the unfused path also writes the split, the processed dt, the conv pre-activation and
-the norm's float32 temporaries. Further fusion (the norm into the scan's last kernel, as a T x p tile does not
-hold a whole norm group when ngroups < nheads) is left out. The
-remaining small pieces (A = -exp(A_log), the d_mlp gated-MLP branch when d_ssm < d_inner, sums of per-block partial
-gradients) stay in PyTorch.
+All of it is one autograd node (``_Mamba2Fused``), as the official ``mamba_split_conv1d_scan_combined``: it keeps
+zxbcdt and the scan's output before the norm, nothing else per token. The backward recomputes the conv output (one
+conv kernel), the scan's dt and decay sums (one small kernel) and the norm's output with its 1/rms (one norm kernel,
+for out_proj's weight gradient). Per token and layer at the seed sizes (bf16 autocast, d_model 512, d_state 64,
+headdim 64) that is 6.4 KB (+ in_proj's 1 KB input) where three chained autograd functions and an nn.Linear kept
+10.9 KB: the conv output, the norm's output, float32 dt and decay sums as well (``benchmarks/activation_memory.py``).
+
+Between in_proj and out_proj the forward writes three (B, L, width) tensors (conv output, scan output, normalised
+output) and no intermediate copies (split, dt, pre-activation, gated product), which is what bounds a memory-bound
+layer's speed. Further fusion (the norm into the scan's last kernel, as a T x p tile does not hold a whole norm
+group when ngroups < nheads) is left out. The remaining small pieces (A = -exp(A_log), the d_mlp gated-MLP branch
+when d_ssm < d_inner, a dt_limit clamp, sums of per-block partial gradients, out_proj's matmuls) stay in PyTorch.
+The conv and the norm are also exposed on their own (``causal_conv1d_silu_triton``, ``rmsnorm_gated_triton``).
 
 Like :mod:`condorbrain.ssm.triton.ssd`, host code uses one fixed launch config (no autotuner, no device queries),
 so the same code runs under ``TRITON_INTERPRET=1`` on the CPU.
@@ -28,13 +34,16 @@ so the same code runs under ``TRITON_INTERPRET=1`` on the CPU.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from condorbrain.ssm.triton.ssd import launch_options, on_device, ssd_scan_triton
+from condorbrain.ssm.triton import ssd
+from condorbrain.ssm.triton.ssd import launch_options, on_device
 
 __all__ = ["causal_conv1d_silu_triton", "mamba2_fused_forward", "rmsnorm_gated_triton"]
 
@@ -130,42 +139,53 @@ def _conv_launch(x: Tensor, C: int) -> tuple[int, int, int]:
     return x.shape[0], triton.cdiv(x.shape[1], _BLOCK_L), triton.cdiv(C, min(_pow2(C), 128))
 
 
+def _conv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+    """act(conv(x)) as (b, L, C) contiguous in x's dtype (no autograd)."""
+    b, L, C = x.shape
+    w = weight.reshape(C, -1)
+    BC = min(_pow2(C), 128)
+    y = torch.empty(b, L, C, device=x.device, dtype=x.dtype)
+    with on_device(x):
+        _conv_fwd[_conv_launch(x, C)](
+            x, w, bias if bias is not None else w, y, L, C, *x.stride(), *w.stride(),
+            HAS_BIAS=bias is not None, SILU=silu, K=w.shape[1], BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
+    return y
+
+
+def _conv_backward(
+    x: Tensor, weight: Tensor, bias: Tensor | None, dy: Tensor, silu: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(dx float32 (b, L, C), dweight, dbias) of :func:`_conv_forward` for the output gradient dy (any strides)."""
+    b, L, C = x.shape
+    w = weight.reshape(C, -1)
+    K = w.shape[1]
+    BC = min(_pow2(C), 128)
+    grid = _conv_launch(x, C)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dx = torch.empty(b, L, C, **f32)
+    dwp = torch.empty(b, grid[1], C, K, **f32)
+    dbp = torch.empty(b, grid[1], C, **f32) if bias is not None else None
+    with on_device(x):
+        _conv_bwd[grid](
+            x, w, bias if bias is not None else w, dy, dx, dwp, dbp if dbp is not None else dwp,
+            L, C, grid[1], *x.stride(), *w.stride(), *dy.stride(),
+            HAS_BIAS=bias is not None, SILU=silu, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
+    dw = dwp.sum((0, 1)).reshape(weight.shape).to(weight.dtype)
+    db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
+    return dx, dw, db
+
+
 class _ConvSiLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, silu):
-        b, L, C = x.shape
-        w = weight.reshape(C, -1)
-        K = w.shape[1]
-        BC = min(_pow2(C), 128)
-        y = torch.empty(b, L, C, device=x.device, dtype=x.dtype)
-        with on_device(x):
-            _conv_fwd[_conv_launch(x, C)](
-                x, w, bias if bias is not None else w, y, L, C, *x.stride(), *w.stride(),
-                HAS_BIAS=bias is not None, SILU=silu, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
         ctx.save_for_backward(x, weight, bias)
         ctx.silu = silu
-        return y
+        return _conv_forward(x, weight, bias, silu)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
-        b, L, C = x.shape
-        w = weight.reshape(C, -1)
-        K = w.shape[1]
-        BC = min(_pow2(C), 128)
-        grid = _conv_launch(x, C)
-        f32 = dict(device=x.device, dtype=torch.float32)
-        dx = torch.empty(b, L, C, **f32)
-        dwp = torch.empty(b, grid[1], C, K, **f32)
-        dbp = torch.empty(b, grid[1], C, **f32) if bias is not None else None
-        with on_device(x):
-            _conv_bwd[grid](
-                x, w, bias if bias is not None else w, dy, dx, dwp, dbp if dbp is not None else dwp,
-                L, C, grid[1], *x.stride(), *w.stride(), *dy.stride(),
-                HAS_BIAS=bias is not None, SILU=ctx.silu, K=K, BL=_BLOCK_L, BC=BC,
-                **launch_options(_BLOCK_L * BC))
-        dw = dwp.sum((0, 1)).reshape(weight.shape).to(weight.dtype)
-        db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
+        dx, dw, db = _conv_backward(x, weight, bias, dy, ctx.silu)
         return dx.to(x.dtype), dw, db, None
 
 
@@ -255,47 +275,63 @@ def _rmsnorm_bwd(
     tl.store(dy_ptr + r[:, None] * (gs * ngroups) + col[None, :], dy, mask=m)
 
 
+def _rmsnorm_forward(
+    y: Tensor, z: Tensor | None, weight: Tensor, eps: float, gs: int, norm_before_gate: bool
+) -> tuple[Tensor, Tensor]:
+    """(out (b, L, d) contiguous in y's dtype, rstd (b * L, d // gs) float32) (no autograd). y, z: unit channel
+    stride."""
+    b, L, d = y.shape
+    ngroups = d // gs
+    rows = b * L
+    out = torch.empty(b, L, d, device=y.device, dtype=y.dtype)
+    rstd = torch.empty(rows, ngroups, device=y.device, dtype=torch.float32)
+    BLOCK = _pow2(gs)
+    with on_device(y):
+        _rmsnorm_fwd[(triton.cdiv(rows, _BLOCK_ROWS), ngroups)](
+            y, z if z is not None else y, weight, out, rstd, rows, L, gs, ngroups, eps,
+            y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
+            HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
+            **launch_options(_BLOCK_ROWS * BLOCK))
+    return out, rstd
+
+
+def _rmsnorm_backward(
+    y: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor, dout: Tensor, gs: int, norm_before_gate: bool
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(dy, dz, both (b, L, d) float32, dweight) of :func:`_rmsnorm_forward`; dout (b, L, d) any dtype."""
+    b, L, d = y.shape
+    ngroups = d // gs
+    rows = b * L
+    dout = dout.contiguous()  # rows of d channels; usually already so (out_proj's input gradient)
+    f32 = dict(device=y.device, dtype=torch.float32)
+    nrb = triton.cdiv(rows, _BLOCK_ROWS)
+    dy = torch.empty(b, L, d, **f32)
+    dz = torch.empty(b, L, d, **f32) if z is not None else None
+    dwp = torch.empty(nrb, d, **f32)
+    BLOCK = _pow2(gs)
+    with on_device(y):
+        _rmsnorm_bwd[(nrb, ngroups)](
+            y, z if z is not None else y, weight, rstd, dout, dy, dz if dz is not None else dy, dwp,
+            rows, L, gs, ngroups, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)), d,
+            HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
+            **launch_options(_BLOCK_ROWS * BLOCK))
+    return dy, dz, dwp.sum(0).to(weight.dtype)
+
+
 class _RMSNormGated(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, z, weight, eps, group_size, norm_before_gate):
-        b, L, d = y.shape
-        gs = group_size or d
-        ngroups = d // gs
-        rows = b * L
-        out = torch.empty(b, L, d, device=y.device, dtype=y.dtype)
-        rstd = torch.empty(rows, ngroups, device=y.device, dtype=torch.float32)
-        BLOCK = _pow2(gs)
-        with on_device(y):
-            _rmsnorm_fwd[(triton.cdiv(rows, _BLOCK_ROWS), ngroups)](
-                y, z if z is not None else y, weight, out, rstd, rows, L, gs, ngroups, eps,
-                y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
-                HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
-                **launch_options(_BLOCK_ROWS * BLOCK))
+        gs = group_size or y.shape[-1]
+        out, rstd = _rmsnorm_forward(y, z, weight, eps, gs, norm_before_gate)
         ctx.save_for_backward(y, z, weight, rstd)
-        ctx.cfg = (gs, ngroups, norm_before_gate)
+        ctx.cfg = (gs, norm_before_gate)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         y, z, weight, rstd = ctx.saved_tensors
-        gs, ngroups, norm_before_gate = ctx.cfg
-        b, L, d = y.shape
-        rows = b * L
-        dout = dout.contiguous()  # rows of d channels; usually already so (out_proj's input gradient)
-        f32 = dict(device=y.device, dtype=torch.float32)
-        nrb = triton.cdiv(rows, _BLOCK_ROWS)
-        dy = torch.empty(b, L, d, **f32)
-        dz = torch.empty(b, L, d, **f32) if z is not None else None
-        dwp = torch.empty(nrb, d, **f32)
-        BLOCK = _pow2(gs)
-        with on_device(y):
-            _rmsnorm_bwd[(nrb, ngroups)](
-                y, z if z is not None else y, weight, rstd, dout, dy, dz if dz is not None else dy, dwp,
-                rows, L, gs, ngroups, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)), d,
-                HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
-                **launch_options(_BLOCK_ROWS * BLOCK))
-        return (dy.to(y.dtype), dz.to(z.dtype) if z is not None else None, dwp.sum(0).to(weight.dtype),
-                None, None, None)
+        dy, dz, dw = _rmsnorm_backward(y, z, weight, rstd, dout, *ctx.cfg)
+        return dy.to(y.dtype), dz.to(z.dtype) if z is not None else None, dw, None, None, None
 
 
 def rmsnorm_gated_triton(
@@ -323,6 +359,151 @@ def rmsnorm_gated_triton(
 # The layer
 # ----------------------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class _LayerCfg:
+    """The layer's settings and the split of zxbcdt: [z0, x0 (d_mlp each), z (d_ssm), xBC (conv_dim), dt (nheads)]."""
+
+    headdim: int
+    d_state: int
+    ngroups: int
+    chunk_size: int
+    norm_before_gate: bool
+    eps: float
+    dt_limit: tuple[float, float]
+    d_mlp: int
+    nheads: int
+    out_dtype: torch.dtype  # out_proj's compute dtype: the autocast dtype under autocast, else zxbcdt's
+
+    @property
+    def d_ssm(self) -> int:
+        return self.nheads * self.headdim
+
+    def split(self, zxbcdt: Tensor) -> tuple[Tensor, ...]:
+        """Views (no copies): z0, x0, z, xBC, dt."""
+        conv_dim = self.d_ssm + 2 * self.ngroups * self.d_state
+        return torch.split(zxbcdt, [self.d_mlp, self.d_mlp, self.d_ssm, conv_dim, self.nheads], dim=-1)
+
+
+def _scan_inputs(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, dt_bias: Tensor, A_log: Tensor,
+                 D: Tensor, use_z: bool, cfg: _LayerCfg) -> dict:
+    """The conv output and everything the SSD kernels take, from zxbcdt (run by the forward and again by the
+    backward, which keeps none of it): x, B, C as views of the conv output, dt as a view of zxbcdt (or, with a
+    dt_limit, the clamped softplus(dt + dt_bias) in float32, which has no kernel), and the SSD's size dict."""
+    _, _, z, xBC, dt = cfg.split(zxbcdt)
+    xBC = _conv_forward(xBC, conv_weight, conv_bias, silu=True)  # (B, L, conv_dim)
+    x, B, C = torch.split(xBC, [cfg.d_ssm, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], dim=-1)
+    x = x.unflatten(-1, (cfg.nheads, cfg.headdim))  # (B, L, h, p)
+    B = B.unflatten(-1, (cfg.ngroups, cfg.d_state))  # (B, L, g, n)
+    C = C.unflatten(-1, (cfg.ngroups, cfg.d_state))  # (B, L, g, n)
+    if cfg.dt_limit == (0.0, float("inf")):  # dt + dt_bias and softplus inside the scan's kernels
+        dt_args = dict(dt=dt, dt_bias=dt_bias, softplus=True)
+    else:
+        dt_c = F.softplus(dt.float() + dt_bias.float()).clamp(min=cfg.dt_limit[0], max=cfg.dt_limit[1])
+        dt_args = dict(dt=dt_c, dt_bias=None, softplus=False)
+    return dict(
+        xBC=xBC, x=x, B=B, C=C, A=-torch.exp(A_log.float()),  # A: (nheads,)
+        D2=D[:, None].expand(cfg.nheads, cfg.headdim) if D.dim() == 1 else D,
+        z=z.unflatten(-1, (cfg.nheads, cfg.headdim)) if use_z else None,
+        d=ssd._dims(x, B, cfg.chunk_size), **dt_args)
+
+
+class _Mamba2Fused(torch.autograd.Function):
+    """conv+SiLU -> SSD -> gated RMSNorm (-> d_mlp branch) (-> out_proj) as one autograd node.
+
+    Saves zxbcdt and the scan's output y before the norm (both in zxbcdt's dtype) and the parameters: nothing
+    else. The backward recomputes from zxbcdt the conv output (one conv kernel), the scan's dt and its
+    cumulative decay (one small kernel), and the norm's output and 1/rms (one norm kernel), which out_proj's weight
+    gradient needs. This is what the official ``mamba_split_conv1d_scan_combined`` keeps (it also keeps the 1/rms,
+    one float per row and group: recomputing it costs nothing here, as the norm's forward kernel is rerun anyway).
+    """
+
+    @staticmethod
+    def forward(ctx, zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight, out_bias, cfg):
+        dev = zxbcdt.device
+        with torch.autocast(dev.type, enabled=False), on_device(zxbcdt):
+            z0, x0, z, _, _ = cfg.split(zxbcdt)
+            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
+            y = ssd._forward(s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None,
+                             s["d"], s["softplus"])[0].flatten(-2)  # (B, L, d_ssm)
+            del s  # the conv output is not kept
+            out = y
+            if norm_weight is not None:
+                out = _rmsnorm_forward(y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups, cfg.norm_before_gate)[0]
+            if cfg.d_mlp > 0:
+                out = torch.cat([F.silu(z0) * x0, out], dim=-1)  # (B, L, d_inner)
+            if out_weight is not None:
+                dt_ = cfg.out_dtype
+                out = F.linear(out.to(dt_), out_weight.to(dt_), out_bias.to(dt_) if out_bias is not None else None)
+        ctx.save_for_backward(zxbcdt, y, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight,
+                              out_bias)
+        ctx.cfg = cfg
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        zxbcdt, y, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight, out_bias = ctx.saved_tensors
+        cfg = ctx.cfg
+        gs = cfg.d_ssm // cfg.ngroups
+        f32 = torch.float32
+        with torch.autocast(zxbcdt.device.type, enabled=False), on_device(zxbcdt):
+            z0, x0, z, xBC_in, dt_in = cfg.split(zxbcdt)
+            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
+            # out_proj: its input recomputed for the weight gradient; the gradient reaching that input
+            normed = rstd = None
+            if norm_weight is not None:
+                normed, rstd = _rmsnorm_forward(y, z, norm_weight, cfg.eps, gs, cfg.norm_before_gate)
+            dW = db = None
+            if out_weight is not None:
+                dt_ = cfg.out_dtype
+                out_in = normed if normed is not None else y
+                if cfg.d_mlp > 0:
+                    out_in = torch.cat([F.silu(z0) * x0, out_in], dim=-1)  # (B, L, d_inner)
+                g = dout.to(dt_).flatten(0, -2)  # (B*L, d_model)
+                dW = (g.t() @ out_in.to(dt_).flatten(0, -2)).to(out_weight.dtype)  # (d_model, d_inner)
+                db = g.to(f32).sum(0).to(out_bias.dtype) if out_bias is not None else None
+                del out_in
+                dout = (g @ out_weight.to(dt_)).unflatten(0, dout.shape[:-1])  # (B, L, d_inner)
+            del normed
+            dz0 = dx0 = None  # the d_mlp branch silu(z0) * x0
+            if cfg.d_mlp > 0:
+                d_mlp_out = dout[..., :cfg.d_mlp].to(f32)
+                z0f = z0.to(f32)
+                sg = torch.sigmoid(z0f)
+                dz0, dx0 = d_mlp_out * x0.to(f32) * sg * (1.0 + z0f * (1.0 - sg)), d_mlp_out * z0f * sg
+                dout = dout[..., cfg.d_mlp:]
+            # the gated RMSNorm
+            dnw = None
+            if norm_weight is not None:
+                dy, dz, dnw = _rmsnorm_backward(y, z, norm_weight, rstd, dout, gs, cfg.norm_before_gate)
+            else:
+                dy, dz = dout, None
+            # the SSD scan
+            dtp, a = ssd._dt_cumsum(s["dt"], s["A"], s["dt_bias"], s["d"], s["softplus"])
+            dx, ddt, dA, dB, dC, dD2, dz_scan, _ = ssd._backward(
+                dy.unflatten(-1, (cfg.nheads, cfg.headdim)), None, s["x"], s["dt"], s["A"], s["B"], s["C"],
+                s["D2"], s["z"], s["dt_bias"], None, dtp, a, s["d"], s["softplus"])
+            del dtp, a, dy
+            if dz is None:
+                dz = dz_scan.flatten(-2)
+            if not s["softplus"]:  # ddt is w.r.t. the clamped dt: back through the clamp and the softplus
+                raw = dt_in.to(f32) + dt_bias.to(f32)
+                sp = F.softplus(raw)
+                ddt = ddt * torch.sigmoid(raw) * ((sp >= cfg.dt_limit[0]) & (sp <= cfg.dt_limit[1]))
+            del s
+            # the conv
+            dxBC = torch.cat([dx.flatten(-2), dB.flatten(-2), dC.flatten(-2)], dim=-1)  # (B, L, conv_dim) fp32
+            del dx, dB, dC
+            dxBC, dconv_w, dconv_b = _conv_backward(xBC_in, conv_weight, conv_bias, dxBC, silu=True)
+            dzxbcdt = torch.empty_like(zxbcdt)  # filled piece by piece: no float32 copy of the whole
+            for piece, part in zip(cfg.split(dzxbcdt), (dz0, dx0, dz, dxBC, ddt), strict=True):
+                if part is not None:
+                    piece.copy_(part)
+        dA_log = (dA * -torch.exp(A_log.to(f32))).to(A_log.dtype)  # dA/dA_log = A
+        dD = (dD2.sum(-1) if D.dim() == 1 else dD2).to(D.dtype)
+        return (dzxbcdt, dconv_w, dconv_b, ddt.sum((0, 1)).to(dt_bias.dtype), dA_log, dD,
+                dnw, dW, db, None)
+
+
 def mamba2_fused_forward(
     zxbcdt: Tensor,
     conv_weight: Tensor,
@@ -339,8 +520,11 @@ def mamba2_fused_forward(
     norm_before_gate: bool = False,
     eps: float = 1e-5,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
+    out_proj_weight: Tensor | None = None,
+    out_proj_bias: Tensor | None = None,
 ) -> Tensor:
-    """Mamba-2 between in_proj and out_proj (no carried state), as :meth:`condorbrain.ssm.mamba2.Mamba2.forward`.
+    """Mamba-2 after in_proj (no carried state), as :meth:`condorbrain.ssm.mamba2.Mamba2.forward`: one autograd
+    node that keeps only zxbcdt and the scan's output before the norm (see :class:`_Mamba2Fused`).
 
     Args:
         zxbcdt: (B, L, d_in_proj), in_proj's output, split as [z0, x0, z, xBC, dt] (z0, x0 of width d_mlp, which
@@ -350,9 +534,13 @@ def mamba2_fused_forward(
         norm_weight: (d_ssm,) weight of the gated RMSNorm (one group per B/C group), or None for Mamba2's
             ``rmsnorm=False`` (then y * silu(z) inside the scan).
         headdim, d_state, ngroups, chunk_size, norm_before_gate, eps, dt_limit: the layer's settings.
+        out_proj_weight: (d_model, d_inner), out_proj_bias: (d_model,) or None: out_proj, applied inside (in the
+            autocast dtype under autocast, as nn.Linear), so that its input is recomputed in the backward rather
+            than kept. None: return out_proj's input.
 
     Returns:
-        (B, L, d_inner) in zxbcdt's dtype: the input of out_proj.
+        (B, L, d_model), the layer's output, if ``out_proj_weight`` is given (autocast dtype under autocast, else
+        zxbcdt's); else (B, L, d_inner) in zxbcdt's dtype, the input of out_proj.
     """
     nheads = dt_bias.shape[0]
     d_ssm = nheads * headdim
@@ -361,29 +549,14 @@ def mamba2_fused_forward(
     if d_mlp < 0 or 2 * d_mlp + d_ssm + conv_dim + nheads != zxbcdt.shape[-1]:
         raise ValueError(f"zxbcdt has {zxbcdt.shape[-1]} channels, which does not split as 2*d_mlp + d_ssm "
                          f"({d_ssm}) + conv_dim ({conv_dim}) + nheads ({nheads})")
-    # views, no copies: every kernel below takes strides
-    z0, x0, z, xBC, dt = torch.split(zxbcdt, [d_mlp, d_mlp, d_ssm, conv_dim, nheads], dim=-1)
-    xBC = causal_conv1d_silu_triton(xBC, conv_weight, conv_bias)  # (B, L, conv_dim)
-    x, B, C = torch.split(xBC, [d_ssm, ngroups * d_state, ngroups * d_state], dim=-1)
-    A = -torch.exp(A_log.float())  # (nheads,)
-    if tuple(dt_limit) == (0.0, float("inf")):  # dt + dt_bias and softplus inside the scan's first kernel
-        dt_args = dict(dt=dt, dt_bias=dt_bias, dt_softplus=True)
-    else:  # the clamp has no kernel: dt as Mamba2._dt computes it
-        dt_c = F.softplus(dt.float() + dt_bias.float()).clamp(min=dt_limit[0], max=dt_limit[1])
-        dt_args = dict(dt=dt_c, dt_bias=None, dt_softplus=False)
-    y = ssd_scan_triton(
-        x.unflatten(-1, (nheads, headdim)),  # (B, L, h, p)
-        A=A,
-        B=B.unflatten(-1, (ngroups, d_state)),  # (B, L, g, n)
-        C=C.unflatten(-1, (ngroups, d_state)),  # (B, L, g, n)
-        chunk_size=chunk_size,
-        D=D,
-        z=None if norm_weight is not None else z.unflatten(-1, (nheads, headdim)),
-        **dt_args,
-    )  # (B, L, h, p)
-    y = y.flatten(-2)  # (B, L, d_ssm)
-    if norm_weight is not None:
-        y = rmsnorm_gated_triton(y, z, norm_weight, eps, d_ssm // ngroups, norm_before_gate)
-    if d_mlp > 0:
-        y = torch.cat([F.silu(z0) * x0, y], dim=-1)  # (B, L, d_inner)
-    return y
+    if out_proj_weight is None and out_proj_bias is not None:
+        raise ValueError("out_proj_bias given without out_proj_weight")
+    if zxbcdt.stride(-1) != 1:  # the norm kernel reads z with unit channel stride
+        zxbcdt = zxbcdt.contiguous()
+    dev = zxbcdt.device.type
+    out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else zxbcdt.dtype
+    cfg = _LayerCfg(headdim=headdim, d_state=d_state, ngroups=ngroups, chunk_size=chunk_size,
+                    norm_before_gate=norm_before_gate, eps=eps, dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
+                    d_mlp=d_mlp, nheads=nheads, out_dtype=out_dtype)
+    return _Mamba2Fused.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight,
+                              out_proj_bias, cfg)

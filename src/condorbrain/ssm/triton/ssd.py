@@ -462,14 +462,8 @@ def _dims(x: Tensor, B: Tensor, chunk_size: int) -> dict:
 def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus):
     b, L, nh, p, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "n", "T", "c", "BP", "BN"))
     hpg = nh // d["g"]
-    f32 = dict(device=x.device, dtype=torch.float32)
     prec = _precision(x, B, C)
-    dtp = torch.empty(b, nh, c, T, **f32)
-    a = torch.empty(b, nh, c, T, **f32)
-    BH = min(_pow2(nh), 64)
-    _cumsum_fwd[(b, c, triton.cdiv(nh, BH))](
-        dt, A, dt_bias if dt_bias is not None else dt, dtp, a, L, nh, c, *dt.stride(),
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, T=T, BLOCK_H=BH, **launch_options(T, BH))
+    dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
     enter, final = _entering_states(x, B, dtp, a, h0, d, prec)
     out = torch.empty(b, L, nh, p, device=x.device, dtype=x.dtype)
     hpp, nsplit = _head_split(hpg)
@@ -480,6 +474,20 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus):
         HAS_D=D2 is not None, HAS_Z=z is not None, T=T, BP=BP, BN=BN, PREC=prec,
         **launch_options(T, max(T, BP, BN)))
     return out, final, dtp, a
+
+
+def _dt_cumsum(dt, A, dt_bias, d, softplus):
+    """Kernel 1: the processed dt and a = cumsum(dt A) per chunk, both (b, h, c, T) float32. The forward's first
+    step; also run alone by a caller that recomputes them for the backward rather than keeping them."""
+    b, L, nh, T, c = (d[k] for k in ("b", "L", "nh", "T", "c"))
+    f32 = dict(device=dt.device, dtype=torch.float32)
+    dtp = torch.empty(b, nh, c, T, **f32)
+    a = torch.empty(b, nh, c, T, **f32)
+    BH = min(_pow2(nh), 64)
+    _cumsum_fwd[(b, c, triton.cdiv(nh, BH))](
+        dt, A, dt_bias if dt_bias is not None else dt, dtp, a, L, nh, c, *dt.stride(),
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, T=T, BLOCK_H=BH, **launch_options(T, BH))
+    return dtp, a
 
 
 def _entering_states(x, B, dtp, a, h0, d, prec):
