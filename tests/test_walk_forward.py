@@ -183,3 +183,13 @@ def test_report_command_and_single_split_flag(wf_run, tmp_path, capsys):
     assert "walk_forward" not in json.loads(capsys.readouterr().out)
     assert main(["run", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["walk_forward"]["first_test"] == "2011-01-01"
+
+
+def test_resuming_a_finished_walk_forward_changes_nothing(wf_run, market):
+    """`condorbrain run --resume --out RUN`: each window continues from its newest checkpoint; a finished window
+    trains no further step, so the tables and checkpoints stay as they were."""
+    out, summary = wf_run
+    before = [latest_checkpoint(d) for d in window_dirs(out)]
+    again = run_walk_forward(wf_config(), out, resume=True, bars=market[0], vix=market[1])
+    assert [latest_checkpoint(d) for d in window_dirs(out)] == before
+    assert same(again["tables"], summary["tables"]) and same(again["backtest"]["table"], summary["backtest"]["table"])
