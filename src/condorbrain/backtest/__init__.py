@@ -71,7 +71,7 @@ from condorbrain.backtest.simulator import (
     backtest,
     write_trade_log,
 )
-from condorbrain.backtest.strategy_metrics import StrategyMetrics, max_drawdown, strategy_metrics
+from condorbrain.backtest.strategy_metrics import StrategyMetrics, drawdown, max_drawdown, strategy_metrics
 
 __all__ = [
     "EXIT_REASONS",
@@ -106,6 +106,7 @@ __all__ = [
     "condor_max_loss",
     "condor_payoff",
     "directional_accuracy",
+    "drawdown",
     "fill_prices",
     "garch_vol_forecast",
     "har_rv_forecast",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-__all__ = ["PERIODS_PER_YEAR", "StrategyMetrics", "max_drawdown", "strategy_metrics"]
+__all__ = ["PERIODS_PER_YEAR", "StrategyMetrics", "drawdown", "max_drawdown", "strategy_metrics"]
 
 PERIODS_PER_YEAR = 252.0
 """Bars per year for annualisation (daily bars)."""
@@ -56,14 +56,31 @@ class StrategyMetrics:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def drawdown(equity: np.ndarray) -> np.ndarray:
+    """Drawdown per bar: the fall from the running peak as a fraction of that peak, ``1 - E_t / max_{s<=t} E_s``,
+    clipped to [0, 1]: 1 once the equity is <= 0 (all the capital lost), the convention of
+    :func:`condorbrain.backtest.compare_strategies` for a ruined strategy (the run report plots it). ``equity``:
+    (T,) currency, first bar > 0. NaN bars stay NaN and do not move the peak."""
+    e = np.asarray(equity, dtype=np.float64)
+    if e.size == 0:
+        return e.copy()
+    peak = np.fmax.accumulate(e)  # NaN-skipping running max
+    if not peak[0] > 0:
+        raise ValueError(f"the equity curve must start > 0, got {e[0]}")
+    with np.errstate(invalid="ignore"):
+        dd = np.clip(1.0 - e / peak, 0.0, 1.0)
+    return np.where(np.isnan(e), np.nan, dd)
+
+
 def max_drawdown(equity: np.ndarray) -> float:
-    """Largest fall from a running peak as a positive fraction of that peak (0 for a non-falling curve)."""
+    """Largest fall from a running peak as a positive fraction of that peak (0 for a non-falling curve): the
+    maximum of :func:`drawdown`, for a finite curve that stays > 0."""
     e = np.asarray(equity, dtype=np.float64)
     if e.size == 0:
         return math.nan
     if not (np.isfinite(e).all() and (e > 0).all()):
         raise ValueError("equity must be finite and > 0")
-    return float(np.max(1.0 - e / np.maximum.accumulate(e)))
+    return float(np.max(drawdown(e)))
 
 
 def strategy_metrics(trades: pl.DataFrame, equity: pl.DataFrame,

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from condorbrain.backtest.strategy_metrics import drawdown
 from condorbrain.report.inputs import RunFiles, read_run_files
 
 __all__ = ["ReportConfig", "build_report", "downsample_indices", "drawdown", "json_safe", "pnl_histogram",
@@ -59,22 +60,6 @@ class ReportConfig:
                 raise ValueError(f"{name} must be >= 16, got {getattr(self, name)}")
         if self.max_pnl_bins < 1:
             raise ValueError(f"max_pnl_bins must be >= 1, got {self.max_pnl_bins}")
-
-
-def drawdown(equity: np.ndarray) -> np.ndarray:
-    """Drawdown per bar: the fall from the running peak as a fraction of that peak, ``1 - E_t / max_{s<=t} E_s``,
-    clipped to [0, 1]: 1 once the equity is <= 0 (all the capital lost), the convention of
-    :func:`condorbrain.backtest.compare_strategies` for a ruined strategy. ``equity``: (T,) currency, first bar > 0.
-    NaN bars stay NaN and do not move the peak."""
-    e = np.asarray(equity, dtype=np.float64)
-    if e.size == 0:
-        return e.copy()
-    peak = np.fmax.accumulate(e)  # NaN-skipping running max
-    if not peak[0] > 0:
-        raise ValueError(f"the equity curve must start > 0, got {e[0]}")
-    with np.errstate(invalid="ignore"):
-        dd = np.clip(1.0 - e / peak, 0.0, 1.0)
-    return np.where(np.isnan(e), np.nan, dd)
 
 
 def downsample_indices(n: int, max_points: int, *series: np.ndarray) -> np.ndarray:
