@@ -51,11 +51,14 @@ class RunFiles:
     @property
     def strategies(self) -> list[str]:
         """Strategy names: the backtest table's order when there is one, else first appearance in the equity file."""
-        in_equity = self.equity.get_column("strategy").unique(maintain_order=True).to_list()
-        if self.backtest is None:
-            return in_equity
-        names = [row["strategy"] for row in self.backtest.get("table", []) if "strategy" in row]
-        return names + [name for name in in_equity if name not in names]
+        return _strategy_names(self.equity, self.backtest)
+
+
+def _strategy_names(equity: pl.DataFrame, backtest: dict[str, Any] | None) -> list[str]:
+    """The backtest table's strategies in its order, then those only in the equity file (first appearance)."""
+    in_equity = equity.get_column("strategy").unique(maintain_order=True).to_list()
+    names = [row["strategy"] for row in (backtest or {}).get("table", []) if "strategy" in row]
+    return names + [name for name in in_equity if name not in names]
 
 
 def read_run_files(run_dir: str | os.PathLike[str]) -> RunFiles:
@@ -75,10 +78,7 @@ def read_run_files(run_dir: str | os.PathLike[str]) -> RunFiles:
     if "ts" not in predictions.columns:
         raise ValueError("predictions.parquet: missing column 'ts'")
     backtest = _optional_json(root / "backtest.json")
-    strategies = equity.get_column("strategy").unique(maintain_order=True).to_list()
-    if backtest is not None:
-        strategies += [row["strategy"] for row in backtest.get("table", []) if row.get("strategy") not in strategies]
-    trades = {name: pl.read_parquet(root / f"trades_{name}.parquet") for name in strategies
+    trades = {name: pl.read_parquet(root / f"trades_{name}.parquet") for name in _strategy_names(equity, backtest)
               if (root / f"trades_{name}.parquet").is_file()}
     return RunFiles(
         run_dir=root,
