@@ -43,7 +43,7 @@ from condorbrain.main_job import (
     daily_policy_frame,
     load_run,
 )
-from condorbrain.models import CondorBrain, PolicyOutput, read_config_file
+from condorbrain.models import CondorBrain, PolicyOutput, check_table_keys, read_config_file
 from condorbrain.ssm.graph import make_stepper
 
 __all__ = ["REGIME_NAMES", "Policy", "PolicyStream", "PredictConfig", "Predictor", "predict_bars"]
@@ -311,10 +311,7 @@ class PredictConfig:
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> PredictConfig:
         """The ``[predict]`` table of a TOML / JSON config file (other tables are ignored), then ``overrides``."""
         table = dict(read_config_file(path).get("predict", {}))
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(table) - names)
-        if bad:
-            raise ValueError(f"{path}: unknown [predict] key(s) {bad}; known: {sorted(names)}")
+        check_table_keys(path, "predict", table, (f.name for f in dataclasses.fields(cls)))
         return dataclasses.replace(cls(**table), **overrides)
 
     def to_dict(self) -> dict[str, Any]:

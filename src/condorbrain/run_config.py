@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from condorbrain.backtest import BacktestConfig, FillConfig
-from condorbrain.models import CondorBrainConfig, read_config_file
+from condorbrain.models import CondorBrainConfig, check_table_keys, read_config_file
 from condorbrain.train import TrainConfig
 
 __all__ = ["PolicyFilter", "RunConfig", "WalkForwardConfig", "add_months"]
+
+_TABLES = ("model", "train", "walk_forward", "backtest", "policy")
+"""RunConfig fields that are tables of their own in a preset file (the rest form ``[run]``)."""
 
 
 def _iso_date(name: str, value: str) -> dt.date:
@@ -197,10 +200,7 @@ class RunConfig:
         if unknown:
             raise ValueError(f"{path}: unknown table(s) {unknown}; expected {', '.join(f'[{k}]' for k in known)}")
         run = dict(raw.get("run", {}))
-        names = {f.name for f in dataclasses.fields(cls)} - {"model", "train", "walk_forward", "backtest", "policy"}
-        bad = sorted(set(run) - names)
-        if bad:
-            raise ValueError(f"{path}: unknown [run] key(s) {bad}; known: {sorted(names)}")
+        check_table_keys(path, "run", run, (f.name for f in dataclasses.fields(cls) if f.name not in _TABLES))
         cfg = cls(model=CondorBrainConfig.from_dict(raw.get("model", {})),
                   train=TrainConfig.from_dict(raw.get("train", {})),
                   walk_forward=_table(path, "walk_forward", WalkForwardConfig, raw.get("walk_forward")),
@@ -216,10 +216,9 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The tables of a preset file, as :meth:`from_file` reads them back."""
-        tables = ("model", "train", "walk_forward", "backtest", "policy")
         out: dict[str, Any] = {"model": self.model.to_dict(), "train": self.train.to_dict(),
                                "run": {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                                       if f.name not in tables}}
+                                       if f.name not in _TABLES}}
         for name in ("walk_forward", "backtest", "policy"):
             value = getattr(self, name)
             if value is not None:
@@ -231,14 +230,9 @@ def _table(path: str | os.PathLike[str], name: str, cls: type, table: dict[str, 
     """``cls(**table)`` with unknown keys named (None stays None)."""
     if table is None:
         return None
-    if isinstance(table, cls):
-        return table
     if not isinstance(table, dict):
-        raise ValueError(f"{path}: [{name}] must be a table, got {table!r}")  # noqa: TRY004 (a config error)  # noqa: TRY004 (a config error)
-    names = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(table) - names)
-    if bad:
-        raise ValueError(f"{path}: unknown [{name}] key(s) {bad}; known: {sorted(names)}")
+        raise ValueError(f"{path}: [{name}] must be a table, got {table!r}")  # noqa: TRY004 (a config error)
+    check_table_keys(path, name, table, (f.name for f in dataclasses.fields(cls)))
     try:
         return cls(**table)
     except (TypeError, ValueError) as e:

@@ -8,7 +8,7 @@ from condorbrain.models.condorbrain import (
     RegimeDetector,
     transformer_baseline,
 )
-from condorbrain.models.config import CondorBrainConfig, MixerKind, read_config_file
+from condorbrain.models.config import CondorBrainConfig, MixerKind, check_table_keys, read_config_file
 from condorbrain.models.losses import (
     TARGET_KEYS,
     LossWeights,
@@ -31,6 +31,7 @@ __all__ = [
     "PolicyOutput",
     "RegimeDetector",
     "bce_with_logits",
+    "check_table_keys",
     "condor_loss",
     "cross_entropy",
     "huber",

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -240,6 +241,15 @@ def read_config_file(path: str | os.PathLike[str]) -> Any:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"config file {path} does not parse: {err}") from err
     raise ValueError(f"config file {path} must end in .toml or .json")
+
+
+def check_table_keys(path: str | os.PathLike[str], table: str, keys: Iterable[str], known: Iterable[str]) -> None:
+    """ValueError naming the file, the ``[table]`` and its unknown keys (a misspelt key would otherwise be ignored
+    silently) with the known ones."""
+    known = set(known)
+    bad = sorted(set(keys) - known)
+    if bad:
+        raise ValueError(f"{path}: unknown [{table}] key(s) {bad}; known: {sorted(known)}")
 
 
 def _is_real(value: object) -> bool:
