@@ -99,20 +99,22 @@ def backtest_model(cfg: RunConfig, model: CondorBrain, data: JobData, out_dir: s
 
 def backtest_decisions(cfg: RunConfig, bars: pl.DataFrame, vix: pl.DataFrame | None, test_ts: pl.Series,
                        decisions: pl.DataFrame, out_dir: str | os.PathLike[str], config: BacktestConfig | None = None,
-                       *, t_start: float | None = None, quiet: bool = False) -> dict[str, Any]:
+                       *, t_start: float | None = None, quiet: bool = False, chain: pl.DataFrame | None = None
+                       ) -> dict[str, Any]:
     """Backtest ``decisions`` (:func:`policy_decisions`' frame; the rows with ``enter`` false are not proposed)
     over the bars at ``test_ts`` next to the rule-based condor and buy-and-hold, one config and capital for all;
     print the table and the verdict (unless ``quiet``), write the files (module docstring) into ``out_dir``.
 
     The chain is :func:`condorbrain.data.synth_chains` over all of ``bars`` (its proxy iv reads the past), then
-    restricted to ``test_ts``. Returns the ``backtest.json`` summary."""
+    restricted to ``test_ts``; ``chain`` hands in that chain when it is already computed (the walk-forward's
+    backtests share one). Returns the ``backtest.json`` summary."""
     t_start = time.perf_counter() if t_start is None else t_start
     config = config or backtest_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     in_test = pl.col("ts").is_in(test_ts.implode())
     test_bars = bars.filter(in_test)
-    chain = synth_chains(bars, vix=vix).filter(in_test)
+    chain = (synth_chains(bars, vix=vix) if chain is None else chain).filter(in_test)
     entered = decisions.filter(pl.col("enter")).select("ts", "k_lower", "k_upper", "wing")
     results = backtest_strategies(chain, test_bars, entered, config)
     table = compare_strategies(results)

@@ -37,7 +37,7 @@ import polars as pl
 
 from condorbrain.backtest import BacktestConfig
 from condorbrain.backtest_job import backtest_decisions, policy_decisions
-from condorbrain.data import load_sp500, load_vix
+from condorbrain.data import load_sp500, load_vix, synth_chains
 from condorbrain.evaluation import (
     PopCalibration,
     _json_default,
@@ -173,18 +173,20 @@ def backtest_walk_forward(run_dir: str | os.PathLike[str], config: BacktestConfi
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     cfg, bars, vix, models = _load_windows(run_dir)
-    decisions, test_ts = _decisions(models)
+    decisions, test_ts = _stitched(models, _decisions(models))
     return backtest_decisions(cfg, bars, vix, test_ts, decisions, out_dir or run_dir, config or cfg.backtest_config(),
                               t_start=t_start)
 
 
-def _decisions(models: list[WindowRun]) -> tuple[pl.DataFrame, pl.Series]:
-    """Every window's decisions (by its own model) and test bars, stacked in time order, with a ``window`` column."""
-    frames, ts = [], []
-    for k, (w, model, data, calibration, _) in enumerate(models, 1):
-        frames.append(policy_decisions(model, w, data, calibration).with_columns(pl.lit(k).alias("window")))
-        ts.append(_test_ts(data))
-    return pl.concat(frames).sort("ts"), pl.concat(ts).sort()
+def _decisions(models: list[WindowRun]) -> list[pl.DataFrame]:
+    """Each window's decisions (:func:`~condorbrain.backtest_job.policy_decisions`, by its own model)."""
+    return [policy_decisions(m.model, m.config, m.data, m.calibration) for m in models]
+
+
+def _stitched(models: list[WindowRun], decisions: list[pl.DataFrame]) -> tuple[pl.DataFrame, pl.Series]:
+    """The windows' decisions stacked in time order with a ``window`` column (1, 2, ...), and their test bars."""
+    frames = [d.with_columns(pl.lit(k).alias("window")) for k, d in enumerate(decisions, 1)]
+    return pl.concat(frames).sort("ts"), pl.concat([_test_ts(m.data) for m in models]).sort()
 
 
 def _overall_evaluation(cfg: RunConfig, out: Path, wdirs: list[Path], t_start: float) -> dict[str, Any]:
@@ -213,9 +215,10 @@ def _assemble(cfg: RunConfig, out: Path, bars: pl.DataFrame, vix: pl.DataFrame |
               config: BacktestConfig, t_start: float) -> dict[str, Any]:
     """Per-window backtests, the overall evaluation, the stitched backtest, ``walk_forward.json``, the report."""
     windows = []
-    for k, (w, model, data, calibration, wdir) in enumerate(models, 1):
-        decisions = policy_decisions(model, w, data, calibration)
-        bt = backtest_decisions(w, bars, vix, _test_ts(data), decisions, wdir, config, quiet=True)
+    chain = synth_chains(bars, vix=vix)  # one chain for every backtest below (each keeps its test bars)
+    decisions = _decisions(models)
+    for k, ((w, _, data, _, wdir), window_decisions) in enumerate(zip(models, decisions, strict=True), 1):
+        bt = backtest_decisions(w, bars, vix, _test_ts(data), window_decisions, wdir, config, quiet=True, chain=chain)
         ev = json.loads((wdir / "evaluation.json").read_text())
         windows.append({"window": k, "folder": str(wdir.relative_to(out)),
                         "train": _rows_period(data, "train"), "val": _rows_period(data, "val"),
@@ -227,8 +230,8 @@ def _assemble(cfg: RunConfig, out: Path, bars: pl.DataFrame, vix: pl.DataFrame |
     print("\n=== all windows together: each test row scored by its own window's model")
     summary = _overall_evaluation(cfg, out, [m.folder for m in models], t_start)
     print("\n=== backtest over every window's test period, each bar's condor proposed by that window's model")
-    decisions, test_ts = _decisions(models)
-    backtest = backtest_decisions(cfg, bars, vix, test_ts, decisions, out, config)
+    stitched, test_ts = _stitched(models, decisions)
+    backtest = backtest_decisions(cfg, bars, vix, test_ts, stitched, out, config, chain=chain)
     record = {"mode": cfg.walk_forward.mode if cfg.walk_forward else None,
               "config": dataclasses.asdict(cfg.walk_forward) if cfg.walk_forward else None,
               "purge_bars": cfg.model.hold_horizon, "embargo_bars": cfg.embargo, "windows": windows,
