@@ -37,7 +37,6 @@ import os
 import platform
 import sys
 import time
-import weakref
 from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: the Triton path on the CPU
@@ -45,6 +44,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gpu_models as gm  # noqa: E402
 import torch  # noqa: E402
+
+from condorbrain.ssm.memory import saved_activation_bytes  # noqa: E402
 
 D_MODEL = 512
 N_LAYERS = 2  # measured; extrapolated to the seed's 24
@@ -54,50 +55,22 @@ BAR_PEAK_GIB = 30.0  # issue 6 (benchmarks/gpu.py's BAR_TRAIN_PEAK_GIB)
 BACKENDS = ("triton", "compiled")
 
 
-class _Held:
-    """What the graph keeps in place of a saved tensor: alive exactly as long as the node that saved it."""
-
-    __slots__ = ("__weakref__", "t")
-
-    def __init__(self, t: torch.Tensor) -> None:
-        self.t = t
-
-
 def saved_bytes_by_tag(net: gm.Net, x: torch.Tensor) -> dict[str, int]:
-    """Bytes of the distinct storages the graph of ``net(x)`` keeps for the backward, by where they were saved:
-    ``mixer`` (all blocks' mixers), ``norm`` (all blocks' pre-norms), ``rest``. A storage saved in two places counts
-    once, under the first."""
+    """Bytes the graph of ``net(x)`` keeps for the backward (:func:`condorbrain.ssm.memory.saved_activation_bytes`),
+    by where they were saved: ``mixer`` (all blocks' mixers), ``norm`` (all blocks' pre-norms), ``rest``."""
     tag = ["rest"]
     hooks = []
     for name, mods in (("mixer", net.mixers), ("norm", net.norms)):
         for mod in mods:
             hooks.append(mod.register_forward_pre_hook(lambda *_, n=name: tag.__setitem__(0, n)))
             hooks.append(mod.register_forward_hook(lambda *_: tag.__setitem__(0, "rest")))
-    held = []
-
-    def pack(t: torch.Tensor) -> _Held:
-        h = _Held(t)
-        if not (isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad)):
-            st = t.untyped_storage()
-            held.append((weakref.ref(h), st.data_ptr(), st.nbytes(), tag[0]))
-        return h
-
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
-            out = net(x)
-        seen: dict[int, tuple[int, str]] = {}
-        for ref, ptr, nbytes, where in held:
-            if ref() is not None and ptr not in seen:
-                seen[ptr] = (nbytes, where)
-        del out
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            saved = saved_activation_bytes(lambda: net(x), tag=lambda: tag[0])
     finally:
         for h in hooks:
             h.remove()
-    totals = {"mixer": 0, "norm": 0, "rest": 0}
-    for nbytes, where in seen.values():
-        totals[where] += nbytes
-    return totals
+    return {where: saved.get(where, 0) for where in ("mixer", "norm", "rest")}
 
 
 def measure(backend: str, lengths: tuple[int, int], batch: int) -> dict:

@@ -10,7 +10,6 @@ interpreter on the CPU (conftest sets TRITON_INTERPRET=1).
 from __future__ import annotations
 
 import copy
-import weakref
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ pytest.importorskip("triton", reason="triton is not installed (`pip install trit
 from condorbrain.ssm import triton as cb_triton  # noqa: E402
 from condorbrain.ssm.conv import causal_conv1d_ref  # noqa: E402
 from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated  # noqa: E402
+from condorbrain.ssm.memory import saved_activation_bytes  # noqa: E402
 from condorbrain.ssm.triton.fused import (  # noqa: E402
     causal_conv1d_silu_triton,
     mamba2_fused_forward,
@@ -211,29 +211,6 @@ def test_layer_autocast_bfloat16(device, triton_backend):
         assert_close(f"d{k}", g[k], g_ref[k], 5e-2)
 
 
-def saved_bytes(fn) -> int:
-    """Bytes of the distinct storages that autograd keeps for the backward of ``fn()`` (called here), parameters
-    and leaf inputs that require grad excluded. Only what is still held once ``fn`` returns counts (a tensor saved
-    by a node that is freed at once, e.g. inside an input check, is not an activation)."""
-    held = []
-
-    class Held:  # what the graph keeps in place of the tensor: alive as long as its node is
-        def __init__(self, t):
-            self.t = t
-
-    def pack(t):
-        h = Held(t)
-        if not (isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad)):
-            held.append((weakref.ref(h), t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()))
-        return h
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
-        out = fn()
-    sizes = {ptr: n for ref, ptr, n in held if ref() is not None}
-    del out
-    return sum(sizes.values())
-
-
 def test_fused_layer_saves_what_the_official_one_saves(device, triton_backend):
     """Activations kept per token by one layer's training forward (bf16 autocast), the slope between two lengths
     (what does not grow with L, e.g. bf16 copies of weights, cancels): at most what the official fused layer
@@ -247,7 +224,7 @@ def test_fused_layer_saves_what_the_official_one_saves(device, triton_backend):
     for L in lengths:
         u = torch.randn(batch, L, 32, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            per_len.append(saved_bytes(lambda u=u: m(u)))
+            per_len.append(saved_activation_bytes(lambda u=u: m(u))["all"])
     per_token = (per_len[1] - per_len[0]) / (batch * (lengths[1] - lengths[0]))
     d_in_proj = m.in_proj.out_features
     bound = (d_in_proj + m.d_ssm + m.d_model) * 2 + 64
