@@ -5,10 +5,10 @@ that Triton's compiler or ptxas rejects, or one that asks for more shared memory
 only show on a GPU. Here the host code of each kernel module runs at the seed's production sizes (configs/
 h100-seed.toml: Mamba-2 with d_model 512, expand 2, headdim 64, ngroups 1, L 120, bfloat16 activations, d_state 64
 and also 128, chunk_size 64 and 256 requested; Mamba-1 with d_inner 1024, d_state 16) with every
-``kernel[grid](...)`` recorded instead of launched, forward and backward, so the block sizes, flags and launch
-options are the ones the host code picks. Each distinct launch is specialised as Triton specialises a real one
-(pointer dtypes and 16-byte alignment, integers equal to 1 or divisible by 16: Triton's own
-``native_specialize_impl``) and compiled ahead of time::
+``kernel[grid](...)`` recorded instead of launched, forward and backward (and the streaming step, batch 1 and 2),
+so the block sizes, flags and launch options are the ones the host code picks. Each distinct launch is specialised
+as Triton specialises a real one (pointer dtypes and 16-byte alignment, integers equal to 1 or divisible by 16:
+Triton's own ``native_specialize_impl``) and compiled ahead of time::
 
     triton.compile(ASTSource(fn=kernel, signature=..., constexprs=..., attrs=...),
                    target=GPUTarget("cuda", 90, 32), options={"num_warps": ..., "enable_fp_fusion": True})
@@ -41,7 +41,7 @@ import pytest
 
 H100_SHARED_BYTES = 227 * 1024  # cudaDevAttrMaxSharedMemoryPerBlockOptin on an H100 (sm_90)
 TARGET = ("cuda", 90, 32)  # GPUTarget(backend, capability, warp size) of an H100
-MODULES = ("selective", "ssd", "fused")  # condorbrain.ssm.triton.<module>
+MODULES = ("selective", "ssd", "fused", "step")  # condorbrain.ssm.triton.<module>
 
 # ----------------------------------------------------------------------------------------------------------------
 # The cases: host calls at the production sizes, run in the subprocess with the launches recorded
@@ -178,6 +178,49 @@ def _fused_cases():
     }
 
 
+def _step_cases():
+    """The streaming step (condorbrain.ssm.triton.step) of the seed layers, as ``step`` calls it under a CUDA graph:
+    Mamba-2 at d_state 64 and 128, bf16 activations (in_proj's output) and float32 states (conv_state in
+    ``allocate_inference_cache``'s transposed layout), batch 1 (streaming) and BATCH; the other flags (no norm,
+    d_mlp, dt_limit, D per channel, 2 groups, no conv bias, bf16 states) once; Mamba-1 (d_inner 1024, d_state 16)."""
+    import torch
+
+    from condorbrain.ssm.mamba import Mamba
+    from condorbrain.ssm.mamba2 import Mamba2
+    from condorbrain.ssm.triton.step import mamba2_step_triton, mamba_step_triton
+
+    bf = torch.bfloat16
+
+    def mamba2(d_state: int, batch: int, state_dtype=torch.float32, **kw):
+        m = Mamba2(512, d_state=d_state, expand=2, headdim=64, **kw).to(bf)
+        conv_state, ssm_state = m.allocate_inference_cache(batch, dtype=bf)
+        conv_state, ssm_state = conv_state.to(state_dtype), ssm_state.to(state_dtype)  # .to keeps the layout
+        zxbcdt = torch.randn(batch, m.in_proj.out_features, dtype=bf)
+        mamba2_step_triton(zxbcdt, conv_state, ssm_state, m.conv1d.weight, m.conv1d.bias, m.dt_bias, m.A_log,
+                           m._D(), m.norm.weight if m.rmsnorm else None, headdim=64, d_state=d_state,
+                           ngroups=m.ngroups, norm_before_gate=m.norm_before_gate, dt_limit=m.dt_limit,
+                           out_dtype=bf)
+
+    def mamba(batch: int):
+        m = Mamba(512, d_state=16, expand=2).to(bf)
+        conv_state, ssm_state = m.allocate_inference_cache(batch, dtype=torch.float32)
+        mamba_step_triton(torch.randn(batch, 2 * m.d_inner, dtype=bf), conv_state, ssm_state, m.conv1d.weight,
+                          m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D,
+                          out_dtype=bf)
+
+    cases = {}
+    for n in (64, 128):
+        for batch in (1, BATCH):
+            cases[f"mamba2 step d_state {n} batch {batch}"] = lambda n=n, batch=batch: mamba2(n, batch)
+    cases["mamba2 step: no norm, d_mlp, dt_limit, D (h,p), no conv bias"] = lambda: mamba2(
+        64, 1, rmsnorm=False, d_ssm=768, dt_limit=(0.001, 0.1), D_has_hdim=True, conv_bias=False)
+    cases["mamba2 step: 2 groups, d_mlp, norm before gate, bf16 states"] = lambda: mamba2(
+        128, 1, state_dtype=bf, ngroups=2, d_ssm=512, norm_before_gate=True)
+    for batch in (1, BATCH):
+        cases[f"mamba1 step batch {batch}"] = lambda batch=batch: mamba(batch)
+    return cases
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The subprocess: record, specialise, compile
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,7 +231,7 @@ def _record(case) -> list:
 
     import triton
 
-    from condorbrain.ssm.triton import fused, selective, ssd
+    from condorbrain.ssm.triton import fused, selective, ssd, step
 
     launches = []
 
@@ -197,7 +240,7 @@ def _record(case) -> list:
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(triton.runtime.jit.KernelInterface, "__getitem__", getitem))
-        for module in (ssd, fused):  # CPU tensors, no interpreter: the device checks would refuse them
+        for module in (ssd, fused, step):  # CPU tensors, no interpreter: the device checks would refuse them
             stack.enter_context(mock.patch.object(module, "on_device", lambda t: contextlib.nullcontext()))
         stack.enter_context(mock.patch.object(selective, "status", lambda device: (True, "recording")))
         case()
@@ -289,7 +332,7 @@ def _compile_all(out_path: str) -> None:
     if ptxas is None:
         return write({"skip": f"the CUDA backend cannot compile here: {why}"})
 
-    cases = {"selective": _selective_cases(), "ssd": _ssd_cases(), "fused": _fused_cases()}
+    cases = {"selective": _selective_cases(), "ssd": _ssd_cases(), "fused": _fused_cases(), "step": _step_cases()}
     rows, seen, launched, counts = [], set(), set(), {}
     for module_name, module_cases in cases.items():
         module = importlib.import_module(f"condorbrain.ssm.triton.{module_name}")

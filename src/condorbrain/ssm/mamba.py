@@ -31,7 +31,7 @@ from torch import Tensor
 
 from condorbrain.ssm._checks import all_finite
 from condorbrain.ssm.conv import causal_conv1d
-from condorbrain.ssm.scans import selective_scan
+from condorbrain.ssm.scans import scan_backend, selective_scan
 
 __all__ = ["Mamba", "SSMState"]
 
@@ -268,9 +268,42 @@ class Mamba(nn.Module):
         Returns
         -------
         (out (B, 1, d_model), conv_state, ssm_state)
+
+        Where the scan backend is ``triton`` (CUDA by default), nothing is float64 and no gradient is recorded, the
+        conv and the state update are two Triton launches that read no value back to the host
+        (``condorbrain.ssm.triton.step``, for CUDA graphs); otherwise the eager ``_step_reference``.
         """
         check_hidden_states("hidden_states", hidden_states, self.d_model, seqlen=1)
         self._checked_state((conv_state, ssm_state), hidden_states.shape[0])
+        if not self._fused_step_path(hidden_states, conv_state, ssm_state):
+            return self._step_reference(hidden_states, conv_state, ssm_state)
+        # the conv and the state update in two Triton launches around x_proj and dt_proj (triton/step.py)
+        from condorbrain.ssm.triton.step import mamba_step_triton
+
+        xz = self.in_proj(hidden_states.squeeze(1))  # (B, 2*d_inner)
+        y = mamba_step_triton(xz, conv_state, ssm_state, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                              self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
+                              out_dtype=hidden_states.dtype)  # (B, d_inner)
+        out = self.out_proj(y)  # (B, d_model)
+        return out.unsqueeze(1), conv_state, ssm_state
+
+    def _fused_step_path(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> bool:
+        """Whether ``step`` takes the Triton step: the scan backend is ``triton`` (``scan_backend``: the default for
+        CUDA tensors where triton imports; on the CPU only when asked for, under Triton's interpreter), nothing is
+        float64, and no gradient is wanted (the kernels have no backward: with autograd recording, the eager step
+        runs)."""
+        if torch.float64 in (hidden_states.dtype, conv_state.dtype, ssm_state.dtype):
+            return False
+        if scan_backend(hidden_states.device) != "triton":
+            return False
+        return not (torch.is_grad_enabled()
+                    and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())))
+
+    def _step_reference(
+        self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``step`` op by op in PyTorch (any device and dtype, differentiable): the reference the Triton step is
+        tested against. Arguments as ``step``'s, already checked."""
         dtype = hidden_states.dtype
         xz = self.in_proj(hidden_states.squeeze(1))  # (B, 2*d_inner)
         x, z = xz.chunk(2, dim=-1)  # (B, d_inner) each

@@ -340,7 +340,10 @@ class Mamba2(nn.Module):
         """Advance one time step, O(1) in the sequence length, as ``mamba_ssm``'s ``Mamba2.step``.
 
         Unlike ``mamba_ssm``'s step, groups (ngroups > 1), D_has_hdim and dt_limit are all honoured here, so that
-        stepping always reproduces ``forward``.
+        stepping always reproduces ``forward``. Where ``forward`` takes the fused Triton path (``_fused_path``: CUDA
+        by default, not float64) and no gradient is recorded, everything between in_proj and out_proj is two Triton
+        launches that read no value back to the host (``condorbrain.ssm.triton.step``, for CUDA graphs); otherwise
+        the eager ``_step_reference``.
 
         Parameters
         ----------
@@ -357,6 +360,34 @@ class Mamba2(nn.Module):
         """
         check_hidden_states("hidden_states", hidden_states, self.d_model, seqlen=1)
         self._checked_state((conv_state, ssm_state), hidden_states.shape[0])
+        if not self._fused_step_path(hidden_states, conv_state, ssm_state):
+            return self._step_reference(hidden_states, conv_state, ssm_state)
+        # conv, dt, the state update, y, the norm and the d_mlp branch in two Triton launches (triton/step.py)
+        from condorbrain.ssm.triton.step import mamba2_step_triton
+
+        zxbcdt = self.in_proj(hidden_states.squeeze(1))  # (B, d_in_proj)
+        y = mamba2_step_triton(
+            zxbcdt, conv_state, ssm_state, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log,
+            self._D(), self.norm.weight if self.rmsnorm else None, headdim=self.headdim, d_state=self.d_state,
+            ngroups=self.ngroups, norm_before_gate=self.norm_before_gate,
+            eps=self.norm.eps if self.rmsnorm else 1e-5, dt_limit=self.dt_limit,
+            out_dtype=hidden_states.dtype)  # (B, d_inner)
+        out = self.out_proj(y)  # (B, d_model)
+        return out.unsqueeze(1), conv_state, ssm_state
+
+    def _fused_step_path(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> bool:
+        """Whether ``step`` takes the Triton step: the rule of :meth:`_fused_path` (states not float64 either), and
+        no gradient wanted (the kernels have no backward: with autograd recording, the eager step runs)."""
+        if not self._fused_path(hidden_states) or torch.float64 in (conv_state.dtype, ssm_state.dtype):
+            return False
+        return not (torch.is_grad_enabled()
+                    and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())))
+
+    def _step_reference(
+        self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``step`` op by op in PyTorch (any device and dtype, differentiable): the reference the Triton step is
+        tested against. Arguments as ``step``'s, already checked."""
         dtype = hidden_states.dtype
         zxbcdt = self.in_proj(hidden_states.squeeze(1))  # (B, d_in_proj)
         z0, x0, z, xBC, dt = torch.split(

@@ -1,0 +1,428 @@
+"""One streaming step of a Mamba-2 (and Mamba-1) layer in Triton: everything between in_proj and out_proj in two
+kernel launches, for the per-bar update replayed in a CUDA graph (:class:`condorbrain.ssm.graph.GraphedStep`).
+
+Why hand-written: the eager step (:meth:`condorbrain.ssm.mamba2.Mamba2._step_reference`) is ~25-30 small PyTorch ops
+per layer (roll, copy, index-set, sum, bias, SiLU, split, softplus, exp, einsums, repeat_interleave, the norm in
+several ops, cat): ~700 kernels for a 24-layer stack, each costing a microsecond or more even inside a CUDA graph,
+where the work itself (reading and writing the states once) is well under a microsecond per layer. Nothing in eager torch
+fuses this (one kernel per op; no op does the recurrent update, let alone in place with the conv window and the
+grouped norm), and ``torch.compile`` is not used in this package: hand-written kernels keep the launch count and the
+in-place state updates explicit, and run under the CPU interpreter the tests use.
+
+:func:`mamba2_step_triton`, given zxbcdt = in_proj(u_t) (B, d_in_proj), split [z0, x0, z, xBC, dt]:
+
+1. ``_mamba2_step_ssm``, grid (B, nheads, cdiv(headdim, BP)): one program per (batch, head, block of BP channels of
+   the head). It computes the conv of its x channels and of its group's B and C channels from the old conv window
+   and the new column (bias, SiLU, float32, rounded to the activation dtype as the eager step does), dt =
+   softplus(dt + dt_bias) (clamped to dt_limit), dA = exp(dt A), the state tile (BP, d_state) <- state dA + dt x B^T
+   in float32 (stored in the state's dtype, in place), y = state C + D x, times silu(z) when there is no norm, and
+   writes y into the output. It also shifts the conv window of its own x channels in place (each x channel belongs
+   to exactly one program). B and C are shared by every program of a group, so their window is only read here:
+   shifting it in place would race with the other programs still reading the old one.
+2. ``_mamba2_step_finish``, grid (B, ngroups), after kernel 1 (stream order is the only grid-wide sync there is):
+   shifts the group's B and C conv windows in place, applies the gated RMSNorm over the group (y read back from the
+   output, normalised in place: one group is heads_per_group * headdim channels, more than one program of kernel 1
+   sees, which is why the norm is a second kernel) and the gated-MLP branch silu(z0) * x0 (d_mlp > 0) into the
+   first d_mlp output columns, so there is no ``cat``.
+
+So a layer's step is in_proj, these two kernels and out_proj (the eager step: ~28 kernels between the two
+projections). Inside a program, a value read from memory that the same program later overwrites (the conv window,
+y under the norm) is loaded in full, then ``tl.debug_barrier()``, then stored: threads holding replicated elements of
+a small tile must not see a neighbour's store.
+
+:func:`mamba_step_triton` does the same for Mamba-1, whose x_proj and dt_proj matmuls sit between the conv and the
+scan: ``_mamba_step_conv`` (conv window shift + conv + SiLU, grid (B, cdiv(d_inner, BD))), the two matmuls in
+torch, then ``_mamba_step_ssm`` (softplus(dt + bias), the (BD, d_state) state update, y = state C + D x, times
+silu(z)). Two launches plus the two matmuls, instead of ~20 ops.
+
+Capture-safe: the host functions read only shapes, strides and dtypes (no ``.item()``, no data-dependent branch),
+allocate only the output, whose shape depends on the shapes alone, and launch with one fixed config (no autotuner,
+no device queries), so the same code runs under ``TRITON_INTERPRET=1`` on the CPU, where the tests compare it with
+the eager step. Precision: everything is computed in float32 from inputs, weights and states of any float dtype;
+the output is in ``out_dtype`` (the layer's activation dtype). Where the eager step rounds in between (the conv
+output to the activation dtype, the new conv column to the window's dtype, y to the output dtype before the norm)
+the kernels round at the same points; elsewhere they keep float32 (y = state C uses the updated state before it is
+rounded to a bf16 state's dtype; Mamba-1's softplus is float32, not the activation dtype). (Triton's interpreter
+truncates float32 -> bfloat16 casts where a GPU rounds to nearest, so under it a bf16 state drifts from a float64
+step about twice as fast as the eager step's; the tests' half-precision tolerance allows for it.)
+
+Checked without a GPU: the tests run the kernels under the interpreter against the eager step, and
+``tests/ssm/test_triton_compile.py`` compiles them for sm_90 at the seed sizes (32-56 registers, no spills, <= 4 KB
+shared memory). Not yet timed on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from condorbrain.ssm.triton import interpreting
+from condorbrain.ssm.triton.ssd import launch_options, on_device
+
+__all__ = ["mamba2_step_triton", "mamba_step_triton", "step_block_p"]
+
+_STATE_TILE = 2048  # state elements per program (BP x BN): small tiles, many programs, for batch 1
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def step_block_p(headdim: int, d_state: int) -> int:
+    """Channels of one head per program of the Mamba-2 step (a power of two, >= 16 unless ``headdim`` is smaller,
+    padded): BP x pow2(d_state) ~ 2048 state elements, so that a batch-1 step of a 16-head layer still runs on
+    32-64 programs (headdim 64: d_state 64 -> BP 32, d_state 128 -> BP 16)."""
+    if interpreting():
+        return _pow2(headdim)  # one fixed config, the fewest programs: the interpreter runs them one by one
+    return min(_pow2(headdim), max(16, _STATE_TILE // _pow2(d_state)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared pieces
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _conv_step(
+    new_ptr, win_ptr, w_ptr, bias_ptr, ch, mask, s_new_c, s_win_c, s_win_k, s_w_c, s_w_k,
+    HAS_BIAS: tl.constexpr, SHIFT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+):
+    # For channels ch (masked): the window after the step, old[1:] + [new] (new rounded to the window's dtype, as
+    # the eager ``conv_state[:, :, -1] = xBC`` does), and silu(bias + sum_k w[k] window[k]) in float32. With SHIFT,
+    # the window is also stored back in place (loaded in full first, then a barrier, then stored).
+    kk = tl.arange(0, KP)
+    m2 = mask[:, None] & (kk[None, :] < K)
+    old = tl.load(win_ptr + ch[:, None] * s_win_c + (kk[None, :] + 1) * s_win_k,
+                  mask=mask[:, None] & (kk[None, :] < K - 1), other=0.0)
+    new = tl.load(new_ptr + ch * s_new_c, mask=mask, other=0.0).to(win_ptr.dtype.element_ty)
+    win = tl.where(kk[None, :] == K - 1, new[:, None], old)  # (BLOCK, KP) in the window's dtype
+    w = tl.load(w_ptr + ch[:, None] * s_w_c + kk[None, :] * s_w_k, mask=m2, other=0.0).to(tl.float32)
+    acc = tl.sum(win.to(tl.float32) * w, axis=1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + ch, mask=mask, other=0.0).to(tl.float32)
+    if SHIFT:
+        tl.debug_barrier()
+        tl.store(win_ptr + ch[:, None] * s_win_c + kk[None, :] * s_win_k, win, mask=m2)
+    return acc * tl.sigmoid(acc)
+
+
+@triton.jit
+def _softplus(x):
+    # torch's softplus (threshold 20), in float32
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mamba-2
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _mamba2_step_ssm(
+    zx_ptr, cs_ptr, st_ptr, cw_ptr, cb_ptr, dtb_ptr, alog_ptr, D_ptr, out_ptr,
+    p, n, hpg, ngroups, d_mlp, dt_min, dt_max,
+    s_zx_b, s_zx_c, s_cs_b, s_cs_c, s_cs_k, s_st_b, s_st_h, s_st_p, s_st_n, s_cw_c, s_cw_k, s_out_b,
+    HAS_BIAS: tl.constexpr, D_HAS_HDIM: tl.constexpr, DT_LIMIT: tl.constexpr, GATE: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+):
+    # grid (B, nheads, cdiv(p, BP)). zxbcdt columns: z0 [0, d_mlp), x0 [d_mlp, 2 d_mlp), z [2 d_mlp, +d_ssm),
+    # xBC [2 d_mlp + d_ssm, +conv_dim) = x (d_ssm), B (ngroups n), C (ngroups n), dt [.., +nheads).
+    bi, h, pid_p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nheads = hpg * ngroups
+    d_ssm = nheads * p
+    g = h // hpg
+    pp = pid_p * BP + tl.arange(0, BP)
+    mp = pp < p
+    nn = tl.arange(0, BN)
+    mn = nn < n
+    zx = zx_ptr + bi * s_zx_b
+    xbc = zx + (2 * d_mlp + d_ssm) * s_zx_c  # the conv's new column, channel c at xbc + c * s_zx_c
+    cs = cs_ptr + bi * s_cs_b
+    # conv + SiLU of this program's x channels (window shifted in place: they are this program's alone) and of the
+    # group's B and C channels (window only read: kernel 2 shifts it); rounded to the activation dtype
+    cx = h * p + pp
+    x = _conv_step(xbc, cs, cw_ptr, cb_ptr, cx, mp, s_zx_c, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, True, K, KP)
+    x = x.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BP,)
+    cB = d_ssm + g * n + nn
+    Bv = _conv_step(xbc, cs, cw_ptr, cb_ptr, cB, mn, s_zx_c, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, False, K, KP)
+    Bv = Bv.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BN,)
+    cC = cB + ngroups * n
+    Cv = _conv_step(xbc, cs, cw_ptr, cb_ptr, cC, mn, s_zx_c, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, False, K, KP)
+    Cv = Cv.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BN,)
+    # dt and the decay of this head
+    dt = tl.load(xbc + (d_ssm + 2 * ngroups * n + h) * s_zx_c).to(tl.float32)
+    dt = _softplus(dt + tl.load(dtb_ptr + h).to(tl.float32))
+    if DT_LIMIT:
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    dA = tl.exp(-tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * dt)
+    # the state tile (BP, BN), in place
+    st_ptrs = st_ptr + bi * s_st_b + h * s_st_h + pp[:, None] * s_st_p + nn[None, :] * s_st_n
+    ms = mp[:, None] & mn[None, :]
+    state = tl.load(st_ptrs, mask=ms, other=0.0).to(tl.float32)
+    state = state * dA + (dt * x)[:, None] * Bv[None, :]
+    tl.store(st_ptrs, state.to(st_ptr.dtype.element_ty), mask=ms)
+    y = tl.sum(state * Cv[None, :], axis=1)  # (BP,)
+    if D_HAS_HDIM:
+        y += tl.load(D_ptr + cx, mask=mp, other=0.0).to(tl.float32) * x
+    else:
+        y += tl.load(D_ptr + h).to(tl.float32) * x
+    if GATE:  # rmsnorm=False: y * silu(z)
+        z = tl.load(zx + (2 * d_mlp + cx) * s_zx_c, mask=mp, other=0.0).to(tl.float32)
+        y = y * z * tl.sigmoid(z)
+    tl.store(out_ptr + bi * s_out_b + d_mlp + cx, y.to(out_ptr.dtype.element_ty), mask=mp)
+
+
+@triton.jit
+def _mamba2_step_finish(
+    zx_ptr, cs_ptr, nw_ptr, out_ptr,
+    n, gs, ngroups, d_mlp, mlp_per_group, eps,
+    s_zx_b, s_zx_c, s_cs_b, s_cs_c, s_cs_k, s_out_b,
+    NORM: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+    BN: tl.constexpr, BG: tl.constexpr, BM: tl.constexpr,
+):
+    # grid (B, ngroups), after _mamba2_step_ssm. Group g: its B and C conv windows shifted in place, the gated
+    # RMSNorm of its gs = d_ssm / ngroups output channels (in place), and one slice of the d_mlp branch.
+    bi, g = tl.program_id(0), tl.program_id(1)
+    d_ssm = gs * ngroups
+    zx = zx_ptr + bi * s_zx_b
+    xbc = zx + (2 * d_mlp + d_ssm) * s_zx_c
+    cs = cs_ptr + bi * s_cs_b
+    kk = tl.arange(0, KP)
+    nn = tl.arange(0, BN)
+    mn = nn < n
+    for which in tl.static_range(2):  # B, then C
+        ch = d_ssm + (which * ngroups + g) * n + nn
+        old = tl.load(cs + ch[:, None] * s_cs_c + (kk[None, :] + 1) * s_cs_k,
+                      mask=mn[:, None] & (kk[None, :] < K - 1), other=0.0)
+        new = tl.load(xbc + ch * s_zx_c, mask=mn, other=0.0).to(cs_ptr.dtype.element_ty)
+        win = tl.where(kk[None, :] == K - 1, new[:, None], old)
+        tl.debug_barrier()
+        tl.store(cs + ch[:, None] * s_cs_c + kk[None, :] * s_cs_k, win, mask=mn[:, None] & (kk[None, :] < K))
+    out = out_ptr + bi * s_out_b
+    if NORM:
+        cols = g * gs + tl.arange(0, BG)
+        mg = tl.arange(0, BG) < gs
+        v = tl.load(out + d_mlp + cols, mask=mg, other=0.0).to(tl.float32)
+        z = tl.load(zx + (2 * d_mlp + cols) * s_zx_c, mask=mg, other=0.0).to(tl.float32)
+        gate = z * tl.sigmoid(z)
+        if not NORM_BEFORE_GATE:
+            v = v * gate
+        rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / gs + eps)
+        v = v * rstd * tl.load(nw_ptr + cols, mask=mg, other=0.0).to(tl.float32)
+        if NORM_BEFORE_GATE:
+            v = v * gate
+        tl.debug_barrier()  # every thread has read y before any overwrites it
+        tl.store(out + d_mlp + cols, v.to(out_ptr.dtype.element_ty), mask=mg)
+    if BM > 0:  # silu(z0) * x0 for this group's slice of the d_mlp channels
+        mc = g * mlp_per_group + tl.arange(0, BM)
+        mm = (tl.arange(0, BM) < mlp_per_group) & (mc < d_mlp)
+        z0 = tl.load(zx + mc * s_zx_c, mask=mm, other=0.0).to(tl.float32)
+        x0 = tl.load(zx + (d_mlp + mc) * s_zx_c, mask=mm, other=0.0).to(tl.float32)
+        tl.store(out + mc, (z0 * tl.sigmoid(z0) * x0).to(out_ptr.dtype.element_ty), mask=mm)
+
+
+def mamba2_step_triton(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    ssm_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    dt_bias: Tensor,
+    A_log: Tensor,
+    D: Tensor,
+    norm_weight: Tensor | None,
+    *,
+    headdim: int,
+    d_state: int,
+    ngroups: int = 1,
+    norm_before_gate: bool = False,
+    eps: float = 1e-5,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """One step of :class:`condorbrain.ssm.mamba2.Mamba2` after in_proj, as its eager step, in two launches (see
+    the module docstring). The states advance in place; nothing is read back to the host (CUDA-graph safe).
+
+    Args:
+        zxbcdt: (B, d_in_proj), in_proj's output at the new step, split [z0, x0, z, xBC, dt] (z0, x0 of width d_mlp,
+            inferred from the sizes; d_ssm = nheads * headdim, nheads = dt_bias.shape[0]); any strides.
+        conv_state: (B, conv_dim, d_conv), any strides (``allocate_inference_cache`` gives a transposed one),
+            updated in place. ssm_state: (B, nheads, headdim, d_state), any strides, updated in place.
+        conv_weight: (conv_dim, 1, d_conv) or (conv_dim, d_conv); conv_bias: (conv_dim,) or None.
+        dt_bias, A_log: (nheads,). D: (nheads,) or (nheads, headdim) (Mamba2's ``_D()``), contiguous.
+        norm_weight: (d_ssm,) weight of the gated RMSNorm (one group per B/C group), or None for ``rmsnorm=False``
+            (y * silu(z)).
+        headdim, d_state, ngroups, norm_before_gate, eps, dt_limit: the layer's settings.
+        out_dtype: dtype of the result (the layer's activation dtype); None = zxbcdt's.
+
+    Returns:
+        (B, d_inner) contiguous: out_proj's input, cat(silu(z0) * x0, norm(y, z)).
+    """
+    nheads = dt_bias.shape[0]
+    d_ssm = nheads * headdim
+    conv_dim = d_ssm + 2 * ngroups * d_state
+    batch = zxbcdt.shape[0]
+    d_mlp = (zxbcdt.shape[-1] - d_ssm - conv_dim - nheads) // 2
+    if zxbcdt.dim() != 2 or d_mlp < 0 or 2 * d_mlp + d_ssm + conv_dim + nheads != zxbcdt.shape[-1]:
+        raise ValueError(f"zxbcdt {tuple(zxbcdt.shape)} is not (batch, 2*d_mlp + d_ssm ({d_ssm}) + conv_dim "
+                         f"({conv_dim}) + nheads ({nheads}))")
+    if nheads % ngroups:
+        raise ValueError(f"ngroups={ngroups} must divide nheads={nheads}")
+    w = conv_weight.reshape(conv_dim, -1)  # (conv_dim, d_conv), a view of the (conv_dim, 1, d_conv) parameter
+    K = w.shape[1]
+    if conv_state.shape != (batch, conv_dim, K):
+        raise ValueError(f"conv_state must be (batch, conv_dim, d_conv) = {(batch, conv_dim, K)}, "
+                         f"got {tuple(conv_state.shape)}")
+    if ssm_state.shape != (batch, nheads, headdim, d_state):
+        raise ValueError(f"ssm_state must be (batch, nheads, headdim, d_state) = {(batch, nheads, headdim, d_state)},"
+                         f" got {tuple(ssm_state.shape)}")
+    if D.numel() not in (nheads, d_ssm) or not D.is_contiguous():
+        raise ValueError(f"D must be contiguous (nheads,) or (nheads, headdim), got {tuple(D.shape)}")
+    unlimited = (float(dt_limit[0]), float(dt_limit[1])) == (0.0, float("inf"))
+    out = torch.empty(batch, d_ssm + d_mlp, device=zxbcdt.device, dtype=out_dtype or zxbcdt.dtype)
+    BP, BN, KP = step_block_p(headdim, d_state), _pow2(d_state), triton.next_power_of_2(K)
+    hpg = nheads // ngroups
+    with on_device(zxbcdt):
+        _mamba2_step_ssm[(batch, nheads, triton.cdiv(headdim, BP))](
+            zxbcdt, conv_state, ssm_state, w, conv_bias if conv_bias is not None else w, dt_bias, A_log, D, out,
+            headdim, d_state, hpg, ngroups, d_mlp, float(dt_limit[0]), float(dt_limit[1]),
+            *zxbcdt.stride(), *conv_state.stride(), *ssm_state.stride(), *w.stride(), out.stride(0),
+            HAS_BIAS=conv_bias is not None, D_HAS_HDIM=D.numel() != nheads, DT_LIMIT=not unlimited,
+            GATE=norm_weight is None, K=K, KP=KP, BP=BP, BN=BN, **launch_options(BP * BN))
+        gs = d_ssm // ngroups
+        mlp_per_group = triton.cdiv(d_mlp, ngroups)
+        BG = _pow2(gs) if norm_weight is not None else 0
+        BM = _pow2(mlp_per_group) if d_mlp > 0 else 0
+        _mamba2_step_finish[(batch, ngroups)](
+            zxbcdt, conv_state, norm_weight if norm_weight is not None else w, out,
+            d_state, gs, ngroups, d_mlp, mlp_per_group, eps,
+            *zxbcdt.stride(), *conv_state.stride(), out.stride(0),
+            NORM=norm_weight is not None, NORM_BEFORE_GATE=norm_before_gate, K=K, KP=KP, BN=BN, BG=BG, BM=BM,
+            **launch_options(max(BG, BM, BN * KP)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mamba-1
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _mamba_step_conv(
+    xz_ptr, cs_ptr, cw_ptr, cb_ptr, out_ptr,
+    d_inner,
+    s_xz_b, s_xz_c, s_cs_b, s_cs_c, s_cs_k, s_cw_c, s_cw_k, s_out_b,
+    HAS_BIAS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr,
+):
+    # grid (B, cdiv(d_inner, BD)): x = xz[:, :d_inner]; its conv window shifted in place, silu(conv) written out.
+    bi, pid = tl.program_id(0), tl.program_id(1)
+    ch = pid * BD + tl.arange(0, BD)
+    mc = ch < d_inner
+    x = _conv_step(xz_ptr + bi * s_xz_b, cs_ptr + bi * s_cs_b, cw_ptr, cb_ptr, ch, mc, s_xz_c, s_cs_c, s_cs_k,
+                   s_cw_c, s_cw_k, HAS_BIAS, True, K, KP)
+    tl.store(out_ptr + bi * s_out_b + ch, x.to(out_ptr.dtype.element_ty), mask=mc)
+
+
+@triton.jit
+def _mamba_step_ssm(
+    x_ptr, z_ptr, dt_ptr, B_ptr, C_ptr, st_ptr, dtb_ptr, alog_ptr, D_ptr, out_ptr,
+    d_inner, n,
+    s_x_b, s_z_b, s_z_c, s_dt_b, s_dt_c, s_B_b, s_B_n, s_C_b, s_C_n, s_st_b, s_st_d, s_st_n, s_a_d, s_a_n,
+    s_out_b,
+    HAS_D: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    # grid (B, cdiv(d_inner, BD)): dt = softplus(dt + bias), the (BD, BN) state tile in place, y = state C + D x,
+    # times silu(z). x (the conv output) has unit channel stride.
+    bi, pid = tl.program_id(0), tl.program_id(1)
+    dd = pid * BD + tl.arange(0, BD)
+    md = dd < d_inner
+    nn = tl.arange(0, BN)
+    mn = nn < n
+    ms = md[:, None] & mn[None, :]
+    x = tl.load(x_ptr + bi * s_x_b + dd, mask=md, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + bi * s_dt_b + dd * s_dt_c, mask=md, other=0.0).to(tl.float32)
+    dt = _softplus(dt + tl.load(dtb_ptr + dd, mask=md, other=0.0).to(tl.float32))
+    A = -tl.exp(tl.load(alog_ptr + dd[:, None] * s_a_d + nn[None, :] * s_a_n, mask=ms, other=0.0).to(tl.float32))
+    Bv = tl.load(B_ptr + bi * s_B_b + nn * s_B_n, mask=mn, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + bi * s_C_b + nn * s_C_n, mask=mn, other=0.0).to(tl.float32)
+    st_ptrs = st_ptr + bi * s_st_b + dd[:, None] * s_st_d + nn[None, :] * s_st_n
+    state = tl.load(st_ptrs, mask=ms, other=0.0).to(tl.float32)
+    state = state * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv[None, :]
+    tl.store(st_ptrs, state.to(st_ptr.dtype.element_ty), mask=ms)
+    y = tl.sum(state * Cv[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + dd, mask=md, other=0.0).to(tl.float32) * x
+    z = tl.load(z_ptr + bi * s_z_b + dd * s_z_c, mask=md, other=0.0).to(tl.float32)
+    tl.store(out_ptr + bi * s_out_b + dd, (y * z * tl.sigmoid(z)).to(out_ptr.dtype.element_ty), mask=md)
+
+
+def _block_d(d_inner: int, d_state: int) -> int:
+    if interpreting():
+        return _pow2(d_inner)
+    return min(_pow2(d_inner), max(16, _STATE_TILE // _pow2(d_state)))
+
+
+def mamba_step_triton(
+    xz: Tensor,
+    conv_state: Tensor,
+    ssm_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    x_proj_weight: Tensor,
+    dt_proj_weight: Tensor,
+    dt_proj_bias: Tensor,
+    A_log: Tensor,
+    D: Tensor | None,
+    *,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """One step of :class:`condorbrain.ssm.mamba.Mamba` after in_proj, as its eager step: two launches around the
+    x_proj and dt_proj matmuls (see the module docstring). The states advance in place; nothing is read back to
+    the host (CUDA-graph safe).
+
+    Args:
+        xz: (B, 2 * d_inner), in_proj's output at the new step ([x, z]); any strides.
+        conv_state: (B, d_inner, d_conv), any strides, updated in place. ssm_state: (B, d_inner, d_state), any
+            strides, updated in place.
+        conv_weight: (d_inner, 1, d_conv) or (d_inner, d_conv); conv_bias: (d_inner,) or None.
+        x_proj_weight: (dt_rank + 2 * d_state, d_inner); dt_proj_weight: (d_inner, dt_rank); dt_proj_bias:
+            (d_inner,). A_log: (d_inner, d_state). D: (d_inner,) contiguous, or None.
+        out_dtype: dtype of the result and of the conv output fed to x_proj (the layer's activation dtype); None =
+            xz's.
+
+    Returns:
+        (B, d_inner) contiguous: out_proj's input, (state C + D x) * silu(z).
+    """
+    batch = xz.shape[0]
+    d_inner, d_state = A_log.shape
+    dt_rank = dt_proj_weight.shape[1]
+    if xz.dim() != 2 or xz.shape[1] != 2 * d_inner:
+        raise ValueError(f"xz must be (batch, 2 * d_inner) = {(batch, 2 * d_inner)}, got {tuple(xz.shape)}")
+    w = conv_weight.reshape(d_inner, -1)
+    K = w.shape[1]
+    if conv_state.shape != (batch, d_inner, K) or ssm_state.shape != (batch, d_inner, d_state):
+        raise ValueError(f"conv_state must be {(batch, d_inner, K)} and ssm_state {(batch, d_inner, d_state)}, got "
+                         f"{tuple(conv_state.shape)} and {tuple(ssm_state.shape)}")
+    if D is not None and not D.is_contiguous():
+        raise ValueError("D must be contiguous")
+    dtype = out_dtype or xz.dtype
+    x = torch.empty(batch, d_inner, device=xz.device, dtype=dtype)
+    BD, BN, KP = _block_d(d_inner, d_state), _pow2(d_state), triton.next_power_of_2(K)
+    grid = (batch, triton.cdiv(d_inner, BD))
+    with on_device(xz):
+        _mamba_step_conv[grid](
+            xz, conv_state, w, conv_bias if conv_bias is not None else w, x, d_inner,
+            *xz.stride(), *conv_state.stride(), *w.stride(), x.stride(0),
+            HAS_BIAS=conv_bias is not None, K=K, KP=KP, BD=BD, **launch_options(BD * KP))
+    x_db = F.linear(x, x_proj_weight)  # (B, dt_rank + 2 * d_state)
+    dt = F.linear(x_db[:, :dt_rank], dt_proj_weight)  # (B, d_inner), bias added in the kernel
+    B, C = x_db[:, dt_rank:dt_rank + d_state], x_db[:, dt_rank + d_state:]
+    z = xz[:, d_inner:]
+    out = torch.empty(batch, d_inner, device=xz.device, dtype=dtype)
+    with on_device(xz):
+        _mamba_step_ssm[grid](
+            x, z, dt, B, C, ssm_state, dt_proj_bias, A_log, D if D is not None else dt_proj_bias, out,
+            d_inner, d_state, x.stride(0), *z.stride(), *dt.stride(), *B.stride(), *C.stride(), *ssm_state.stride(),
+            *A_log.stride(), out.stride(0),
+            HAS_D=D is not None, BD=BD, BN=BN, **launch_options(BD * BN))
+    return out
