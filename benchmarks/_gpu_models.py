@@ -4,6 +4,9 @@ Every model is the anchors' wrapper (``shared/bench/anchor_bench.py``): Linear(2
 ``h + mixer(norm(h))``, RMSNorm, Linear(d -> 8). Mixers:
 
 * ``cb_m2``  this project's :class:`condorbrain.ssm.Mamba2` (d_state 64, headdim 64, expand 2, chunk 64: the anchors')
+* ``cb_m2n`` the same, with this project's RMSNorm (:class:`condorbrain.ssm.blocks.RMSNorm`: one Triton kernel each
+  way on a GPU) as the pre-norms and the final norm instead of the anchors' four-op one: the network as the library
+  builds it. ``cb_m2`` is the like-for-like row against ``ref_m2``; this one shows what the library's norm adds.
 * ``cb_m1``  this project's :class:`condorbrain.ssm.Mamba` (d_state 16, expand 2)
 * ``ref_m2`` the official ``mamba_ssm`` Mamba2, same sizes, imported from ``$MAMBA_SSM_SRC`` (never vendored); its
   fused path (``use_mem_eff_path``) when the official ``causal_conv1d`` extension imports
@@ -63,12 +66,12 @@ class Attn(nn.Module):
 class Net(nn.Module):
     """Linear(24 -> d), ``n_layers`` x (h + mixer(norm(h))), RMSNorm, Linear(d -> 8); streaming for SSM mixers."""
 
-    def __init__(self, mixer, d: int, n_layers: int) -> None:
+    def __init__(self, mixer, d: int, n_layers: int, norm=RMSNorm) -> None:
         super().__init__()
         self.emb = nn.Linear(N_IN, d)
-        self.norms = nn.ModuleList(RMSNorm(d) for _ in range(n_layers))
+        self.norms = nn.ModuleList(norm(d) for _ in range(n_layers))
         self.mixers = nn.ModuleList(mixer(d) for _ in range(n_layers))
-        self.fn = RMSNorm(d)
+        self.fn = norm(d)
         self.head = nn.Linear(d, N_OUT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,11 +134,13 @@ def official_mamba2():
 def build(name: str, d: int, n_layers: int, sizes: Sizes = FULL) -> Net:
     """The wrapper network with mixer ``name`` (see the module docstring). ImportError for an unavailable peer."""
     s = sizes
-    if name == "cb_m2":
+    if name in ("cb_m2", "cb_m2n"):
         from condorbrain.ssm import Mamba2
+        from condorbrain.ssm.blocks import RMSNorm as LibraryRMSNorm
 
+        norm = (lambda dm: LibraryRMSNorm(dm, eps=1e-6)) if name == "cb_m2n" else RMSNorm  # the anchors' eps
         return Net(lambda dm: Mamba2(dm, d_state=s.d_state_m2, d_conv=s.d_conv, expand=s.expand, headdim=s.headdim,
-                                     chunk_size=s.chunk), d, n_layers)
+                                     chunk_size=s.chunk), d, n_layers, norm)
     if name == "cb_m1":
         from condorbrain.ssm import Mamba
 
@@ -171,7 +176,7 @@ def layer_cost(name: str, d: int, L: int, s: Sizes = FULL, streaming: bool = Fal
     """Cost of one block (its pre-norm, mixer and residual) per token, at sequence length L (or one streaming step)."""
     di = s.expand * d
     norm_res = 2 * d + 3 * d  # the pre-norm reads and writes d; the residual add reads 2d and writes d
-    if name in ("cb_m2", "ref_m2"):
+    if name in ("cb_m2", "cb_m2n", "ref_m2"):
         N, Q, H = s.d_state_m2, s.chunk, di // s.headdim
         d_in_proj = 2 * di + 2 * N + H
         conv_dim = di + 2 * N

@@ -14,6 +14,8 @@ Rows:
 
 * ``triton``: the fused GPU training path (``CONDORBRAIN_SCAN_BACKEND=triton``), run under Triton's interpreter
   (``TRITON_INTERPRET=1``, set here before triton is imported): the same host code, so the same saves, as on a GPU.
+* ``triton + library RMSNorm``: the same with this project's RMSNorm as the pre-norms and the final norm
+  (``_gpu_models`` network ``cb_m2n``): one Triton kernel keeping x and one float32 1/rms per token.
 * ``compiled``: the CPU path (compiled C++ scan), for comparison.
 * official: ``mamba_ssm``'s ``mamba_split_conv1d_scan_combined`` (its fused path) keeps, per token and layer, zxbcdt
   (d_in_proj channels) and the scan's output before the norm (d_ssm), both bf16 under autocast, the norm's 1/rms
@@ -52,7 +54,8 @@ N_LAYERS = 2  # measured; extrapolated to the seed's 24
 SEED = {"layers": 24, "batch": 1024, "L": 120}
 OFFICIAL_PEAK_GIB = 38.8  # ../shared/ANCHORS.md, "train, B=1024", ref_m2_fused, one H100, bf16 autocast
 BAR_PEAK_GIB = 30.0  # issue 6 (benchmarks/gpu.py's BAR_TRAIN_PEAK_GIB)
-BACKENDS = ("triton", "compiled")
+ROWS = (("triton", "cb_m2", "triton"), ("triton + library RMSNorm", "cb_m2n", "triton"),
+        ("compiled", "cb_m2", "compiled"))  # (label, _gpu_models network, scan backend)
 
 
 def saved_bytes_by_tag(net: gm.Net, x: torch.Tensor) -> dict[str, int]:
@@ -73,16 +76,16 @@ def saved_bytes_by_tag(net: gm.Net, x: torch.Tensor) -> dict[str, int]:
     return {where: saved.get(where, 0) for where in ("mixer", "norm", "rest")}
 
 
-def measure(backend: str, lengths: tuple[int, int], batch: int) -> dict:
-    """Per-token slopes (bytes) of one backend: mixer and pre-norm per layer, rest per token."""
+def measure(label: str, model: str, backend: str, lengths: tuple[int, int], batch: int) -> dict:
+    """Per-token slopes (bytes) of one network on one backend: mixer and pre-norm per layer, rest per token."""
     os.environ["CONDORBRAIN_SCAN_BACKEND"] = backend
     torch.manual_seed(0)
-    net = gm.build("cb_m2", D_MODEL, N_LAYERS)
+    net = gm.build(model, D_MODEL, N_LAYERS)
     t0 = time.perf_counter()
     at = [saved_bytes_by_tag(net, torch.randn(batch, L, gm.N_IN)) for L in lengths]
     tokens = batch * (lengths[1] - lengths[0])
     slope = {k: (at[1][k] - at[0][k]) / tokens for k in at[0]}
-    return {"backend": backend, "mixer_per_layer": slope["mixer"] / N_LAYERS,
+    return {"backend": label, "model": model, "scan_backend": backend, "mixer_per_layer": slope["mixer"] / N_LAYERS,
             "norm_per_layer": slope["norm"] / N_LAYERS, "rest": slope["rest"], "seconds": time.perf_counter() - t0}
 
 
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     d_in_proj, d_ssm, ngroups = layer.in_proj.out_features, layer.d_ssm, layer.ngroups
     official_mixer = (d_in_proj + d_ssm + D_MODEL) * 2 + 4 * ngroups  # see the module docstring
 
-    rows = [measure(b, lengths, args.batch) for b in BACKENDS]
+    rows = [measure(*row, lengths, args.batch) for row in ROWS]
     for r in rows:
         r["seed_gib"] = seed_gib(r["mixer_per_layer"], r["norm_per_layer"], r["rest"])
     ref = rows[0]

@@ -1,5 +1,5 @@
 """GPU benchmark, side by side in one process on one card (issue 6, sections 1, 3, 4): this project's Mamba-2 and
-Mamba layers, the official ``mamba_ssm`` Mamba2 (when importable) and a Transformer (torch SDPA), each inside the
+Mamba layers (Mamba-2 also with the library's own one-kernel RMSNorm, ``cb_m2n``), the official ``mamba_ssm`` Mamba2 (when importable) and a Transformer (torch SDPA), each inside the
 anchors' wrapper network (Linear(24 -> 512), N pre-norm residual blocks, RMSNorm, Linear(512 -> 8), MSE on the last
 step; see ``_gpu_models.py``).
 
@@ -50,10 +50,10 @@ import _gpu_models as gm  # noqa: E402
 from condorbrain.ssm.graph import EagerStep, GraphedStep, graph_unavailable_reason  # noqa: E402
 
 CASES = {"a": "training step", "b": "inference forward", "c": "streaming step", "d": "long sequences"}
-TRAIN_MODELS = ("cb_m2", "cb_m1", "ref_m2", "attn")
-STREAM_MODELS = ("cb_m2", "cb_m1", "ref_m2")
-MODEL_NAMES = {"cb_m2": "condorbrain Mamba2", "cb_m1": "condorbrain Mamba", "ref_m2": "official mamba_ssm Mamba2",
-               "attn": "Transformer (SDPA)"}
+TRAIN_MODELS = ("cb_m2", "cb_m2n", "cb_m1", "ref_m2", "attn")
+STREAM_MODELS = ("cb_m2", "cb_m2n", "cb_m1", "ref_m2")
+MODEL_NAMES = {"cb_m2": "condorbrain Mamba2", "cb_m2n": "condorbrain Mamba2+norm",
+               "cb_m1": "condorbrain Mamba", "ref_m2": "official mamba_ssm Mamba2", "attn": "Transformer (SDPA)"}
 BAR_TRAIN_TOKENS_PER_S = 1_000_000
 BAR_TRAIN_PEAK_GIB = 30.0
 BAR_INFER_SAMPLES_PER_S = 25_000

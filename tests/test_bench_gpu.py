@@ -64,8 +64,8 @@ def test_tiny_cpu_run_has_every_case_with_sane_numbers(gpu, tmp_path):
                     assert positive(r[k]), (case, r["model"], k, r.get(k))
                 assert all(b["met"] is None for b in r.get("bars", {}).values())  # tiny: bars not judged
     ran = {(r["model"], r.get("path")) for r in res["cases"]["c"]["rows"] if "ms" in r}
-    assert ran == {("cb_m2", "eager"), ("cb_m1", "eager")}
-    for model in ("cb_m2", "cb_m1", "attn"):
+    assert ran == {("cb_m2", "eager"), ("cb_m2n", "eager"), ("cb_m1", "eager")}
+    for model in ("cb_m2", "cb_m2n", "cb_m1", "attn"):
         long_rows = [r for r in res["cases"]["d"]["rows"] if r["model"] == model]
         assert [r["L"] for r in long_rows] == [8, 16, 32, 64] and {r["L"] * r["batch"] for r in long_rows} == {128}
         assert long_rows[0]["per_token_cost_vs_first_L"] == 1.0
@@ -89,7 +89,7 @@ def test_out_of_memory_in_one_row_is_recorded_and_the_others_run(gpu, tmp_path, 
     for case in ("a", "b"):
         rows = res["cases"][case]["rows"]
         assert [r["error"] for r in rows if r["model"] == "attn"] == ["out of memory"]
-        assert all(positive(r["tokens_per_s"]) for r in rows if r["model"] in ("cb_m2", "cb_m1"))
+        assert all(positive(r["tokens_per_s"]) for r in rows if r["model"] in ("cb_m2", "cb_m2n", "cb_m1"))
 
 
 def test_floor_arithmetic_on_a_known_linear(gpu):

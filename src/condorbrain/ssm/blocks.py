@@ -25,6 +25,7 @@ from torch import Tensor
 
 from condorbrain.ssm.mamba import Mamba, check_hidden_states, check_state
 from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated
+from condorbrain.ssm.scans import scan_backend
 
 __all__ = [
     "RMSNorm",
@@ -56,10 +57,25 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., hidden_size) -> (..., hidden_size)."""
+        if x.dtype != torch.float64 and scan_backend(x.device) == "triton":
+            return self._forward_triton(x)
+        return self._forward_reference(x)
+
+    def _forward_reference(self, x: Tensor) -> Tensor:
+        """The PyTorch twin of the Triton path (and the CPU path): four ops, each a kernel on a GPU."""
         cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         xc = x.to(cdt)
         y = xc * torch.rsqrt(xc.square().mean(dim=-1, keepdim=True) + self.eps) * self.weight.to(cdt)
         return y.to(x.dtype)
+
+    def _forward_triton(self, x: Tensor) -> Tensor:
+        """One kernel forward (and one backward) instead of the reference's four: the gated-norm kernel of the fused
+        Mamba-2 layer with no gate and one group. It keeps x and one float32 1/rms per row for the backward (the
+        reference keeps float32 copies), and a streaming step through N blocks launches N norms, not 4N."""
+        from condorbrain.ssm.triton.fused import rmsnorm_gated_triton
+
+        rows = x.reshape(-1, 1, x.shape[-1])  # (N, 1, D): the kernel's (batch, length, channels)
+        return rmsnorm_gated_triton(rows, None, self.weight, self.eps).view(x.shape)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
