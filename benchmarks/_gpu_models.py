@@ -43,6 +43,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.w
 
+    def add_forward(self, x: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + h, norm(x + h)), the interface of the library's RMSNorm (which fuses the two); h None: nothing to add."""
+        x = x if h is None else x + h
+        return x, self(x)
+
 
 class Attn(nn.Module):
     """The anchors' Transformer block (attention output + 4x MLP on its own pre-norm), causal SDPA."""
@@ -87,10 +92,11 @@ class Net(nn.Module):
 
     def step(self, x: torch.Tensor, cache: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         """x (B, 1, 24) -> (B, 1, 8); every mixer's (conv_state, ssm_state) advances in place."""
-        h = self.emb(x)
+        h, pending = self.emb(x), None  # each mixer's output is added by the next norm (add_forward)
         for n, m, (conv_state, ssm_state) in zip(self.norms, self.mixers, cache):
-            h = h + m.step(n(h), conv_state, ssm_state)[0]
-        return self.head(self.fn(h))
+            h, u = n.add_forward(h, pending)
+            pending = m.step(u, conv_state, ssm_state)[0]
+        return self.head(self.fn.add_forward(h, pending)[1])
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The blocks' RMSNorm on the Triton path (one kernel each way) against its PyTorch twin, alone and inside a Backbone.
+"""The blocks' RMSNorm on the Triton path (one kernel each way) against its PyTorch twin, alone and inside a Backbone;
+the streaming step's fused residual add + norm (``RMSNorm.add_forward``, ``Backbone.step``) against the eager step.
 
 Without a GPU the kernel runs under Triton's interpreter (conftest sets TRITON_INTERPRET=1), selected with
 ``CONDORBRAIN_SCAN_BACKEND=triton``; on a GPU it is the default for CUDA tensors.
@@ -98,3 +99,59 @@ def test_backbone_forward_on_triton_path(device, monkeypatch):
     torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-4)
     for a, e in zip(got[2], want[2], strict=True):
         torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_forward_matches_add_then_norm(device, dtype):
+    g = torch.Generator().manual_seed(2)
+    x, h = (torch.randn(3, 1, 40, generator=g).to(device, dtype) for _ in range(2))
+    norm = RMSNorm(40).to(device)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(40, generator=g) + 0.5)
+        res, out = norm.add_forward(x, h)
+        want_res = x + h
+        want_out = norm._forward_reference(want_res)
+    assert res.dtype == out.dtype == dtype and res.shape == out.shape == x.shape
+    # the add rounded to dtype as torch's is; but Triton's interpreter truncates float32 -> bfloat16 where a GPU
+    # rounds to nearest: one bf16 ulp (2^-7 relative) apart at most there
+    interpreted = device.type == "cpu" and dtype == torch.bfloat16
+    torch.testing.assert_close(res, want_res, rtol=2**-7 if interpreted else 0, atol=0)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out, want_out, rtol=tol, atol=tol)
+    x_same, out_none = norm.add_forward(x, None)
+    assert x_same is x
+    torch.testing.assert_close(out_none, norm._forward_reference(x), rtol=tol, atol=tol)
+
+
+def test_add_forward_keeps_the_gradient_path(device):
+    """With a gradient wanted, the add and the norm stay separate autograd ops (the fused kernel has no backward)."""
+    x = torch.randn(2, 1, 16, device=device, requires_grad=True)
+    h = torch.randn(2, 1, 16, device=device)
+    res, out = RMSNorm(16).to(device).add_forward(x, h)
+    out.sum().backward()
+    assert res.grad_fn is not None and x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("d_intermediate", [0, 48])
+def test_backbone_step_fused_equals_eager(device, monkeypatch, d_intermediate):
+    """Streaming a backbone on the Triton path (fused add + norm, fused mixer step) gives the eager step's outputs
+    and states, bar after bar (with and without the gated MLP, whose norm2 fuses its add too)."""
+    torch.manual_seed(0)
+    config = BackboneConfig(d_model=32, n_layer=3, mixer="mamba2", d_state=16, headdim=16, chunk_size=8,
+                            d_intermediate=d_intermediate)
+    model = Backbone(config).to(device).eval()
+    xs = torch.randn(4, 2, 1, 32, device=device)
+
+    def stream(backend):
+        monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", backend)
+        cache = model.allocate_inference_cache(2)
+        with torch.no_grad():
+            outs = [model.step(x, cache) for x in xs]
+        return outs, cache
+
+    ref_backend = "torch" if device.type == "cuda" else "auto"
+    (want, want_cache), (got, got_cache) = stream(ref_backend), stream("triton")
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+    for a, e in zip((t for c in got_cache for t in c), (t for c in want_cache for t in c), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)

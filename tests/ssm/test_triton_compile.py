@@ -41,7 +41,7 @@ import pytest
 
 H100_SHARED_BYTES = 227 * 1024  # cudaDevAttrMaxSharedMemoryPerBlockOptin on an H100 (sm_90)
 TARGET = ("cuda", 90, 32)  # GPUTarget(backend, capability, warp size) of an H100
-MODULES = ("selective", "ssd", "fused", "step")  # condorbrain.ssm.triton.<module>
+MODULES = ("selective", "ssd", "fused", "step", "norm")  # condorbrain.ssm.triton.<module>
 
 # ----------------------------------------------------------------------------------------------------------------
 # The cases: host calls at the production sizes, run in the subprocess with the launches recorded
@@ -221,6 +221,20 @@ def _step_cases():
     return cases
 
 
+def _norm_cases():
+    """The streaming step's fused residual add + RMSNorm (condorbrain.ssm.triton.norm) at d_model 512, bf16, batch 1
+    (one row) and BATCH."""
+    import torch
+
+    from condorbrain.ssm.triton.norm import add_rmsnorm_triton
+
+    def add_norm(batch: int):
+        x, h = (torch.randn(batch, 1, 512, dtype=torch.bfloat16) for _ in range(2))
+        add_rmsnorm_triton(x, h, torch.ones(512), 1e-5)
+
+    return {f"add + rmsnorm batch {batch}": lambda batch=batch: add_norm(batch) for batch in (1, BATCH)}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The subprocess: record, specialise, compile
 # ----------------------------------------------------------------------------------------------------------------
@@ -231,7 +245,7 @@ def _record(case) -> list:
 
     import triton
 
-    from condorbrain.ssm.triton import fused, selective, ssd, step
+    from condorbrain.ssm.triton import fused, norm, selective, ssd, step
 
     launches = []
 
@@ -240,7 +254,7 @@ def _record(case) -> list:
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(triton.runtime.jit.KernelInterface, "__getitem__", getitem))
-        for module in (ssd, fused, step):  # CPU tensors, no interpreter: the device checks would refuse them
+        for module in (ssd, fused, step, norm):  # CPU tensors, no interpreter: the device checks would refuse them
             stack.enter_context(mock.patch.object(module, "on_device", lambda t: contextlib.nullcontext()))
         stack.enter_context(mock.patch.object(selective, "status", lambda device: (True, "recording")))
         case()
@@ -332,7 +346,8 @@ def _compile_all(out_path: str) -> None:
     if ptxas is None:
         return write({"skip": f"the CUDA backend cannot compile here: {why}"})
 
-    cases = {"selective": _selective_cases(), "ssd": _ssd_cases(), "fused": _fused_cases(), "step": _step_cases()}
+    cases = {"selective": _selective_cases(), "ssd": _ssd_cases(), "fused": _fused_cases(), "step": _step_cases(),
+             "norm": _norm_cases()}
     rows, seen, launched, counts = [], set(), set(), {}
     for module_name, module_cases in cases.items():
         module = importlib.import_module(f"condorbrain.ssm.triton.{module_name}")

@@ -77,6 +77,20 @@ class RMSNorm(nn.Module):
         rows = x.reshape(-1, 1, x.shape[-1])  # (N, 1, D): the kernel's (batch, length, channels)
         return rmsnorm_gated_triton(rows, None, self.weight, self.eps).view(x.shape)
 
+    def add_forward(self, x: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(x + h, norm(x + h)): a residual add and this norm, as a pre-norm block's streaming step begins; h None
+        means nothing to add. One Triton launch on the Triton path when nothing needs a gradient (a streaming step
+        under ``no_grad``: :func:`condorbrain.ssm.triton.norm.add_rmsnorm_triton`), else the add and ``forward``."""
+        if h is None:
+            return x, self(x)
+        if (x.dtype == h.dtype != torch.float64 and x.shape == h.shape and scan_backend(x.device) == "triton"
+                and not (torch.is_grad_enabled() and (x.requires_grad or h.requires_grad or self.weight.requires_grad))):
+            from condorbrain.ssm.triton.norm import add_rmsnorm_triton
+
+            return add_rmsnorm_triton(x, h, self.weight, self.eps)
+        x = x + h
+        return x, self(x)
+
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
@@ -300,11 +314,21 @@ class Block(nn.Module):
 
     def step(self, x: Tensor, cache: LayerState) -> Tensor:
         """x: (B, 1, D) -> (B, 1, D), advancing the mixer's ``cache`` in place."""
-        h = self.mixer.step(self.norm(x), *cache)[0]  # (B, 1, D)
-        x = x + self.drop_path(h)
+        x, h = self.step_pending(x, None, cache)
+        return x + h
+
+    def step_pending(self, x: Tensor, pending: Tensor | None, cache: LayerState) -> tuple[Tensor, Tensor]:
+        """``step`` with the residual adds left pending: (x, pending) -> (x', h) with x' + h = ``step(x + pending)``.
+
+        The add of a branch's output h is done by the next norm (:meth:`RMSNorm.add_forward`: one launch for both
+        on the Triton path), so a stack of blocks streams with one kernel fewer per residual branch. x, pending,
+        x', h: (B, 1, D); pending None = nothing to add."""
+        x, u = self.norm.add_forward(x, pending)  # x += pending; u = norm(x)
+        h = self.drop_path(self.mixer.step(u, *cache)[0])  # (B, 1, D)
         if self.mlp is not None:
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x
+            x, u = self.norm2.add_forward(x, h)
+            h = self.drop_path(self.mlp(u))
+        return x, h
 
 
 @dataclass(frozen=True)
@@ -441,6 +465,7 @@ class Backbone(nn.Module):
         check_hidden_states("x", x, self.config.d_model, seqlen=1)
         if len(cache) != len(self.layers):
             raise ValueError(f"cache must hold one entry per layer ({len(self.layers)}), got {len(cache)}")
+        pending = None  # the last branch's output, added by the next norm (Block.step_pending)
         for layer, layer_cache in zip(self.layers, cache):
-            x = layer.step(x, layer_cache)  # (B, 1, D)
-        return self.norm_f(x)
+            x, pending = layer.step_pending(x, pending, layer_cache)  # (B, 1, D) each
+        return self.norm_f.add_forward(x, pending)[1]
