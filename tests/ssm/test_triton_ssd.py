@@ -15,6 +15,7 @@ pytest.importorskip("triton", reason="triton is not installed (`pip install trit
 
 from condorbrain.ssm import triton as cb_triton  # noqa: E402
 from condorbrain.ssm.reference import ssd_scan_ref  # noqa: E402
+from condorbrain.ssm.triton import ssd as ssd_module  # noqa: E402
 from condorbrain.ssm.triton.ssd import kernel_chunk_size, ssd_scan_triton  # noqa: E402
 
 F64 = torch.float64
@@ -137,6 +138,15 @@ def test_many_heads_per_group(device, h, g):
     # 6 heads sharing one B, C: the chunk kernels take HEADS_PER_PROGRAM=4 heads at a time (programs of 4 and 2),
     # so dB, dC are summed both inside a program and across programs; with 2 groups, 3 heads per program
     check(make_inputs(1, 20, h, 16, g, 16), device)
+
+
+@pytest.mark.parametrize("D,z", [("head", True), (None, False)])
+def test_backward_split_over_state_columns(device, monkeypatch, D, z):
+    # _chunk_bwd_bc takes the state's n columns _BWD_STATE_BLOCK at a time (64 in production, so d_state 128 runs
+    # as 2 blocks); 16 here: n = 40 gives 3 blocks, the last one half masked; 6 heads, 1 group: 2 programs of heads
+    # per block; the carried-state term of da is summed over the blocks in _chunk_bwd_dx
+    monkeypatch.setattr(ssd_module, "_BWD_STATE_BLOCK", 16)
+    check(make_inputs(1, 37, 6, 16, 1, 40, D=D, z=z), device)
 
 
 def test_output_only(device):

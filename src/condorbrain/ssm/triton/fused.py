@@ -90,12 +90,13 @@ def _conv_fwd(
 def _conv_bwd(
     x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dwp_ptr, dbp_ptr,
     L, C, nlb,
-    s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_d_b, s_d_l, s_d_c,
+    s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_d_b, s_d_l, s_d_c, s_o_b, s_o_l, s_o_c,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
 ):
     # grid (b, cdiv(L, BL), cdiv(C, BC)). With g = dL/dpre (pre = the conv before SiLU, recomputed here):
     #   dx[t] = sum_j w[K-1-j] g[t+j],  dw[k] = sum_t g[t] x[t-K+1+k],  dbias = sum_t g[t]
-    # dw, dbias as per-program partials (b, nlb, C, K) and (b, nlb, C), summed on the host.
+    # dw, dbias as per-program partials (b, nlb, C, K) and (b, nlb, C), summed on the host. dx (strides s_o_*) is
+    # stored in its buffer's dtype (e.g. bf16 straight into the xBC columns of the layer's dzxbcdt).
     bi, pid_l, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t = pid_l * BL + tl.arange(0, BL)
     cc = pid_c * BC + tl.arange(0, BC)
@@ -132,7 +133,8 @@ def _conv_bwd(
                 m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
                 xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
                 tl.store(dwp_ptr + part * K + k, tl.sum(g * xv.to(tl.float32), axis=0), mask=mc)
-    tl.store(dx_ptr + (bi * L + t[:, None]) * C + cc[None, :], dx, mask=(t[:, None] < L) & mc[None, :])
+    tl.store(dx_ptr + bi * s_o_b + t[:, None] * s_o_l + cc[None, :] * s_o_c, dx.to(dx_ptr.dtype.element_ty),
+             mask=(t[:, None] < L) & mc[None, :])
 
 
 def _conv_launch(x: Tensor, C: int) -> tuple[int, int, int]:
@@ -153,22 +155,25 @@ def _conv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) ->
 
 
 def _conv_backward(
-    x: Tensor, weight: Tensor, bias: Tensor | None, dy: Tensor, silu: bool
+    x: Tensor, weight: Tensor, bias: Tensor | None, dy: Tensor, silu: bool, dx: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(dx float32 (b, L, C), dweight, dbias) of :func:`_conv_forward` for the output gradient dy (any strides)."""
+    """(dx (b, L, C), dweight, dbias) of :func:`_conv_forward` for the output gradient dy (any strides). dx: the
+    buffer to write into (any strides and dtype, e.g. a column slice of a larger gradient); None: a new one in x's
+    dtype. Accumulated in float32 either way, rounded once where stored."""
     b, L, C = x.shape
     w = weight.reshape(C, -1)
     K = w.shape[1]
     BC = min(_pow2(C), 128)
     grid = _conv_launch(x, C)
     f32 = dict(device=x.device, dtype=torch.float32)
-    dx = torch.empty(b, L, C, **f32)
+    if dx is None:
+        dx = torch.empty(b, L, C, device=x.device, dtype=x.dtype)
     dwp = torch.empty(b, grid[1], C, K, **f32)
     dbp = torch.empty(b, grid[1], C, **f32) if bias is not None else None
     with on_device(x):
         _conv_bwd[grid](
             x, w, bias if bias is not None else w, dy, dx, dwp, dbp if dbp is not None else dwp,
-            L, C, grid[1], *x.stride(), *w.stride(), *dy.stride(),
+            L, C, grid[1], *x.stride(), *w.stride(), *dy.stride(), *dx.stride(),
             HAS_BIAS=bias is not None, SILU=silu, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
     dw = dwp.sum((0, 1)).reshape(weight.shape).to(weight.dtype)
     db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
@@ -185,8 +190,8 @@ class _ConvSiLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
-        dx, dw, db = _conv_backward(x, weight, bias, dy, ctx.silu)
-        return dx.to(x.dtype), dw, db, None
+        dx, dw, db = _conv_backward(x, weight, bias, dy, ctx.silu)  # dx in x's dtype, cast in the kernel
+        return dx, dw, db, None
 
 
 def causal_conv1d_silu_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True) -> Tensor:
@@ -238,41 +243,55 @@ def _rmsnorm_fwd(
 def _rmsnorm_bwd(
     y_ptr, z_ptr, w_ptr, rstd_ptr, dout_ptr, dy_ptr, dz_ptr, dwp_ptr,
     rows, L, gs, ngroups,
-    s_y_b, s_y_l, s_z_b, s_z_l, s_d_r,
+    s_y_b, s_y_l, s_z_b, s_z_l, s_d_b, s_d_l, s_dz_b, s_dz_l,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Recomputes v (y or y*silu(z)) and vhat = v/rms from y, z, rstd. With dv_hat = dout * w (* silu(z)):
     #   dv = rstd (dv_hat - vhat mean(dv_hat vhat)),  dw = sum_rows dout vhat (* silu(z)), as per-program partials.
+    # dz may be dout's own buffer (in place): a program reads its tile of dout before it stores dz there, and no
+    # other program reads that tile. dy, dz are stored in their buffers' dtypes.
     pid_r, gi = tl.program_id(0), tl.program_id(1)
     r = pid_r * ROWS + tl.arange(0, ROWS)
     col = gi * gs + tl.arange(0, BLOCK)
     m = (r[:, None] < rows) & (tl.arange(0, BLOCK)[None, :] < gs)
     bi, li = r // L, r % L
     y = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
-    dout = tl.load(dout_ptr + r[:, None] * s_d_r + col[None, :], mask=m, other=0.0).to(tl.float32)
+    doff = (bi * s_d_b + li * s_d_l)[:, None] + col[None, :]
+    dout = tl.load(dout_ptr + doff, mask=m, other=0.0).to(tl.float32)
     rstd = tl.load(rstd_ptr + r * ngroups + gi, mask=r < rows, other=0.0)
     w = tl.load(w_ptr + col, mask=col < gs * ngroups, other=0.0).to(tl.float32)
+    zoff = (bi * s_z_b + li * s_z_l)[:, None] + col[None, :]
     v = y
     if HAS_Z:
-        z = tl.load(z_ptr + (bi * s_z_b + li * s_z_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
-        sz = tl.sigmoid(z)
-        gate = z * sz
-        dgate = sz * (1.0 + z * (1.0 - sz))
+        z = tl.load(z_ptr + zoff, mask=m, other=0.0).to(tl.float32)
+        gate = z * tl.sigmoid(z)
         if not NORM_BEFORE_GATE:
             v = y * gate
     vhat = v * rstd[:, None]
     g = dout
     if HAS_Z and NORM_BEFORE_GATE:
-        tl.store(dz_ptr + r[:, None] * (gs * ngroups) + col[None, :], dout * vhat * w[None, :] * dgate, mask=m)
         g = dout * gate
     tl.store(dwp_ptr + pid_r * (gs * ngroups) + col, tl.sum(g * vhat, axis=0), mask=col < gs * ngroups)
     dvhat = g * w[None, :]
     dv = rstd[:, None] * (dvhat - vhat * (tl.sum(dvhat * vhat, axis=1) / gs)[:, None])
     dy = dv
-    if HAS_Z and not NORM_BEFORE_GATE:
-        dy = dv * gate
-        tl.store(dz_ptr + r[:, None] * (gs * ngroups) + col[None, :], dv * y * dgate, mask=m)
-    tl.store(dy_ptr + r[:, None] * (gs * ngroups) + col[None, :], dy, mask=m)
+    if HAS_Z:
+        # y, z, dout loaded again (L1/L2 hits) for the gate's terms rather than kept live across the row sum above:
+        # (ROWS, BLOCK) float32 tiles are 64 registers per thread, and with them live this kernel spilled 408 B per
+        # thread at 255 registers (140 B before the gate; sm_90)
+        z = tl.load(z_ptr + zoff, mask=m, other=0.0).to(tl.float32)
+        sz = tl.sigmoid(z)
+        dgate = sz * (1.0 + z * (1.0 - sz))
+        if NORM_BEFORE_GATE:  # out = w (y / rms) silu(z)
+            dout = tl.load(dout_ptr + doff, mask=m, other=0.0).to(tl.float32)
+            dz = dout * vhat * w[None, :] * dgate
+        else:  # out = w (y silu(z)) / rms
+            y = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
+            dz = dv * y * dgate
+            dy = dv * z * sz
+        tl.store(dz_ptr + (bi * s_dz_b + li * s_dz_l)[:, None] + col[None, :], dz.to(dz_ptr.dtype.element_ty),
+                 mask=m)
+    tl.store(dy_ptr + r[:, None] * (gs * ngroups) + col[None, :], dy.to(dy_ptr.dtype.element_ty), mask=m)
 
 
 def _rmsnorm_forward(
@@ -296,23 +315,29 @@ def _rmsnorm_forward(
 
 
 def _rmsnorm_backward(
-    y: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor, dout: Tensor, gs: int, norm_before_gate: bool
+    y: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor, dout: Tensor, gs: int, norm_before_gate: bool,
+    dy_dtype: torch.dtype = torch.float32, dz: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """(dy, dz, both (b, L, d) float32, dweight) of :func:`_rmsnorm_forward`; dout (b, L, d) any dtype."""
+    """(dy (b, L, d) contiguous in ``dy_dtype``, dz, dweight) of :func:`_rmsnorm_forward`; dout (b, L, d) any dtype.
+    dz: the buffer to write into ((b, L, d) with unit channel stride, any dtype; may be dout itself, overwritten in
+    place); None: a new float32 one. Computed in float32, rounded once where stored."""
     b, L, d = y.shape
     ngroups = d // gs
     rows = b * L
-    dout = dout.contiguous()  # rows of d channels; usually already so (out_proj's input gradient)
+    if dout.stride(-1) != 1:  # the kernel reads rows of d channels with unit stride
+        dout = dout.contiguous()
     f32 = dict(device=y.device, dtype=torch.float32)
     nrb = triton.cdiv(rows, _BLOCK_ROWS)
-    dy = torch.empty(b, L, d, **f32)
-    dz = torch.empty(b, L, d, **f32) if z is not None else None
+    dy = torch.empty(b, L, d, device=y.device, dtype=dy_dtype)
+    if z is not None and dz is None:
+        dz = torch.empty(b, L, d, **f32)
     dwp = torch.empty(nrb, d, **f32)
     BLOCK = _pow2(gs)
     with on_device(y):
         _rmsnorm_bwd[(nrb, ngroups)](
             y, z if z is not None else y, weight, rstd, dout, dy, dz if dz is not None else dy, dwp,
-            rows, L, gs, ngroups, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)), d,
+            rows, L, gs, ngroups, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
+            dout.stride(0), dout.stride(1), *(dz.stride()[:2] if dz is not None else (0, 0)),
             HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
             **launch_options(_BLOCK_ROWS * BLOCK))
     return dy, dz, dwp.sum(0).to(weight.dtype)
@@ -330,8 +355,10 @@ class _RMSNormGated(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         y, z, weight, rstd = ctx.saved_tensors
-        dy, dz, dw = _rmsnorm_backward(y, z, weight, rstd, dout, *ctx.cfg)
-        return dy.to(y.dtype), dz.to(z.dtype) if z is not None else None, dw, None, None, None
+        # dy, dz stored in y's and z's dtypes by the kernel: no float32 copies to cast
+        dz = torch.empty(z.shape, device=z.device, dtype=z.dtype) if z is not None else None
+        dy, dz, dw = _rmsnorm_backward(y, z, weight, rstd, dout, *ctx.cfg, dy_dtype=y.dtype, dz=dz)
+        return dy, dz, dw, None, None, None
 
 
 def rmsnorm_gated_triton(
@@ -452,6 +479,10 @@ class _Mamba2Fused(torch.autograd.Function):
             normed = rstd = None
             if norm_weight is not None:
                 normed, rstd = _rmsnorm_forward(y, z, norm_weight, cfg.eps, gs, cfg.norm_before_gate)
+            # the input gradient, allocated first: each piece is written straight into its columns in zxbcdt's
+            # dtype (out_proj's input gradient and dz by the norm, dxBC by the conv), no float32 copies and no cat
+            dzxbcdt = torch.empty_like(zxbcdt)  # (B, L, d_in_proj)
+            _, _, dz_out, dxBC_out, _ = cfg.split(dzxbcdt)
             dW = db = None
             if out_weight is not None:
                 dt_ = cfg.out_dtype
@@ -462,7 +493,14 @@ class _Mamba2Fused(torch.autograd.Function):
                 dW = (g.t() @ out_in.to(dt_).flatten(0, -2)).to(out_weight.dtype)  # (d_model, d_inner)
                 db = g.to(f32).sum(0).to(out_bias.dtype) if out_bias is not None else None
                 del out_in
-                dout = (g @ out_weight.to(dt_)).unflatten(0, dout.shape[:-1])  # (B, L, d_inner)
+                w_ = out_weight.to(dt_)
+                if cfg.d_mlp == 0 and norm_weight is not None and dt_ == dzxbcdt.dtype:
+                    # into dzxbcdt's z columns (row stride d_in_proj, which a GEMM takes as its leading dimension):
+                    # the norm's backward then overwrites it there with dz, so it has no buffer of its own
+                    dout = torch.mm(g, w_, out=dz_out.flatten(0, -2)).unflatten(0, dout.shape[:-1])  # (B, L, d_ssm)
+                else:
+                    dout = (g @ w_).unflatten(0, dout.shape[:-1])  # (B, L, d_inner)
+                del g, w_
             del normed
             dz0 = dx0 = None  # the d_mlp branch silu(z0) * x0
             if cfg.d_mlp > 0:
@@ -470,32 +508,42 @@ class _Mamba2Fused(torch.autograd.Function):
                 z0f = z0.to(f32)
                 sg = torch.sigmoid(z0f)
                 dz0, dx0 = d_mlp_out * x0.to(f32) * sg * (1.0 + z0f * (1.0 - sg)), d_mlp_out * z0f * sg
-                dout = dout[..., cfg.d_mlp:]
-            # the gated RMSNorm
+                del d_mlp_out, z0f, sg
+                dout = dout[..., cfg.d_mlp:]  # a strided view: the norm's kernel takes its row strides
+            # the gated RMSNorm: dy float32 (the scan's output gradient), dz rounded once into dzxbcdt
             dnw = None
+            dz = None  # the scan's dz (when the norm is off)
             if norm_weight is not None:
-                dy, dz, dnw = _rmsnorm_backward(y, z, norm_weight, rstd, dout, gs, cfg.norm_before_gate)
+                dy, _, dnw = _rmsnorm_backward(y, z, norm_weight, rstd, dout, gs, cfg.norm_before_gate, dz=dz_out)
             else:
-                dy, dz = dout, None
+                dy = dout
+            del dout, rstd
             # the SSD scan
             dtp, a = ssd._dt_cumsum(s["dt"], s["A"], s["dt_bias"], s["d"], s["softplus"])
-            dx, ddt, dA, dB, dC, dD2, dz_scan, _ = ssd._backward(
-                dy.unflatten(-1, (cfg.nheads, cfg.headdim)), None, s["x"], s["dt"], s["A"], s["B"], s["C"],
-                s["D2"], s["z"], s["dt_bias"], None, dtp, a, s["d"], s["softplus"])
-            del dtp, a, dy
-            if dz is None:
+            dy = dy.unflatten(-1, (cfg.nheads, cfg.headdim))  # (B, L, h, p)
+            # dx written over dy (float32, contiguous, (B, L, h, p) both) when dy is the norm's: it is read for the
+            # last time by the kernel that stores dx, tile by tile (see ssd._backward), so they share one buffer
+            share = norm_weight is not None and s["z"] is None
+            dx, ddt, dA, dB, dC, dD2, dz_scan, dh0 = ssd._backward(
+                dy, None, s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, dtp, a,
+                s["d"], s["softplus"], dx=dy if share else None)
+            del dtp, a, dy, dh0  # dh0: (B, h, p, n) float32, unused (no initial state)
+            if norm_weight is None:
                 dz = dz_scan.flatten(-2)
+            del dz_scan
             if not s["softplus"]:  # ddt is w.r.t. the clamped dt: back through the clamp and the softplus
                 raw = dt_in.to(f32) + dt_bias.to(f32)
                 sp = F.softplus(raw)
                 ddt = ddt * torch.sigmoid(raw) * ((sp >= cfg.dt_limit[0]) & (sp <= cfg.dt_limit[1]))
+                del raw, sp
             del s
-            # the conv
+            # the conv: its float32 output gradient in, dxBC out straight into dzxbcdt (rounded once, in the kernel)
             dxBC = torch.cat([dx.flatten(-2), dB.flatten(-2), dC.flatten(-2)], dim=-1)  # (B, L, conv_dim) fp32
             del dx, dB, dC
-            dxBC, dconv_w, dconv_b = _conv_backward(xBC_in, conv_weight, conv_bias, dxBC, silu=True)
-            dzxbcdt = torch.empty_like(zxbcdt)  # filled piece by piece: no float32 copy of the whole
-            for piece, part in zip(cfg.split(dzxbcdt), (dz0, dx0, dz, dxBC, ddt), strict=True):
+            _, dconv_w, dconv_b = _conv_backward(xBC_in, conv_weight, conv_bias, dxBC, silu=True, dx=dxBC_out)
+            del dxBC
+            # the small pieces (dt, the d_mlp branch, the scan's dz when the norm is off) copied in
+            for piece, part in zip(cfg.split(dzxbcdt), (dz0, dx0, dz, None, ddt), strict=True):
                 if part is not None:
                     piece.copy_(part)
         dA_log = (dA * -torch.exp(A_log.to(f32))).to(A_log.dtype)  # dA/dA_log = A

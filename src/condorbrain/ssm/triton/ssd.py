@@ -22,17 +22,26 @@ Forward kernels (one launch each):
 
 Forward saves only its inputs and the float32 dt and a (O(L) per head). Backward reruns kernels 2 and 3 for the
 entering states S_c (as the official code does: saving them would cost p n / T floats per step and head, several
-times the activations) and recomputes everything inside a chunk from them (no T x T tensor is stored), in three
+times the activations) and recomputes everything inside a chunk from them (no T x T tensor is stored), in four
 more kernels:
 
 1. ``_chunk_scan_bwd_dstate``: dL/dS_c through the chunk's own outputs: sum_l exp(a_l) dy_l C_l^T.
 2. ``_state_pass_bwd``:  the reverse loop over chunks: dL/d(states of chunk c), dL/da_T, dL/d(initial_states).
-3. ``_chunk_bwd``:       every per-step gradient of one chunk: dx, ddt, dB, dC, dz, partial dD and dA, and the
-   reverse cumsum that turns dL/da into dL/d(dt A).
+3. ``_chunk_bwd_bc``:    dB, dC of one chunk (per block of 64 state columns), and the carried state's part of
+   dL/da (exp(a_l) C_l . (dy S)_l, which needs dy S, formed here for dC anyway).
+4. ``_chunk_bwd_dx``:    the other per-step gradients of one chunk: dx, ddt, dz, partial dD and dA, and the reverse
+   cumsum that turns dL/da into dL/d(dt A).
 
-Heads of a group share B and C: the two chunk kernels (4. and 3.) take up to ``HEADS_PER_PROGRAM`` heads of one
-group per program, compute C.B^T once for them and, backward, sum their dB, dC in registers; the few partial sums
-left (one per program of a group), and the per-chunk partials of dA, dD and dt_bias, are reduced on the host.
+3. and 4. were one kernel, which held every tile of both halves at once: ptxas spilled 2-3 KB per thread at the seed
+sizes (headdim 64, d_state 64, T 64) and, at d_state 128 (T 32), gave up on allocation (32 registers, ~15 KB of
+stack: its -O1 still reaches 255 registers and 3 KB). Split, with 8 warps (_BIG_TILE_WARPS), neither spills at the
+seed sizes. The price: both read x, dout (and z), dt, a, B, C and the end-state gradients G; the entering states
+S are read by 3., and by 4. only with z (for y, which dz needs): the seed layer gates in its RMSNorm instead.
+
+Heads of a group share B and C: the chunk kernels (forward 4., backward 3. and 4.) take up to
+``HEADS_PER_PROGRAM`` heads of one group per program, compute C.B^T once for them (``_chunk_bwd_bc`` needs none)
+and, backward, sum their dB, dC in registers; the few partial sums left (one per program of a group and state
+block), and the per-chunk partials of dA, dD and dt_bias, are reduced on the host.
 
 Precision: inputs float32/bfloat16/float16 are loaded and computed in float32 (states, decays and sums always
 float32); tl.dot runs in full float32 ("ieee") for float32 inputs (tf32 if ``torch.backends.cuda.matmul.allow_tf32``
@@ -45,9 +54,9 @@ p and n are padded (masked) to powers of two >= 16.
 
 Checked without a GPU: the tests run these kernels under the interpreter, and ``tests/ssm/test_triton_compile.py``
 compiles every one for sm_90 at the seed config (ptxas register / spill / shared-memory report printed there). Not
-yet timed on a GPU. Known from that report: ``_chunk_bwd`` spills (2-3 KB per thread at headdim 64, d_state 64,
-T = 64, 96 KB shared; at d_state 128, T = 32, ptxas keeps 32 registers and spills ~15 KB per thread), the first
-thing to tune on a GPU.
+yet timed on a GPU. Known from that report: no kernel spills at the seed sizes (d_state 64 and 128, z gated
+outside); with z in the scan ``_chunk_bwd_bc`` still spills 70-180 B per thread, ``_chunk_bwd_dx`` 50-90 B and
+``_chunk_scan_fwd`` 32 B at d_state 128.
 """
 
 from __future__ import annotations
@@ -67,6 +76,13 @@ _MIN_BLOCK = 16  # tl.dot needs every dimension >= 16 (on GPUs and in the interp
 _MAX_CHUNK = 64  # a T x T float32 tile per program: 64 keeps it (and the T x n, T x p tiles) in registers
 _STATE_BLOCK = 1024  # state elements per program in the state-passing loops
 HEADS_PER_PROGRAM = 4  # heads of one group per program in the chunk-scan kernels (see _head_split)
+_BWD_STATE_BLOCK = 64  # state columns per program of _chunk_bwd_bc (d_state 128: 2 programs, see that kernel)
+# Warps of the kernels that hold several (T, 64)-or-larger float32 tiles and T x T ones at once (_chunk_scan_fwd,
+# _chunk_bwd_bc, _chunk_bwd_dx). ptxas' report at the seed sizes (sm_90, T 64, headdim 64, d_state 64): with 4
+# warps each such tile is 32 registers per thread and they spill at 255 registers (_chunk_scan_fwd 24-72 B per
+# thread, the two backward kernels 140-200 B); with 8 (16 per tile) none spills. 16 warps cap a thread at 128
+# registers and spill again (0.3-3 KB).
+_BIG_TILE_WARPS = 8
 
 
 def _pow2(n: int) -> int:
@@ -77,9 +93,9 @@ def kernel_chunk_size(chunk_size: int, headdim: int = 64, d_state: int = 128) ->
     """The chunk length T the kernels use for a requested ``chunk_size``: a power of two in [16, 64], at most 32
     when a head's state (headdim x d_state, padded) exceeds 64 x 64 elements.
 
-    Why 32 for large states: compiled for sm_90 with headdim 64 and d_state 128, ``_chunk_bwd`` needs ~180 KB of
-    shared memory at T = 64 (more than an A100 gives a block; an H100 fits it) and 32 KB at T = 32, but spills more
-    there (module docstring): which is faster is to be timed on a GPU."""
+    Why 32 for large states: compiled for sm_90 with headdim 64 and d_state 128, the kernels hold (T, n) and
+    (p, n) tiles of 2x the elements at T = 64: ``_chunk_scan_fwd`` then spills (~160 B per thread, none at 32), the
+    backward a little; which T is faster is to be timed on a GPU."""
     cap = _MAX_CHUNK if _pow2(headdim) * _pow2(d_state) <= 4096 else _MAX_CHUNK // 2
     return min(cap, _pow2(chunk_size))
 
@@ -96,15 +112,22 @@ def on_device(t: Tensor) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def launch_options(*tile: int) -> dict:
+def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | None = None) -> dict:
     """Launch options from the tile size: a fixed choice (no autotuner, so nothing needs a driver); one warp under
-    the interpreter. FP fusion (FMA) is named explicitly: Triton 3.9 warns when it is left to its default, and the
-    tests turn warnings into errors."""
+    the interpreter. ``num_warps`` / ``num_stages`` override the choice for a kernel tuned on ptxas' report (see
+    _BIG_TILE_WARPS). FP fusion (FMA) is named explicitly: Triton 3.9 warns when it is left to its default, and
+    the tests turn warnings into errors."""
     size = 1
     for t in tile:
         size *= t
-    num_warps = 1 if interpreting() else (8 if size >= 8192 else 4)
-    return {"num_warps": num_warps, "enable_fp_fusion": True}
+    if interpreting():
+        num_warps = 1
+    elif num_warps is None:
+        num_warps = 8 if size >= 8192 else 4
+    options = {"num_warps": num_warps, "enable_fp_fusion": True}
+    if num_stages is not None and not interpreting():
+        options["num_stages"] = num_stages
+    return options
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -195,19 +218,21 @@ def _state_pass_fwd(
 
 @triton.jit
 def _chunk_scan_fwd(
-    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, out_ptr,
+    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr,
     L, nh, nchunks, hpg, hpp, p, n,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     s_C_b, s_C_l, s_C_g, s_C_n,
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_D_h, s_D_p,
+    s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr,
     T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
 ):
     # grid (b * c, g, cdiv(hpg, hpp)): the outputs (T, p) of one chunk for up to hpp heads of one group, which
-    # share B and C, so C.B^T is computed once for all of them.
+    # share B and C, so C.B^T is computed once for all of them. With DZ (backward, z given): the gate's gradient
+    # dz = dout y silu'(z) in place of the output y silu(z) (dout strides s_d_*; unused otherwise).
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
@@ -241,7 +266,13 @@ def _chunk_scan_fwd(
         if HAS_Z:
             z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                         mask=mtp, other=0.0).to(tl.float32)
-            y = y * z * tl.sigmoid(z)
+            if DZ:
+                dout = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
+                               mask=mtp, other=0.0).to(tl.float32)
+                sz = tl.sigmoid(z)
+                y = dout * y * sz * (1.0 + z * (1.0 - sz))
+            else:
+                y = y * z * tl.sigmoid(z)
         tl.store(out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p,
                  y.to(out_ptr.dtype.element_ty), mask=mtp)
 
@@ -310,11 +341,82 @@ def _state_pass_bwd(
 
 
 @triton.jit
-def _chunk_bwd(
+def _chunk_bwd_bc(
+    x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, dtp_ptr, a_ptr, enter_ptr, dst_ptr,
+    dB_ptr, dC_ptr, daS_ptr,
+    L, nh, ng, nchunks, hpg, hpp, p, n,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_B_b, s_B_l, s_B_g, s_B_n,
+    s_C_b, s_C_l, s_C_g, s_C_n,
+    s_z_b, s_z_l, s_z_h, s_z_p,
+    s_d_b, s_d_l, s_d_h, s_d_p,
+    HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+):
+    # grid (b * c, g, nsplit * NB): dB, dC of one chunk for up to hpp heads of one group and one block of BN state
+    # columns (NB = cdiv(n, BN) blocks), summed over those heads in registers: (b, L, g, nsplit, n) float32 partial
+    # sums. Also daS (b, h, c, NB, T): dL/da_l through the carried state, exp(a_l) sum_n C_ln (dy S)_ln, partial
+    # over the state blocks (the state term of da needs dy S, which only this kernel forms; _chunk_bwd_dx adds it).
+    # Needs no C.B^T: dL/d(C.B^T) = (dy . (dt x)^T) * decay.
+    pid_bc, g, pid_sn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bi, ci = pid_bc // nchunks, pid_bc % nchunks
+    nblk = tl.cdiv(n, BN)
+    pid_s, pid_n = pid_sn // nblk, pid_sn % nblk
+    t = tl.arange(0, T)
+    ip, jn = tl.arange(0, BP), pid_n * BN + tl.arange(0, BN)
+    pos = ci * T + t
+    mt = pos < L
+    mtp = mt[:, None] & (ip[None, :] < p)
+    mtn = mt[:, None] & (jn[None, :] < n)
+    mpn = (ip[:, None] < p) & (jn[None, :] < n)
+    Bm = tl.load(B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n,
+                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
+    Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
+                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
+    causal = t[:, None] >= t[None, :]
+    dB = tl.zeros([T, BN], dtype=tl.float32)
+    dC = tl.zeros([T, BN], dtype=tl.float32)
+    h_lo = g * hpg + pid_s * hpp
+    for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
+        x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
+                    mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
+        dy = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
+                     mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
+        if HAS_Z:
+            z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
+                        mask=mtp, other=0.0).to(tl.float32)
+            dy = dy * z * tl.sigmoid(z)  # dL/dy before the gate
+        base = ((bi * nh + hd) * nchunks + ci) * T
+        dt = tl.load(dtp_ptr + base + t)
+        a = tl.load(a_ptr + base + t)
+        a_end = tl.load(a_ptr + base + T - 1)
+        ea = tl.exp(a)  # (T,)
+        soff = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
+        # intra-chunk: y_l = sum_s (C_l . B_s) exp(a_l - a_s) dt_s x_s
+        decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
+        dCB = tl.dot(dy, tl.trans(x * dt[:, None]), input_precision=PREC) * decay  # (T, T)
+        dC += tl.dot(dCB, Bm, input_precision=PREC)
+        dB += tl.dot(tl.trans(dCB), Cm, input_precision=PREC)
+        # carried state: y_l += exp(a_l) S C_l
+        S = tl.load(enter_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) state entering the chunk
+        dyS = ea[:, None] * tl.dot(dy, S, input_precision=PREC)  # (T, BN)
+        dC += dyS
+        tl.store(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nblk + pid_n) * T + t, tl.sum(Cm * dyS, axis=1))
+        # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, upstream gradient G
+        G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN)
+        w = tl.exp(a_end - a) * dt
+        dB += w[:, None] * tl.dot(x, G, input_precision=PREC)
+    nsplit = tl.num_programs(2) // nblk
+    out = (((bi * L + pos[:, None]) * ng + g) * nsplit + pid_s) * n + jn[None, :]
+    tl.store(dB_ptr + out, dB, mask=mtn)
+    tl.store(dC_ptr + out, dC, mask=mtn)
+
+
+@triton.jit
+def _chunk_bwd_dx(
     x_ptr, dtraw_ptr, A_ptr, bias_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dout_ptr,
-    dtp_ptr, a_ptr, enter_ptr, dst_ptr, dalast_ptr,
-    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dz_ptr, dDp_ptr, dAp_ptr,
-    L, nh, ng, nchunks, hpg, hpp, p, n, nblocks,
+    dtp_ptr, a_ptr, dst_ptr, dalast_ptr, daS_ptr,
+    dx_ptr, ddt_ptr, dDp_ptr, dAp_ptr,
+    L, nh, nchunks, hpg, hpp, p, n, nblocks, nbn,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_dt_b, s_dt_l, s_dt_h,
     s_B_b, s_B_l, s_B_g, s_B_n,
@@ -325,10 +427,12 @@ def _chunk_bwd(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
 ):
-    # grid (b * c, g, nsplit): all per-step gradients of one chunk for up to hpp heads of one group (C.B^T once;
-    # dB, dC summed over those heads in registers). Outputs: dx, dz (b, L, h, p) and ddt (b, L, h) float32, ddt
-    # w.r.t. the raw dt; dB, dC (b, L, g, nsplit, n) float32 partial sums over the program's heads; partial dD
-    # (b, c, h, p) and dA (b, c, h).
+    # grid (b * c, g, nsplit): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T once):
+    # dx (b, L, h, p) and ddt (b, L, h) float32, ddt w.r.t. the raw dt; partial dD (b, c, h, p) and dA (b, c, h).
+    # Never reads the entering states S: the carried state's part of da comes from _chunk_bwd_bc (daS, nbn partial
+    # sums), and dz (which needs y) from _chunk_scan_fwd. A program holds CB, M, dL/dM (T, T), x, dy, dt x, M^T dy,
+    # B G^T, dx (T, p), and G (p, n), B (T, n) as dot operands: at T 64 that is 255 registers with 4 warps (140 B
+    # of spills), 252 and none with 8. B, C are reloaded per head (L1/L2 hits) rather than kept live across heads.
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
@@ -338,14 +442,11 @@ def _chunk_bwd(
     mtp = mt[:, None] & (ip[None, :] < p)
     mtn = mt[:, None] & (jn[None, :] < n)
     mpn = (ip[:, None] < p) & (jn[None, :] < n)
-    Bm = tl.load(B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n,
-                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
-    Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
-                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
-    CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # (T, T)
+    Boff = B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n
+    Coff = C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n
+    CB = tl.dot(tl.load(Coff, mask=mtn, other=0.0).to(tl.float32),
+                tl.trans(tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)), input_precision=PREC)  # (T, T)
     causal = t[:, None] >= t[None, :]
-    dB = tl.zeros([T, BN], dtype=tl.float32)
-    dC = tl.zeros([T, BN], dtype=tl.float32)
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
         x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
@@ -357,50 +458,36 @@ def _chunk_bwd(
         a = tl.load(a_ptr + base + t)
         a_end = tl.load(a_ptr + base + T - 1)
         soff = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
-        S = tl.load(enter_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) state entering the chunk
-        G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) dL/d(this chunk's own end state)
-        ea = tl.exp(a)  # (T,)
         wend = tl.exp(a_end - a)  # (T,) decay from step s to the chunk's end
 
-        # recompute the forward quantities of the chunk
-        decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
-        M = CB * decay
-        xdt = x * dt[:, None]
-        y_off = ea[:, None] * tl.dot(Cm, tl.trans(S), input_precision=PREC)  # (T, BP)
         if HAS_D:
             Dv = tl.load(D_ptr + hd * s_D_h + ip * s_D_p, mask=ip < p, other=0.0).to(tl.float32)
         dy = dout
-        if HAS_Z:
+        if HAS_Z:  # out = y silu(z): dL/dy = dout silu(z) (dz is _chunk_scan_fwd's, with DZ)
             z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                         mask=mtp, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(z)
-            y = tl.dot(M, xdt, input_precision=PREC) + y_off
-            if HAS_D:
-                y += x * Dv[None, :]
-            dz = dout * y * sz * (1.0 + z * (1.0 - sz))
-            tl.store(dz_ptr + ((bi * L + pos[:, None]) * nh + hd) * p + ip[None, :], dz, mask=mtp)
-            dy = dout * z * sz
+            dy = dout * z * tl.sigmoid(z)
+        # recompute the forward quantities of the chunk
+        M = CB * tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T) masked decay
+        xdt = x * dt[:, None]
         if HAS_D:
             tl.store(dDp_ptr + ((bi * nchunks + ci) * nh + hd) * p + ip, tl.sum(dy * x, axis=0), mask=ip < p)
 
         # intra-chunk term y_l = sum_s M[l, s] dt_s x_s
-        dM = tl.dot(dy, tl.trans(xdt), input_precision=PREC)  # (T, T): dy_l . dt_s x_s
-        MtDy = tl.dot(tl.trans(M), dy, input_precision=PREC)  # (T, BP)
-        dCB = dM * decay
-        dC += tl.dot(dCB, Bm, input_precision=PREC)  # (T, BN)
-        dB += tl.dot(tl.trans(dCB), Cm, input_precision=PREC)  # (T, BN)
-        dMM = dM * M
+        dMM = tl.dot(dy, tl.trans(xdt), input_precision=PREC) * M  # (T, T): (dy_l . dt_s x_s) M[l, s]
         da = tl.sum(dMM, axis=1) - tl.sum(dMM, axis=0)  # (T,): dL/da_l through exp(a_l - a_s)
+        MtDy = tl.dot(tl.trans(M), dy, input_precision=PREC)  # (T, BP)
         ddt = tl.sum(MtDy * x, axis=1)
         dx = MtDy * dt[:, None]
-        # carried-state term y_l += exp(a_l) S C_l
-        dC += ea[:, None] * tl.dot(dy, S, input_precision=PREC)
-        da += tl.sum(dy * y_off, axis=1)
+        # carried-state term (from _chunk_bwd_bc)
+        for j in range(nbn):
+            da += tl.load(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nbn + j) * T + t)  # (b, h, c, nbn, T)
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G
+        G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) dL/d(this chunk's own end state)
+        Bm = tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
         BG = tl.dot(Bm, tl.trans(G), input_precision=PREC)  # (T, BP): B_s . G[p, :]
         w = wend * dt
         dx += w[:, None] * BG
-        dB += w[:, None] * tl.dot(x, G, input_precision=PREC)
         xBG = tl.sum(x * BG, axis=1)  # (T,)
         ddt += wend * xBG
         dend = tl.sum(w * xBG)  # dL/da_T through the end state, and minus this per step:
@@ -423,10 +510,6 @@ def _chunk_bwd(
             ddt = ddt * tl.sigmoid(raw)
         tl.store(ddt_ptr + (bi * L + pos) * nh + hd, ddt, mask=mt)
         tl.store(dx_ptr + ((bi * L + pos[:, None]) * nh + hd) * p + ip[None, :], dx, mask=mtp)
-    nsplit = tl.num_programs(2)
-    out = (((bi * L + pos[:, None]) * ng + g) * nsplit + pid_s) * n + jn[None, :]
-    tl.store(dB_ptr + out, dB, mask=mtn)
-    tl.store(dC_ptr + out, dC, mask=mtn)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -460,20 +543,25 @@ def _dims(x: Tensor, B: Tensor, chunk_size: int) -> dict:
 
 
 def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus):
-    b, L, nh, p, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "n", "T", "c", "BP", "BN"))
-    hpg = nh // d["g"]
     prec = _precision(x, B, C)
     dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
     enter, final = _entering_states(x, B, dtp, a, h0, d, prec)
-    out = torch.empty(b, L, nh, p, device=x.device, dtype=x.dtype)
-    hpp, nsplit = _head_split(hpg)
-    _chunk_scan_fwd[(b * c, d["g"], nsplit)](
-        x, B, C, z if z is not None else x, D2 if D2 is not None else x, dtp, a, enter, out,
-        L, nh, c, hpg, hpp, p, n, *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2),
-        *out.stride(),
-        HAS_D=D2 is not None, HAS_Z=z is not None, T=T, BP=BP, BN=BN, PREC=prec,
-        **launch_options(T, max(T, BP, BN)))
+    out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
+    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, prec)
     return out, final, dtp, a
+
+
+def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, prec):
+    """Kernel 4: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead."""
+    hpg = d["nh"] // d["g"]
+    hpp, nsplit = _head_split(hpg)
+    _chunk_scan_fwd[(d["b"] * d["c"], d["g"], nsplit)](
+        x, B, C, z if z is not None else x, D2 if D2 is not None else x, dtp, a, enter,
+        dout if dout is not None else x, out,
+        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], *x.stride(), *B.stride(), *C.stride(),
+        *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
+        HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
+        PREC=prec, **launch_options(num_warps=_BIG_TILE_WARPS))
 
 
 def _dt_cumsum(dt, A, dt_bias, d, softplus):
@@ -506,12 +594,16 @@ def _entering_states(x, B, dtp, a, h0, d, prec):
     return states, final  # states now holds the entering states (overwritten in place)
 
 
-def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus):
+def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None):
+    # dx: a buffer for dx ((b, L, h, p) float32 contiguous) or None (a new one). It may be dout itself (then
+    # overwritten in place) when z is None: _chunk_bwd_dx reads each (chunk, head) tile of dout before it stores dx
+    # there and no other program reads that tile; the kernels before it are done with dout, and _chunk_scan (for z,
+    # after it) would read dout again.
     b, L, nh, p, g, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "g", "n", "T", "c", "BP", "BN"))
     hpg = nh // g
     f32 = dict(device=x.device, dtype=torch.float32)
     prec = _precision(x, B, C)
-    enter, _ = _entering_states(x, B, dtp, a, h0, d, prec)
+    enter = _entering_states(x, B, dtp, a, h0, d, prec)[0]  # the final state (b, h, p, n) freed at once
     dS = torch.empty(b, c, nh, p, n, **f32)
     _chunk_scan_bwd_dstate[(b * c, nh)](
         dout, C, z if z is not None else x, a, dS, L, nh, c, hpg, p, n,
@@ -524,23 +616,44 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     _state_pass_bwd[(b, nh, nblocks)](
         dS, enter, a, dfinal if dfinal is not None else dS, dst, dalast, dh0, nh, c, p * n, nblocks,
         HAS_DFINAL=dfinal is not None, T=T, BLOCK=_STATE_BLOCK, **launch_options(_STATE_BLOCK))
-    dx = torch.empty(b, L, nh, p, **f32)
-    ddt = torch.empty(b, L, nh, **f32)
     hpp, nsplit = _head_split(hpg)
+    BNb = min(BN, _BWD_STATE_BLOCK)
+    nbn = triton.cdiv(n, BNb)
     dB = torch.empty(b, L, g, nsplit, n, **f32)
     dC = torch.empty(b, L, g, nsplit, n, **f32)
+    daS = torch.empty(b, nh, c, nbn, T, **f32)
+    _chunk_bwd_bc[(b * c, g, nsplit * nbn)](
+        x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dB, dC, daS,
+        L, nh, g, c, hpg, hpp, p, n,
+        *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(),
+        HAS_Z=z is not None, T=T, BP=BP, BN=BNb, PREC=prec,
+        **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=2))
+    # the head splits summed now, one at a time, so that the (b, L, g, nsplit, n) partials are not alive beside dx
+    dB = dB[:, :, :, 0] if nsplit == 1 else dB.sum(3)  # (b, L, g, n)
+    dC = dC[:, :, :, 0] if nsplit == 1 else dC.sum(3)  # (b, L, g, n)
+    if dx is None:
+        dx = torch.empty(b, L, nh, p, **f32)
+    elif dx.shape != (b, L, nh, p) or dx.dtype != torch.float32 or not dx.is_contiguous() or (
+            dx.untyped_storage().data_ptr() == dout.untyped_storage().data_ptr()
+            and (z is not None or dx.data_ptr() != dout.data_ptr() or dx.stride() != dout.stride())):
+        raise ValueError("dx: (b, L, h, p) float32 contiguous, either apart from dout or dout itself (no z)")
+    ddt = torch.empty(b, L, nh, **f32)
     dz = torch.empty(b, L, nh, p, **f32) if z is not None else None
     dDp = torch.empty(b, c, nh, p, **f32) if D2 is not None else None
     dAp = torch.empty(b, c, nh, **f32)
-    _chunk_bwd[(b * c, g, nsplit)](
+    _chunk_bwd_dx[(b * c, g, nsplit)](
         x, dt, A, dt_bias if dt_bias is not None else A, B, C, z if z is not None else x,
-        D2 if D2 is not None else x, dout, dtp, a, enter, dst, dalast,
-        dx, ddt, dB, dC, dz if dz is not None else dx, dDp if dDp is not None else dAp, dAp,
-        L, nh, g, c, hpg, hpp, p, n, nblocks,
+        D2 if D2 is not None else x, dout, dtp, a, dst, dalast, daS,
+        dx, ddt, dDp if dDp is not None else dAp, dAp,
+        L, nh, c, hpg, hpp, p, n, nblocks, nbn,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
         HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-        T=T, BP=BP, BN=BN, PREC=prec, **launch_options(T, max(T, BP, BN)))
-    dB, dC = (t[:, :, :, 0] if nsplit == 1 else t.sum(3) for t in (dB, dC))
+        T=T, BP=BP, BN=BN, PREC=prec, **launch_options(num_warps=_BIG_TILE_WARPS))
+    del dS, dst, dalast, daS  # (b, c, h, p, n) float32, as large as dx: not alive beside dz below
+    if z is not None:  # dz = dout y silu'(z): the forward's kernel 4 again, for y (in _chunk_bwd_dx, y's tiles
+        # and S spilled 660-790 B per thread at T 64)
+        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, prec)
+    del enter
     dD2 = dDp.sum((0, 1)) if dDp is not None else None  # (h, p)
     return dx, ddt, dAp.sum((0, 1)), dB, dC, dD2, dz, dh0
 
