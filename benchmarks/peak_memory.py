@@ -9,7 +9,8 @@ wrapper network, bf16 autocast, MSE on the last step, backward) with the Triton 
 (``CONDORBRAIN_SCAN_BACKEND=triton``) run under Triton's interpreter (``TRITON_INTERPRET=1``, set here before
 triton is imported): the same host code, so the same tensors created and freed in the same order as on a GPU. The
 interpreter's own scratch (numpy arrays inside a kernel) is not a torch tensor and is not counted; nor is the GPU
-allocator's rounding to 512 B blocks.
+allocator's rounding to 512 B blocks. Garbage is collected after every launch: the interpreter holds a launch's
+arguments in a reference cycle, which would keep tensors alive that a GPU run frees.
 
 At the seed size the peak comes early in the backward: every layer's activations are alive and the top layer's
 backward adds its working set. At the sizes the interpreter can run, the weights' gradients outweigh the
@@ -33,6 +34,8 @@ A prediction, not a measurement: ``benchmarks/gpu.py`` measures the real peak on
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import platform
@@ -91,13 +94,34 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
+@contextlib.contextmanager
+def launches_free_their_arguments():
+    """Collect garbage after every interpreted Triton launch. The interpreter keeps a launch's tensor arguments in a
+    reference cycle (its argument-copying closures over a dict of storages) until Python's next collection, so a
+    tensor the host code deletes after a launch would otherwise outlive it, as it does not on a GPU."""
+    from triton.runtime.interpreter import GridExecutor
+
+    run = GridExecutor.__call__
+
+    def run_and_collect(self, *args, **kwargs):
+        out = run(self, *args, **kwargs)
+        gc.collect()
+        return out
+
+    GridExecutor.__call__ = run_and_collect
+    try:
+        yield
+    finally:
+        GridExecutor.__call__ = run
+
+
 def forward_backward_bytes(model: str, n_layers: int, batch: int, L: int) -> dict[str, int]:
     """Bytes alive after the forward (above the parameters and inputs), and the backward's peak above that."""
     torch.manual_seed(0)
     net = gm.build(model, D_MODEL, n_layers).train()
     x = torch.randn(batch, L, gm.N_IN)
     y = torch.randn(batch, gm.N_OUT)
-    with LiveBytes() as mem:
+    with launches_free_their_arguments(), LiveBytes() as mem:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = net(x)[:, -1]  # (B, 8)
         loss = F.mse_loss(out.float(), y)
