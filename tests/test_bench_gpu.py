@@ -4,32 +4,21 @@ machine.)"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
+from _bench import benchmark_module
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def gpu():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "gpu.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_gpu"] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
+    with benchmark_module("gpu") as module:
         yield module
-    finally:
-        sys.modules.pop("bench_gpu", None)
-        sys.path.remove(str(BENCH))
 
 
 def run(gpu, tmp_path: Path, *args: str) -> dict:

@@ -3,26 +3,15 @@ max_memory_allocated does (the seed prediction itself is a benchmark figure, not
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from _bench import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_peak_memory", BENCH / "peak_memory.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_module("peak_memory") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def test_live_bytes_follows_allocations_views_and_frees(bench):

@@ -3,30 +3,21 @@ on the Triton path (the figure the CUDA-graph latency follows: issue 6's <= 0.2 
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _bench import benchmark_module
 
 from condorbrain.ssm import triton as triton_path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 pytestmark = pytest.mark.skipif(not triton_path.available("cpu"), reason=triton_path.status("cpu")[1])
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_stream_launches", BENCH / "stream_launches.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_module("stream_launches") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def test_counter_counts_writes_not_views(bench):

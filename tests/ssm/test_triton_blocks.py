@@ -18,13 +18,11 @@ pytestmark = pytest.mark.skipif(not triton_path.available("cpu") and not torch.c
                                 reason=triton_path.status("cpu")[1])
 
 
-@pytest.fixture(params=["cpu", "cuda"])
-def device(request, monkeypatch):
-    ok, why = triton_path.status(request.param)
-    if not ok:
-        pytest.skip(f"Triton kernels cannot run on {request.param}: {why}")
+@pytest.fixture
+def device(device, monkeypatch):
+    """tests/ssm/conftest.py's device, with the layers' Triton path selected (CONDORBRAIN_SCAN_BACKEND=triton)."""
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
-    return torch.device(request.param)
+    return device
 
 
 def _norm_and_grads(norm: RMSNorm, x: torch.Tensor, weights: torch.Tensor):

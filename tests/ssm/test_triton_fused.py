@@ -16,25 +16,16 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (`pip install triton`, or the `dev` extra)")
 
-from condorbrain.ssm import triton as cb_triton  # noqa: E402
-from condorbrain.ssm.conv import causal_conv1d_ref  # noqa: E402
-from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated  # noqa: E402
-from condorbrain.ssm.memory import saved_activation_bytes  # noqa: E402
-from condorbrain.ssm.triton.fused import (  # noqa: E402
+from condorbrain.ssm.conv import causal_conv1d_ref
+from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated
+from condorbrain.ssm.memory import saved_activation_bytes
+from condorbrain.ssm.triton.fused import (
     causal_conv1d_silu_triton,
     mamba2_fused_forward,
     rmsnorm_gated_triton,
 )
 
 F64 = torch.float64
-
-
-@pytest.fixture(params=["cpu", "cuda"])
-def device(request):
-    ok, why = cb_triton.status(request.param)
-    if not ok:
-        pytest.skip(f"Triton kernels cannot run on {request.param}: {why}")
-    return torch.device(request.param)
 
 
 def assert_close(name, got, want, rtol=1e-4):

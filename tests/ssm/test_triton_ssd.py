@@ -13,20 +13,11 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (`pip install triton`, or the `dev` extra)")
 
-from condorbrain.ssm import triton as cb_triton  # noqa: E402
-from condorbrain.ssm.reference import ssd_scan_ref  # noqa: E402
-from condorbrain.ssm.triton import ssd as ssd_module  # noqa: E402
-from condorbrain.ssm.triton.ssd import kernel_chunk_size, ssd_scan_triton  # noqa: E402
+from condorbrain.ssm.reference import ssd_scan_ref
+from condorbrain.ssm.triton import ssd as ssd_module
+from condorbrain.ssm.triton.ssd import kernel_chunk_size, ssd_scan_triton
 
 F64 = torch.float64
-
-
-@pytest.fixture(params=["cpu", "cuda"])
-def device(request):
-    ok, why = cb_triton.status(request.param)
-    if not ok:
-        pytest.skip(f"Triton kernels cannot run on {request.param}: {why}")
-    return torch.device(request.param)
 
 
 def make_inputs(b, L, h, p, g, n, *, D="head", z=True, bias=True, h0=True, seed=0):

@@ -23,7 +23,6 @@ pytest.importorskip("triton", reason="triton is not installed (`pip install trit
 import triton
 
 from condorbrain.ssm import _checks
-from condorbrain.ssm import triton as cb_triton
 from condorbrain.ssm.mamba import Mamba
 from condorbrain.ssm.mamba2 import Mamba2
 from condorbrain.ssm.triton import step as step_module
@@ -31,13 +30,11 @@ from condorbrain.ssm.triton import step as step_module
 BF16 = torch.bfloat16
 
 
-@pytest.fixture(params=["cpu", "cuda"])
-def device(request, monkeypatch):
-    ok, why = cb_triton.status(request.param)
-    if not ok:
-        pytest.skip(f"Triton kernels cannot run on {request.param}: {why}")
+@pytest.fixture
+def device(device, monkeypatch):
+    """tests/ssm/conftest.py's device, with the layers' Triton path selected (CONDORBRAIN_SCAN_BACKEND=triton)."""
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
-    return torch.device(request.param)
+    return device
 
 
 def assert_close(name, got, want, rtol):

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from condorbrain.ssm.mamba import Mamba, check_hidden_states, check_state
+from condorbrain.ssm.mamba import Mamba, check_hidden_states, check_state, records_grad
 from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated
 from condorbrain.ssm.scans import scan_backend
 
@@ -84,7 +84,7 @@ class RMSNorm(nn.Module):
         if h is None:
             return x, self(x)
         if (x.dtype == h.dtype != torch.float64 and x.shape == h.shape and scan_backend(x.device) == "triton"
-                and not (torch.is_grad_enabled() and (x.requires_grad or h.requires_grad or self.weight.requires_grad))):
+                and not records_grad(self, x, h)):
             from condorbrain.ssm.triton.norm import add_rmsnorm_triton
 
             return add_rmsnorm_triton(x, h, self.weight, self.eps)

@@ -53,6 +53,14 @@ def upcast(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def records_grad(module: nn.Module, *tensors: Tensor) -> bool:
+    """Whether autograd would record an op on ``tensors`` with ``module``'s parameters: the forward-only Triton
+    kernels (the streaming step's) are taken only where it would not."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(t.requires_grad for t in tensors) or any(p.requires_grad for p in module.parameters())
+
+
 def inverse_softplus(y: Tensor) -> Tensor:
     """x with softplus(x) = y, for y > 0 (mamba_ssm's form: y + log(-expm1(-y)))."""
     return y + torch.log(-torch.expm1(-y))
@@ -296,8 +304,7 @@ class Mamba(nn.Module):
             return False
         if scan_backend(hidden_states.device) != "triton":
             return False
-        return not (torch.is_grad_enabled()
-                    and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())))
+        return not records_grad(self, hidden_states)
 
     def _step_reference(
         self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor

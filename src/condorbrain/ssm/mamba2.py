@@ -30,6 +30,7 @@ from condorbrain.ssm.mamba import (
     check_hidden_states,
     check_state,
     inverse_softplus,
+    records_grad,
     upcast,
 )
 from condorbrain.ssm.scans import scan_backend, ssd_scan
@@ -380,8 +381,7 @@ class Mamba2(nn.Module):
         no gradient wanted (the kernels have no backward: with autograd recording, the eager step runs)."""
         if not self._fused_path(hidden_states) or torch.float64 in (conv_state.dtype, ssm_state.dtype):
             return False
-        return not (torch.is_grad_enabled()
-                    and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())))
+        return not records_grad(self, hidden_states)
 
     def _step_reference(
         self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor
