@@ -527,7 +527,7 @@ class _Mamba2Fused(torch.autograd.Function):
             dx, ddt, dA, dB, dC, dD2, dz_scan, dh0 = ssd._backward(
                 dy, None, s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, dtp, a,
                 s["d"], s["softplus"], dx=dy if share else None)
-            del dtp, a, dy, dh0  # dh0: (B, h, p, n) float32, unused (no initial state)
+            del dtp, a, dy, dh0  # dh0: None (no initial state)
             if norm_weight is None:
                 dz = dz_scan.flatten(-2)
             del dz_scan

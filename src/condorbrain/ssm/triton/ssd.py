@@ -317,9 +317,10 @@ def _chunk_scan_bwd_dstate(
 def _state_pass_bwd(
     dS_ptr, enter_ptr, a_ptr, dfinal_ptr, dst_ptr, dalast_ptr, dh0_ptr,
     nh, nchunks, pn, nblocks,
-    HAS_DFINAL: tl.constexpr, T: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, HAS_DH0: tl.constexpr, T: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # grid (b, h, nblocks). Reverse of _state_pass_fwd; gS = dL/dS_{c+1} while at chunk c.
+    # grid (b, h, nblocks). Reverse of _state_pass_fwd; gS = dL/dS_{c+1} while at chunk c. dL/d(initial state)
+    # stored only when there was one (HAS_DH0): else it is (b, h, p, n) float32 nobody reads.
     #   dstates[c] = gS;  dL/da_T(c) += exp(a_T) sum(gS * S_c);  dL/dS_c = exp(a_T) gS + dS[c] (through outputs)
     bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     k = pid * BLOCK + tl.arange(0, BLOCK)
@@ -337,7 +338,8 @@ def _state_pass_bwd(
         S = tl.load(enter_ptr + off, mask=mk, other=0.0)
         tl.store(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + pid, decay * tl.sum(gS * S))
         gS = decay * gS + dS
-    tl.store(dh0_ptr + (bi * nh + hd) * pn + k, gS, mask=mk)
+    if HAS_DH0:
+        tl.store(dh0_ptr + (bi * nh + hd) * pn + k, gS, mask=mk)
 
 
 @triton.jit
@@ -612,10 +614,11 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     nblocks = triton.cdiv(p * n, _STATE_BLOCK)
     dst = dS  # overwritten in place: dL/dS_c through the outputs -> dL/d(chunk c's own end state)
     dalast = torch.empty(b, nh, c, nblocks, **f32)
-    dh0 = torch.empty(b, nh, p, n, **f32)
+    dh0 = torch.empty(b, nh, p, n, **f32) if h0 is not None else None  # no initial state: no gradient for it
     _state_pass_bwd[(b, nh, nblocks)](
-        dS, enter, a, dfinal if dfinal is not None else dS, dst, dalast, dh0, nh, c, p * n, nblocks,
-        HAS_DFINAL=dfinal is not None, T=T, BLOCK=_STATE_BLOCK, **launch_options(_STATE_BLOCK))
+        dS, enter, a, dfinal if dfinal is not None else dS, dst, dalast, dh0 if dh0 is not None else dalast,
+        nh, c, p * n, nblocks, HAS_DFINAL=dfinal is not None, HAS_DH0=dh0 is not None, T=T, BLOCK=_STATE_BLOCK,
+        **launch_options(_STATE_BLOCK))
     hpp, nsplit = _head_split(hpg)
     BNb = min(BN, _BWD_STATE_BLOCK)
     nbn = triton.cdiv(n, BNb)
@@ -682,7 +685,7 @@ class _SSDScan(torch.autograd.Function):
                 dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, ctx.softplus)
         dD = None if D is None else (dD2.sum(-1) if D.dim() == 1 else dD2)
         dbias = None if dt_bias is None else ddt.sum((0, 1))
-        grads = [dx, ddt, dA, dB, dC, dD, dz, dbias, dh0 if h0 is not None else None]
+        grads = [dx, ddt, dA, dB, dC, dD, dz, dbias, dh0]  # dh0 None without an initial state
         inputs = [x, dt, A, B, C, D, z, dt_bias, h0]
         return (*(None if gr is None else gr.to(t.dtype) for gr, t in zip(grads, inputs)), None, None)
 
