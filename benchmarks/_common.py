@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 
 def proc_status() -> dict[str, int]:
     """Memory lines of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile, ...) in bytes (Linux)."""
@@ -32,3 +36,24 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def device_seconds(fn: Callable[[], Any], device: Any, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``: CUDA events around each call on a CUDA ``device`` (a
+    torch.device), perf_counter elsewhere. Warm-up is the caller's."""
+    import torch
+
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times

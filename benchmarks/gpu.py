@@ -34,7 +34,6 @@ import gc
 import json
 import statistics
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gpu_models as gm  # noqa: E402
+from _common import device_seconds  # noqa: E402
 
 from condorbrain.ssm.graph import EagerStep, GraphedStep, graph_unavailable_reason  # noqa: E402
 
@@ -124,19 +124,7 @@ class Timer:
         for _ in range(warmup):
             fn()
         self.sync()
-        times = []
-        for _ in range(reps):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
+        times = device_seconds(fn, self.device, reps)
         return statistics.median(times), min(times)
 
     def sync(self) -> None:

@@ -39,13 +39,12 @@ import platform
 import resource
 import statistics
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import rss_mib  # noqa: E402
+from _common import device_seconds, rss_mib  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,19 +162,7 @@ def _measure(cfg: Any, batch: int, device_name: str, threads: int, warmup: int, 
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(warmup):  # also builds the compiled CPU scan / autotunes cuDNN on first use
             step()
-        times = []
-        for _ in range(repeats):
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                step()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - t0)
+        times = device_seconds(step, device, repeats)
 
     seconds = statistics.median(times)
     result: dict[str, Any] = {
