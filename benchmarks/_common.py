@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -57,3 +58,22 @@ def device_seconds(fn: Callable[[], Any], device: Any, repeats: int) -> list[flo
             fn()
             times.append(time.perf_counter() - t0)
     return times
+
+
+@contextlib.contextmanager
+def around_interpreted_launches(around: Callable[[str], contextlib.AbstractContextManager]) -> Iterator[None]:
+    """Run every Triton launch made under the interpreter (``TRITON_INTERPRET=1``) inside ``around(kernel name)``,
+    until exit: for counting launches, or for acting after each."""
+    from triton.runtime.interpreter import GridExecutor
+
+    run = GridExecutor.__call__
+
+    def wrapped(self, *args, **kwargs):
+        with around(self.fn.__name__):
+            return run(self, *args, **kwargs)
+
+    GridExecutor.__call__ = wrapped
+    try:
+        yield
+    finally:
+        GridExecutor.__call__ = run

@@ -42,6 +42,7 @@ import platform
 import sys
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: the Triton path on the CPU
@@ -50,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gpu_models as gm
 import torch
 import torch.nn.functional as F
+from _common import around_interpreted_launches
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -95,24 +97,14 @@ class LiveBytes(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def launches_free_their_arguments():
-    """Collect garbage after every interpreted Triton launch. The interpreter keeps a launch's tensor arguments in a
+def _collect_after(kernel_name: str) -> Iterator[None]:
+    """Collect garbage after an interpreted Triton launch. The interpreter keeps a launch's tensor arguments in a
     reference cycle (its argument-copying closures over a dict of storages) until Python's next collection, so a
     tensor the host code deletes after a launch would otherwise outlive it, as it does not on a GPU."""
-    from triton.runtime.interpreter import GridExecutor
-
-    run = GridExecutor.__call__
-
-    def run_and_collect(self, *args, **kwargs):
-        out = run(self, *args, **kwargs)
-        gc.collect()
-        return out
-
-    GridExecutor.__call__ = run_and_collect
     try:
         yield
     finally:
-        GridExecutor.__call__ = run
+        gc.collect()
 
 
 def forward_backward_bytes(model: str, n_layers: int, batch: int, L: int) -> dict[str, int]:
@@ -121,7 +113,7 @@ def forward_backward_bytes(model: str, n_layers: int, batch: int, L: int) -> dic
     net = gm.build(model, D_MODEL, n_layers).train()
     x = torch.randn(batch, L, gm.N_IN)
     y = torch.randn(batch, gm.N_OUT)
-    with launches_free_their_arguments(), LiveBytes() as mem:
+    with around_interpreted_launches(_collect_after), LiveBytes() as mem:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = net(x)[:, -1]  # (B, 8)
         loss = F.mse_loss(out.float(), y)

@@ -26,11 +26,13 @@ either. A matmul counts as one launch (cuBLAS may add a split-K reduction). Noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: the Triton path on the CPU
@@ -38,6 +40,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gpu_models as gm
 import torch
+from _common import around_interpreted_launches
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from condorbrain.ssm import _checks
@@ -74,18 +77,15 @@ class LaunchCounter(TorchDispatchMode):
             self.aten[name.removeprefix("aten::")] += 1
         return out
 
-    def count_triton(self, kernel_name: str):
+    @contextlib.contextmanager
+    def triton_launch(self, kernel_name: str) -> Iterator[None]:
+        """Counts one Triton launch; the ATen ops the interpreter issues while running it are not counted."""
         self.triton[kernel_name] += 1
-        counter = self
-
-        class _Inside:
-            def __enter__(self):
-                counter._in_triton += 1
-
-            def __exit__(self, *exc):
-                counter._in_triton -= 1
-
-        return _Inside()
+        self._in_triton += 1
+        try:
+            yield
+        finally:
+            self._in_triton -= 1
 
 
 def count_step(model: str, layers: int, backend: str) -> dict:
@@ -102,29 +102,19 @@ def count_step(model: str, layers: int, backend: str) -> dict:
 
 
 def _count_step(model: str, layers: int, backend: str) -> dict:
-    from triton.runtime.interpreter import GridExecutor
-
     torch.manual_seed(0)
     net = gm.build(model, 512, layers).eval()
     stepper = EagerStep(net, 1, n_inputs=gm.N_IN)
     x = torch.randn(1, 1, gm.N_IN)
     stepper.step(x)
     counter = LaunchCounter()
-    run = GridExecutor.__call__
-
-    def counted(self, *args, **kwargs):
-        with counter.count_triton(self.fn.__name__):
-            return run(self, *args, **kwargs)
-
     # What GraphedStep captures: the network's step on the state, with the input checks' host reads skipped as they
     # are while a CUDA graph is being captured (_checks.capturing).
-    GridExecutor.__call__ = counted
     capturing, _checks.capturing = _checks.capturing, lambda: True
     try:
-        with counter, torch.no_grad():
+        with around_interpreted_launches(counter.triton_launch), counter, torch.no_grad():
             net.step(x, stepper.cache)
     finally:
-        GridExecutor.__call__ = run
         _checks.capturing = capturing
     aten, tri = sum(counter.aten.values()), sum(counter.triton.values())
     return {"model": model, "path": backend, "layers": layers, "launches": aten + tri, "aten": aten, "triton": tri,
