@@ -41,7 +41,7 @@ import pytest
 
 H100_SHARED_BYTES = 227 * 1024  # cudaDevAttrMaxSharedMemoryPerBlockOptin on an H100 (sm_90)
 TARGET = ("cuda", 90, 32)  # GPUTarget(backend, capability, warp size) of an H100
-MODULES = ("selective", "ssd", "fused", "step", "norm")  # condorbrain.ssm.triton.<module>
+MODULES = ("selective", "ssd", "fused", "step")  # condorbrain.ssm.triton.<module>
 
 # ----------------------------------------------------------------------------------------------------------------
 # The cases: host calls at the production sizes, run in the subprocess with the launches recorded
@@ -158,11 +158,15 @@ def _fused_cases():
     """The fused layer's conv and RMSNorm at the seed sizes, and their other flags."""
     import torch
 
-    from condorbrain.ssm.triton.fused import causal_conv1d_silu_triton, rmsnorm_gated_triton
+    from condorbrain.ssm.triton.fused import add_rmsnorm_triton, causal_conv1d_silu_triton, rmsnorm_gated_triton
 
     def conv_no_bias():
         zxbcdt, w, *_ = _mamba2_zxbcdt(64)  # split [z, xBC, dt] (no MLP branch): xBC from column d_ssm = 1024
         _backward(causal_conv1d_silu_triton(zxbcdt[..., 1024:1024 + w.shape[0]], w, None))
+
+    def add_norm(batch: int):  # a streaming step's residual add + the next block's norm, d_model 512
+        x, h = (torch.randn(batch, 1, 512, dtype=torch.bfloat16) for _ in range(2))
+        add_rmsnorm_triton(x, h, torch.ones(512), 1e-5)
 
     def norm(with_z: bool, before_gate: bool):
         y = torch.randn(BATCH, SEQLEN, 1024, dtype=torch.bfloat16, requires_grad=True)
@@ -175,6 +179,7 @@ def _fused_cases():
         "conv without bias": conv_no_bias,
         "norm before gate": lambda: norm(True, True),
         "norm without z": lambda: norm(False, False),
+        **{f"add + norm, streaming batch {batch}": lambda batch=batch: add_norm(batch) for batch in (1, BATCH)},
     }
 
 
@@ -221,20 +226,6 @@ def _step_cases():
     return cases
 
 
-def _norm_cases():
-    """The streaming step's fused residual add + RMSNorm (condorbrain.ssm.triton.norm) at d_model 512, bf16, batch 1
-    (one row) and BATCH."""
-    import torch
-
-    from condorbrain.ssm.triton.norm import add_rmsnorm_triton
-
-    def add_norm(batch: int):
-        x, h = (torch.randn(batch, 1, 512, dtype=torch.bfloat16) for _ in range(2))
-        add_rmsnorm_triton(x, h, torch.ones(512), 1e-5)
-
-    return {f"add + rmsnorm batch {batch}": lambda batch=batch: add_norm(batch) for batch in (1, BATCH)}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The subprocess: record, specialise, compile
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,7 +236,7 @@ def _record(case) -> list:
 
     import triton
 
-    from condorbrain.ssm.triton import fused, norm, selective, ssd, step
+    from condorbrain.ssm.triton import fused, selective, ssd, step
 
     launches = []
 
@@ -254,7 +245,7 @@ def _record(case) -> list:
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(triton.runtime.jit.KernelInterface, "__getitem__", getitem))
-        for module in (ssd, fused, step, norm):  # CPU tensors, no interpreter: the device checks would refuse them
+        for module in (ssd, fused, step):  # CPU tensors, no interpreter: the device checks would refuse them
             stack.enter_context(mock.patch.object(module, "on_device", lambda t: contextlib.nullcontext()))
         stack.enter_context(mock.patch.object(selective, "status", lambda device: (True, "recording")))
         case()
@@ -346,8 +337,7 @@ def _compile_all(out_path: str) -> None:
     if ptxas is None:
         return write({"skip": f"the CUDA backend cannot compile here: {why}"})
 
-    cases = {"selective": _selective_cases(), "ssd": _ssd_cases(), "fused": _fused_cases(), "step": _step_cases(),
-             "norm": _norm_cases()}
+    cases = {"selective": _selective_cases(), "ssd": _ssd_cases(), "fused": _fused_cases(), "step": _step_cases()}
     rows, seen, launched, counts = [], set(), set(), {}
     for module_name, module_cases in cases.items():
         module = importlib.import_module(f"condorbrain.ssm.triton.{module_name}")

@@ -80,12 +80,12 @@ class RMSNorm(nn.Module):
     def add_forward(self, x: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
         """(x + h, norm(x + h)): a residual add and this norm, as a pre-norm block's streaming step begins; h None
         means nothing to add. One Triton launch on the Triton path when nothing needs a gradient (a streaming step
-        under ``no_grad``: :func:`condorbrain.ssm.triton.norm.add_rmsnorm_triton`), else the add and ``forward``."""
+        under ``no_grad``: :func:`condorbrain.ssm.triton.fused.add_rmsnorm_triton`), else the add and ``forward``."""
         if h is None:
             return x, self(x)
         if (x.dtype == h.dtype != torch.float64 and x.shape == h.shape and scan_backend(x.device) == "triton"
                 and not records_grad(self, x, h)):
-            from condorbrain.ssm.triton.norm import add_rmsnorm_triton
+            from condorbrain.ssm.triton.fused import add_rmsnorm_triton
 
             return add_rmsnorm_triton(x, h, self.weight, self.eps)
         x = x + h

@@ -45,7 +45,7 @@ from torch import Tensor
 from condorbrain.ssm.triton import ssd
 from condorbrain.ssm.triton.ssd import launch_options, on_device
 
-__all__ = ["causal_conv1d_silu_triton", "mamba2_fused_forward", "rmsnorm_gated_triton"]
+__all__ = ["add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_fused_forward", "rmsnorm_gated_triton"]
 
 _BLOCK_L = 16  # time steps per conv program
 _BLOCK_ROWS = 16  # rows (batch * time) per RMSNorm program: the weight-gradient partials are per block of rows
@@ -213,18 +213,26 @@ def causal_conv1d_silu_triton(x: Tensor, weight: Tensor, bias: Tensor | None = N
 
 @triton.jit
 def _rmsnorm_fwd(
-    y_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr,
+    y_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, h_ptr, res_ptr,
     rows, L, gs, ngroups, eps,
-    s_y_b, s_y_l, s_z_b, s_z_l,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    s_y_b, s_y_l, s_z_b, s_z_l, s_h_b, s_h_l,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_ADD: tl.constexpr, ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    # grid (cdiv(rows, ROWS), ngroups); a row is one (batch, step), a group gs contiguous channels of it.
+    # grid (cdiv(rows, ROWS), ngroups); a row is one (batch, step), a group gs contiguous channels of it. With
+    # HAS_ADD (a streaming step's residual add, no gate): y + h is rounded to res's dtype, stored in res (contiguous
+    # rows, as out), and that is what is normalised.
     pid_r, gi = tl.program_id(0), tl.program_id(1)
     r = pid_r * ROWS + tl.arange(0, ROWS)
     col = gi * gs + tl.arange(0, BLOCK)
     m = (r[:, None] < rows) & (tl.arange(0, BLOCK)[None, :] < gs)
     bi, li = r // L, r % L
     v = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
+    if HAS_ADD:
+        h = tl.load(h_ptr + (bi * s_h_b + li * s_h_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
+        res = (v + h).to(res_ptr.dtype.element_ty)
+        tl.store(res_ptr + r[:, None] * (gs * ngroups) + col[None, :], res, mask=m)
+        v = res.to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + (bi * s_z_b + li * s_z_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
         gate = z * tl.sigmoid(z)
@@ -295,10 +303,12 @@ def _rmsnorm_bwd(
 
 
 def _rmsnorm_forward(
-    y: Tensor, z: Tensor | None, weight: Tensor, eps: float, gs: int, norm_before_gate: bool
+    y: Tensor, z: Tensor | None, weight: Tensor, eps: float, gs: int, norm_before_gate: bool,
+    h: Tensor | None = None, res: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(out (b, L, d) contiguous in y's dtype, rstd (b * L, d // gs) float32) (no autograd). y, z: unit channel
-    stride."""
+    stride. With h (y's shape, unit channel stride; no z) the norm is of y + h, which is written into res ((b, L, d)
+    contiguous, its dtype the sum's rounding)."""
     b, L, d = y.shape
     ngroups = d // gs
     rows = b * L
@@ -307,11 +317,30 @@ def _rmsnorm_forward(
     BLOCK = _pow2(gs)
     with on_device(y):
         _rmsnorm_fwd[(triton.cdiv(rows, _BLOCK_ROWS), ngroups)](
-            y, z if z is not None else y, weight, out, rstd, rows, L, gs, ngroups, eps,
-            y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
-            HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
-            **launch_options(_BLOCK_ROWS * BLOCK))
+            y, z if z is not None else y, weight, out, rstd, h if h is not None else y, res if res is not None else out,
+            rows, L, gs, ngroups, eps, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
+            *(h.stride()[:2] if h is not None else (0, 0)),
+            HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_ADD=h is not None, ROWS=_BLOCK_ROWS,
+            BLOCK=BLOCK, **launch_options(_BLOCK_ROWS * BLOCK))
     return out, rstd
+
+
+def add_rmsnorm_triton(x: Tensor, h: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(x + h, rmsnorm(x + h) * weight) in one launch, both new tensors of x's shape and dtype (no autograd): a
+    streaming step's residual add joined to the next block's norm (``condorbrain.ssm.blocks.RMSNorm.add_forward``),
+    one kernel where the eager pair is two. The sum is rounded to x's dtype first, as ``x + h`` in that dtype is.
+
+    Args:
+        x, h: (..., d), the same shape; x's dtype is the residual stream's. weight: (d,).
+    """
+    if h.shape != x.shape:
+        raise ValueError(f"x and h must have the same shape, got {tuple(x.shape)} and {tuple(h.shape)}")
+    d = x.shape[-1]
+    x3, h3 = (t.reshape(-1, 1, d) for t in (x, h))  # (rows, 1, d): the kernel's (batch, length, channels)
+    x3, h3 = (t if t.stride(-1) == 1 else t.contiguous() for t in (x3, h3))
+    res = torch.empty(x3.shape, device=x.device, dtype=x.dtype)
+    out, _ = _rmsnorm_forward(x3, None, weight, eps, d, False, h=h3, res=res)
+    return res.view(x.shape), out.view(x.shape)
 
 
 def _rmsnorm_backward(
