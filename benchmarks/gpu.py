@@ -18,10 +18,15 @@ the mixing, x3 for a training step; bytes a lower bound: parameters, optimizer t
 
 Timing: CUDA events around each call after warm-up (perf_counter on the CPU); the median of the repeats is reported
 (the fastest beside it). Inputs are random (never all zero). A row that runs out of memory is recorded as
-"out of memory" and the others still run. Bars beside each figure: training >= 1,000,000 tokens/s and peak <= 30 GiB;
-inference >= 25,000 samples/s; streaming batch 1 <= 0.2 ms; per-token cost flat within 15% across L.
+"out of memory" and the others still run. Rows print as they finish and the JSON is rewritten after each, so a run
+killed at its time limit keeps what it measured; with ``--deadline-s`` no row starts after that many seconds (the
+rest are recorded as skipped), models run in the order given (the library's network and its peers first).
+
+Bars beside each figure: training >= 1,000,000 tokens/s and peak <= 30 GiB; inference >= 25,000 samples/s;
+streaming batch 1 <= 0.2 ms; per-token cost flat within 15% across L.
 
     MAMBA_SSM_SRC=.anchors python benchmarks/gpu.py --out $OUT/gpu.json          # on the GPU machine
+    python benchmarks/gpu.py --quick --deadline-s 400 --models cb_m2n,ref_m2,attn  # start no row after 400 s
     python benchmarks/gpu.py --case a,c --quick
     python benchmarks/gpu.py --device cpu --tiny                                    # smoke test of the harness
 """
@@ -34,8 +39,9 @@ import gc
 import json
 import statistics
 import sys
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +56,10 @@ from _common import device_seconds  # noqa: E402
 from condorbrain.ssm.graph import EagerStep, GraphedStep, graph_unavailable_reason  # noqa: E402
 
 CASES = {"a": "training step", "b": "inference forward", "c": "streaming step", "d": "long sequences"}
-TRAIN_MODELS = ("cb_m2", "cb_m2n", "cb_m1", "ref_m2", "attn")
-STREAM_MODELS = ("cb_m2", "cb_m2n", "cb_m1", "ref_m2")
+# In the order they run: the library's network and its two peers first, so that a run cut short by its time budget
+# still has the comparison the bars are about.
+TRAIN_MODELS = ("cb_m2n", "ref_m2", "attn", "cb_m2", "cb_m1")
+STREAM_MODELS = ("cb_m2n", "ref_m2", "cb_m2", "cb_m1")
 MODEL_NAMES = {"cb_m2": "condorbrain Mamba2", "cb_m2n": "condorbrain Mamba2+norm",
                "cb_m1": "condorbrain Mamba", "ref_m2": "official mamba_ssm Mamba2", "attn": "Transformer (SDPA)"}
 BAR_TRAIN_TOKENS_PER_S = 1_000_000
@@ -59,6 +67,9 @@ BAR_TRAIN_PEAK_GIB = 30.0
 BAR_INFER_SAMPLES_PER_S = 25_000
 BAR_STREAM_B1_MS = 0.2
 BAR_FLAT_RATIO = 1.15
+BARS = {"train_tokens_per_s": BAR_TRAIN_TOKENS_PER_S, "train_peak_gib": BAR_TRAIN_PEAK_GIB,
+        "infer_samples_per_s": BAR_INFER_SAMPLES_PER_S, "stream_batch1_ms": BAR_STREAM_B1_MS,
+        "long_flat_ratio": BAR_FLAT_RATIO}
 
 
 class Skip(Exception):
@@ -277,77 +288,108 @@ def _row_name(r: dict[str, Any]) -> str:
     return MODEL_NAMES[r["model"]] + (" (fused)" if r.get("fused") else "")
 
 
-def print_rows(case: str, rows: list[dict[str, Any]], cols: list[tuple[str, str, str]], judged: bool) -> None:
-    """One table: the model, ``cols`` (json key, header, format), the floors, the bars."""
+def print_head(case: str, cols: list[tuple[str, str, str]]) -> None:
+    """A case's table head: the model, ``cols`` (json key, header, format), the floors; rows follow as they finish."""
     print(f"\n({case}) {CASES[case]}")
-    print(f"{'model':<32} " + " ".join(f"{h:>12}" for _, h, _ in cols)
-          + f" {FLOOR_HEAD}")
-    for r in rows:
-        label = _row_name(r) + (f" {r['path']}" if "path" in r else "")
-        if "error" in r or "skipped" in r:
-            print(f"{label:<32} {r.get('error') or 'skipped: ' + r['skipped']}")
-            continue
-        cells = " ".join(f"{'-' if r.get(k) is None else format(r[k], f):>12}" for k, _, f in cols)
-        bars = " ".join(_bar_text(b) for b in r.get("bars", {}).values())
-        print(f"{label:<32} {cells} {_floors_text(r)} {bars}")
+    print(f"{'model':<32} " + " ".join(f"{h:>12}" for _, h, _ in cols) + f" {FLOOR_HEAD}", flush=True)
+
+
+def print_row(r: dict[str, Any], cols: list[tuple[str, str, str]]) -> None:
+    label = _row_name(r) + (f" {r['path']}" if "path" in r else "")
+    if "error" in r or "skipped" in r:
+        print(f"{label:<32} {r.get('error') or 'skipped: ' + r['skipped']}", flush=True)
+        return
+    cells = " ".join(f"{'-' if r.get(k) is None else format(r[k], f):>12}" for k, _, f in cols)
+    bars = " ".join(_bar_text(b) for b in r.get("bars", {}).values())
+    print(f"{label:<32} {cells} {_floors_text(r)} {bars}", flush=True)
 
 
 # --- cases --------------------------------------------------------------------------------------------------------
-def case_train(setup: Setup, timer: Timer, floors: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for name in TRAIN_MODELS:
-        r = {"model": name, **guarded(train_row, name, setup, timer, floors, setup.L, setup.batch, setup.layers,
-                                      setup.reps)}
+@dataclass(frozen=True)
+class Budget:
+    """When the run stops starting rows (``--deadline-s``; None: never). A GPU session's device time is scarce and a
+    command past its limit is killed: rows past the deadline are recorded as skipped, and the JSON written after
+    every row keeps what was measured."""
+
+    deadline: float | None  # time.monotonic() value
+    seconds: float | None
+
+    @classmethod
+    def start(cls, seconds: float | None) -> Budget:
+        return cls(None if seconds is None else time.monotonic() + seconds, seconds)
+
+    def spent(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    @property
+    def reason(self) -> str:
+        return f"time budget (--deadline-s {self.seconds:g}) spent before this row started"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every case needs: sizes, timer, floors, the models in the order they run, the time budget."""
+
+    setup: Setup
+    timer: Timer
+    floors: dict[str, Any]
+    models: tuple[str, ...]
+    budget: Budget
+
+    def row(self, fn: Callable[..., dict[str, Any]], name: str, *args: Any) -> dict[str, Any]:
+        """``guarded(fn, name, setup, timer, floors, *args)``, or skipped once the budget is spent."""
+        if self.budget.spent():
+            return {"skipped": self.budget.reason}
+        return guarded(fn, name, self.setup, self.timer, self.floors, *args)
+
+
+def case_train(run: Run) -> Iterator[dict[str, Any]]:
+    s = run.setup
+    for name in run.models:
+        r = {"model": name, **run.row(train_row, name, s.L, s.batch, s.layers, s.reps)}
         if "ms" in r:
-            r["bars"] = {"tokens_per_s": _bar(r["tokens_per_s"], BAR_TRAIN_TOKENS_PER_S, False, not setup.tiny),
-                         "peak_gib": _bar(r["peak_gib"], BAR_TRAIN_PEAK_GIB, True, not setup.tiny)}
-        rows.append(r)
-    return rows
+            r["bars"] = {"tokens_per_s": _bar(r["tokens_per_s"], BAR_TRAIN_TOKENS_PER_S, False, not s.tiny),
+                         "peak_gib": _bar(r["peak_gib"], BAR_TRAIN_PEAK_GIB, True, not s.tiny)}
+        yield r
 
 
-def case_infer(setup: Setup, timer: Timer, floors: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for name in TRAIN_MODELS:
-        r = {"model": name, **guarded(infer_row, name, setup, timer, floors)}
+def case_infer(run: Run) -> Iterator[dict[str, Any]]:
+    for name in run.models:
+        r = {"model": name, **run.row(infer_row, name)}
         if "ms" in r:
-            r["bars"] = {"samples_per_s": _bar(r["samples_per_s"], BAR_INFER_SAMPLES_PER_S, False, not setup.tiny)}
-        rows.append(r)
-    return rows
+            r["bars"] = {"samples_per_s": _bar(r["samples_per_s"], BAR_INFER_SAMPLES_PER_S, False, not run.setup.tiny)}
+        yield r
 
 
-def case_stream(setup: Setup, timer: Timer, floors: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for name in STREAM_MODELS:
-        for batch in setup.stream_batches:
+def case_stream(run: Run) -> Iterator[dict[str, Any]]:
+    for name in (m for m in run.models if m in STREAM_MODELS):
+        for batch in run.setup.stream_batches:
             for path in ("eager", "cuda-graph"):
-                r = {"model": name, "batch": batch, "path": path,
-                     **guarded(stream_row, name, setup, timer, floors, batch, path)}
+                r = {"model": name, "batch": batch, "path": path, **run.row(stream_row, name, batch, path)}
                 if "ms" in r and batch == 1:
-                    r["bars"] = {"ms": _bar(r["ms"], BAR_STREAM_B1_MS, True, not setup.tiny)}
-                rows.append(r)
-    return rows
+                    r["bars"] = {"ms": _bar(r["ms"], BAR_STREAM_B1_MS, True, not run.setup.tiny)}
+                yield r
 
 
-def case_long(setup: Setup, timer: Timer, floors: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for name in TRAIN_MODELS:
+def case_long(run: Run) -> Iterator[dict[str, Any]]:
+    s = run.setup
+    for name in run.models:
         base = None
-        for L in setup.long_lengths:
-            batch = setup.long_tokens // L
+        for L in s.long_lengths:
+            batch = s.long_tokens // L
             r = {"model": name, "L": L, "batch": batch,
-                 **guarded(train_row, name, setup, timer, floors, L, batch, setup.long_layers, setup.long_reps)}
+                 **run.row(train_row, name, L, batch, s.long_layers, s.long_reps)}
             if "ms" in r:
                 per_token = r["ms"] / (batch * L)
-                base = per_token if L == setup.long_lengths[0] else base
+                base = per_token if L == s.long_lengths[0] else base
                 if base is not None:
                     r["per_token_cost_vs_first_L"] = per_token / base
                     r["bars"] = {"per_token_cost_vs_first_L": _bar(r["per_token_cost_vs_first_L"], BAR_FLAT_RATIO,
-                                                                   True, not setup.tiny)}
-            rows.append(r)
-    return rows
+                                                                   True, not s.tiny)}
+            yield r
 
 
-CASE_FNS: dict[str, Callable[[Setup, Timer, dict[str, Any]], list[dict[str, Any]]]] = {
+CASE_FNS: dict[str, Callable[[Run], Iterator[dict[str, Any]]]] = {
     "a": case_train, "b": case_infer, "c": case_stream, "d": case_long}
 CASE_COLS = {
     "a": [("ms", "ms/step", ",.2f"), ("tokens_per_s", "tokens/s", ",.0f"), ("samples_per_s", "samples/s", ",.0f"),
@@ -379,11 +421,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke test of the harness in seconds")
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    ap.add_argument("--models", default=",".join(TRAIN_MODELS),
+                    help=f"comma-separated, in the order they run (default: {','.join(TRAIN_MODELS)})")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="start no row after this many seconds (later rows are recorded as skipped)")
     ap.add_argument("--out", default="bench-results/gpu.json")
     args = ap.parse_args(argv)
     cases = [c for c in args.case.split(",") if c]
     if bad := sorted(set(cases) - set(CASES)):
         ap.error(f"unknown case(s) {bad}; choose from {','.join(CASES)}")
+    models = tuple(m for m in args.models.split(",") if m)
+    if bad := sorted(set(models) - set(TRAIN_MODELS)):
+        ap.error(f"unknown model(s) {bad}; choose from {','.join(TRAIN_MODELS)}")
+    budget = Budget.start(args.deadline_s)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False (no GPU, or a CPU-only torch build); "
@@ -407,25 +457,35 @@ def main(argv: list[str] | None = None) -> int:
           f"write of {floors['copy_bytes'] / 2**20:,.0f} MiB)")
     print("%mm / %bw: the time the row's FLOPs / bytes take at the matmul / copy floor, as % of its measured time")
 
+    out = Path(args.out)
     results: dict[str, Any] = {}
+    run = Run(setup, timer, floors, models, budget)
+
+    def save() -> None:  # after every row: a run killed at its time limit keeps what it measured
+        write_json(out, {"config": {**dataclasses.asdict(setup), **env, "models": list(models)}, "floors": floors,
+                         "cases": results, "bars": BARS})
+
     for case in cases:
-        rows = CASE_FNS[case](setup, timer, floors)
-        for r in rows:
+        print_head(case, CASE_COLS[case])
+        rows: list[dict[str, Any]] = []
+        results[case] = {"title": CASES[case], "rows": rows}
+        for r in CASE_FNS[case](run):
             if r["model"] == "ref_m2":
                 r["fused"] = env["mamba_ssm_fused"]
-        results[case] = {"title": CASES[case], "rows": rows}
-        print_rows(case, rows, CASE_COLS[case], not setup.tiny)
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": {**dataclasses.asdict(setup), **env}, "floors": floors, "cases": results,
-                               "bars": {"train_tokens_per_s": BAR_TRAIN_TOKENS_PER_S, "train_peak_gib":
-                                        BAR_TRAIN_PEAK_GIB, "infer_samples_per_s": BAR_INFER_SAMPLES_PER_S,
-                                        "stream_batch1_ms": BAR_STREAM_B1_MS, "long_flat_ratio": BAR_FLAT_RATIO}},
-                              indent=2))
+            rows.append(r)
+            print_row(r, CASE_COLS[case])
+            save()
+    save()
     print(f"\nwrote {out}")
     return 0
 
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -109,3 +109,38 @@ def test_model_cost_counts_the_linears_as_torch_does(gpu):
     linears = sum(v for k, v in counts.items() if "sdpa" not in str(k) and "attention" not in str(k))
     cost = gm.model_cost("attn", d, layers, L, gm.TINY)
     assert linears == (cost.flops - layers * 2 * L * d) * B * L  # minus the causal half of QK^T and AV
+
+
+def test_models_run_in_the_order_given_and_a_spent_budget_skips_rows(gpu, tmp_path):
+    res = run(gpu, tmp_path, "--case", "a,c", "--models", "cb_m1,attn")
+    assert [r["model"] for r in res["cases"]["a"]["rows"]] == ["cb_m1", "attn"]
+    assert {r["model"] for r in res["cases"]["c"]["rows"]} == {"cb_m1"}  # attention has no streaming row
+    assert res["config"]["models"] == ["cb_m1", "attn"]
+    assert all(positive(r["tokens_per_s"]) for r in res["cases"]["a"]["rows"])
+    # a budget spent before the first row: every row is recorded as skipped, naming the budget, and the JSON is written
+    res = run(gpu, tmp_path, "--case", "a,d", "--models", "cb_m2n", "--deadline-s", "0")
+    rows = res["cases"]["a"]["rows"] + res["cases"]["d"]["rows"]
+    assert len(rows) == 1 + 4
+    assert all(r["skipped"] == "time budget (--deadline-s 0) spent before this row started" for r in rows)
+
+
+def test_rows_are_saved_as_they_finish(gpu, tmp_path, monkeypatch):
+    """The JSON on disk holds every finished row while later rows run (a run killed at its limit keeps them)."""
+    out = tmp_path / "gpu.json"
+    seen = []
+    train_row = gpu.train_row
+
+    def spying_row(name, *args):
+        if out.exists():
+            seen.append((name, [r["model"] for r in json.loads(out.read_text())["cases"]["a"]["rows"]]))
+        return train_row(name, *args)
+
+    monkeypatch.setattr(gpu, "train_row", spying_row)
+    run(gpu, tmp_path, "--case", "a", "--models", "cb_m2n,cb_m1,attn")
+    assert seen == [("cb_m1", ["cb_m2n"]), ("attn", ["cb_m2n", "cb_m1"])]
+
+
+def test_unknown_model_is_named(gpu, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu.main(["--device", "cpu", "--tiny", "--models", "cb_m2n,mamba3", "--out", str(tmp_path / "x.json")])
+    assert "unknown model(s) ['mamba3']" in capsys.readouterr().err

@@ -21,9 +21,16 @@ def test_version_and_help(capsys):
     assert "smoke" in out and "info" in out
 
 
-def test_info_names_the_scan_path(capsys):
+def test_info_names_the_scan_path(capsys, monkeypatch):
     assert main(["info"]) == 0
     assert "CPU scan path:" in capsys.readouterr().out
+    # under the interpreter, whether it can run the kernels here, and why not
+    from condorbrain.ssm import triton as triton_path
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton_path, "status", lambda device=None: (False, f"because ({device})"))
+    assert main(["info"]) == 0
+    assert "Triton interpreter on the CPU: not usable: because (cpu)" in capsys.readouterr().out
 
 
 def test_smoke_run_learns_and_streams_like_batch():

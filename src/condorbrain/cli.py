@@ -36,6 +36,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"GPU streaming: {streaming_path('cuda')}")
     else:
         print(f"GPU kernels (Triton): {triton_path.status('cuda')[1]}")
+    if triton_path.interpreting():  # TRITON_INTERPRET=1: the kernels on the CPU (how the tests check them)
+        ok, why = triton_path.status("cpu")
+        print(f"Triton interpreter on the CPU: {'usable, ' if ok else 'not usable: '}{why}")
     return 0
 
 
