@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from condorbrain.ssm.blocks import norm_then_mix
+
 N_IN, N_OUT = 24, 8
 
 
@@ -83,7 +85,7 @@ class Net(nn.Module):
         """x (B, L, 24) -> (B, L, 8)."""
         h = self.emb(x)
         for n, m in zip(self.norms, self.mixers):
-            h = h + m(n(h))
+            h = h + norm_then_mix(n, m, h)  # m(n(h)); the library's norm joins a Mamba2's in_proj on the fused path
         return self.head(self.fn(h))
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int | None = None,

@@ -15,7 +15,9 @@ Rows:
 * ``triton``: the fused GPU training path (``CONDORBRAIN_SCAN_BACKEND=triton``), run under Triton's interpreter
   (``TRITON_INTERPRET=1``, set here before triton is imported): the same host code, so the same saves, as on a GPU.
 * ``triton + library RMSNorm``: the same with this project's RMSNorm as the pre-norms and the final norm
-  (``_gpu_models`` network ``cb_m2n``): one Triton kernel keeping x and one float32 1/rms per token.
+  (``_gpu_models`` network ``cb_m2n``): each pre-norm runs inside its Mamba2's in_proj node
+  (``condorbrain.ssm.blocks.norm_then_mix``), which keeps the block's input x and one float32 1/rms per token and
+  recomputes the normalised input in the backward; counted under the mixer (the pre-norm column is then 0).
 * ``compiled``: the CPU path (compiled C++ scan), for comparison.
 * official: ``mamba_ssm``'s ``mamba_split_conv1d_scan_combined`` (its fused path) keeps, per token and layer, zxbcdt
   (d_in_proj channels) and the scan's output before the norm (d_ssm), both bf16 under autocast, the norm's 1/rms
@@ -61,16 +63,29 @@ ROWS = (("triton", "cb_m2", "triton"), ("triton + library RMSNorm", "cb_m2n", "t
 def saved_bytes_by_tag(net: gm.Net, x: torch.Tensor) -> dict[str, int]:
     """Bytes the graph of ``net(x)`` keeps for the backward (:func:`condorbrain.ssm.memory.saved_activation_bytes`),
     by where they were saved: ``mixer`` (all blocks' mixers), ``norm`` (all blocks' pre-norms), ``rest``."""
+    from condorbrain.ssm import Mamba2
+
     tag = ["rest"]
     hooks = []
     for name, mods in (("mixer", net.mixers), ("norm", net.norms)):
         for mod in mods:
             hooks.append(mod.register_forward_pre_hook(lambda *_, n=name: tag.__setitem__(0, n)))
             hooks.append(mod.register_forward_hook(lambda *_: tag.__setitem__(0, "rest")))
+    joined = Mamba2.forward_prenormed  # a pre-norm joined to in_proj (norm_then_mix): no module call, so no hook
+
+    def forward_prenormed(self, *args):
+        tag[0] = "mixer"
+        try:
+            return joined(self, *args)
+        finally:
+            tag[0] = "rest"
+
+    Mamba2.forward_prenormed = forward_prenormed
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             saved = saved_activation_bytes(lambda: net(x), tag=lambda: tag[0])
     finally:
+        Mamba2.forward_prenormed = joined
         for h in hooks:
             h.remove()
     return {where: saved.get(where, 0) for where in ("mixer", "norm", "rest")}

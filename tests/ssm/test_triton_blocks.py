@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from condorbrain.ssm import Mamba2
 from condorbrain.ssm import triton as triton_path
-from condorbrain.ssm.blocks import Backbone, BackboneConfig, RMSNorm
+from condorbrain.ssm.blocks import Backbone, BackboneConfig, Block, RMSNorm, norm_then_mix
 from condorbrain.ssm.memory import saved_activation_bytes
 
 pytestmark = pytest.mark.skipif(not triton_path.available("cpu") and not torch.cuda.is_available(),
@@ -68,8 +69,8 @@ def test_rmsnorm_triton_bfloat16_autocast_and_saves(device):
     torch.testing.assert_close(got[0].float(), want[0].float(), rtol=1e-2, atol=1e-2)
 
     leaf = x.detach().clone().requires_grad_(True)
-    triton_bytes = saved_activation_bytes(lambda: norm(leaf))["all"]
-    ref_bytes = saved_activation_bytes(lambda: norm._forward_reference(leaf))["all"]
+    triton_bytes = saved_activation_bytes(lambda: norm(leaf * 1))["all"]  # a non-leaf input, as a block's is
+    ref_bytes = saved_activation_bytes(lambda: norm._forward_reference(leaf * 1))["all"]
     rows, d = 3 * 16, 64
     assert triton_bytes == rows * d * 2 + rows * 4  # x in bf16 + 1/rms in float32
     assert ref_bytes > 2 * triton_bytes
@@ -97,6 +98,59 @@ def test_backbone_forward_on_triton_path(device, monkeypatch):
     torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-4)
     for a, e in zip(got[2], want[2], strict=True):
         torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-4)
+
+
+def _linear_after_norm(x, norm, linear, fused):
+    """(out, dx, dnorm_weight, dW, db) of Linear(norm(x)): the block's two modules, or rmsnorm_linear_triton."""
+    from condorbrain.ssm.triton.fused import rmsnorm_linear_triton
+
+    x = x.detach().clone().requires_grad_(True)
+    norm.zero_grad()
+    linear.zero_grad()
+    out = (rmsnorm_linear_triton(x, norm.weight, norm.eps, linear.weight, linear.bias) if fused
+           else linear(norm(x)))
+    g = torch.Generator().manual_seed(9)
+    (out.float() * torch.randn(out.shape, generator=g).to(out.device)).sum().backward()
+    return (out.detach(), x.grad, norm.weight.grad.clone(), linear.weight.grad.clone(),
+            None if linear.bias is None else linear.bias.grad.clone())
+
+
+@pytest.mark.parametrize(("x_dtype", "autocast", "bias"), [
+    (torch.float32, False, True), (torch.float32, True, False), (torch.bfloat16, True, True)])
+def test_rmsnorm_linear_matches_norm_then_linear(device, x_dtype, autocast, bias):
+    """norm + Linear as one node (the norm's output recomputed in the backward) gives the two modules' output and
+    gradients: in float32, and under bf16 autocast with a float32 or a bf16 residual stream (the matmul in bf16 both
+    ways, the norm kernel the same). It keeps x and 1/rms, not the Linear's input."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 7, 48, generator=g) * 2 + 0.3).to(device, x_dtype)
+    norm = RMSNorm(48, eps=1e-6).to(device)
+    linear = torch.nn.Linear(48, 80, bias=bias).to(device)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(48, generator=g) + 0.5)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        want = _linear_after_norm(x, norm, linear, fused=False)
+        got = _linear_after_norm(x, norm, linear, fused=True)
+    assert got[0].dtype == want[0].dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert got[1].dtype == x_dtype
+    tol = {"rtol": 2e-2, "atol": 2e-2} if autocast else {"rtol": 1e-5, "atol": 1e-5}
+    for a, e in zip(got, want, strict=True):
+        if e is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a.float(), e.float(), **tol)
+
+    leaf = x.detach().clone().requires_grad_(True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        from condorbrain.ssm.triton.fused import rmsnorm_linear_triton
+
+        # leaf * 1: a non-leaf input, which the count includes (as a block's input is)
+        kept = saved_activation_bytes(
+            lambda: rmsnorm_linear_triton(leaf * 1, norm.weight, norm.eps, linear.weight, linear.bias))["all"]
+        kept_apart = saved_activation_bytes(lambda: linear(norm(leaf * 1)))["all"]
+    rows, item = 3 * 7, x.element_size()
+    assert kept == rows * 48 * item + rows * 4  # x + one float32 1/rms per row
+    # apart: + the Linear's input, and under autocast its bf16 weight copy (the node casts it again instead)
+    assert kept_apart == kept + rows * 48 * (2 if autocast else 4) + (80 * 48 * 2 if autocast else 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -153,3 +207,46 @@ def test_backbone_step_fused_equals_eager(device, monkeypatch, d_intermediate):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
     for a, e in zip((t for c in got_cache for t in c), (t for c in want_cache for t in c), strict=True):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_block_joins_its_norm_to_the_mamba2_in_proj(device, monkeypatch):
+    """A Mamba-2 block's forward on the fused path runs the pre-norm inside in_proj's node (norm_then_mix): the values
+    of norm then mixer, forward and every gradient, with the normalised input no longer kept; with state, or off the
+    fused path, the modules run apart."""
+    torch.manual_seed(0)
+    block = Block(32, Mamba2(32, d_state=16, headdim=16, chunk_size=8)).to(device)
+    x = torch.randn(2, 11, 32, device=device) * 1.5
+
+    def run(forward):
+        block.zero_grad()
+        xx = x.clone().requires_grad_(True)
+        out = forward(xx)
+        out.square().sum().backward()
+        return out.detach(), xx.grad, [p.grad.clone() for p in block.parameters()]
+
+    calls = []
+    joined = Mamba2.forward_prenormed
+    monkeypatch.setattr(Mamba2, "forward_prenormed", lambda *a: calls.append(1) or joined(*a))
+    got = run(block)
+    want = run(lambda h: h + block.mixer(block.norm(h)))  # the two modules apart
+    assert calls == [1]
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-5)
+    for a, e in zip(got[2], want[2], strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+    leaf = x.clone().requires_grad_(True)
+    def apart(h):
+        return h + block.mixer(block.norm(h))
+
+    kept_joined = saved_activation_bytes(lambda: block(leaf * 1))["all"]
+    kept_apart = saved_activation_bytes(lambda: apart(leaf * 1))["all"]
+    assert kept_apart - kept_joined == 2 * 11 * 32 * 4  # the normalised input (float32 here), no longer kept
+
+    # carried state: the modules apart (the fused node has no state)
+    monkeypatch.setattr(Mamba2, "forward_prenormed", lambda *a: pytest.fail("joined with a state"))
+    with torch.no_grad():
+        out, _ = block(x, return_state=True)
+    torch.testing.assert_close(out, got[0], rtol=1e-5, atol=1e-5)
+    # not the fused path (float64): the modules apart
+    assert norm_then_mix(block.norm.double(), block.mixer.double(), x.double()).dtype == torch.float64

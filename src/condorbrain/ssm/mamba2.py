@@ -291,16 +291,7 @@ class Mamba2(nn.Module):
 
         zxbcdt = self.in_proj(u)  # (B, L, d_in_proj)
         if state is None and not return_state and self._fused_path(u):
-            # conv + SiLU, SSD, the gated RMSNorm and out_proj as one autograd node of Triton kernels reading zxbcdt
-            # in place, which keeps only zxbcdt and the scan's output for the backward (triton/fused.py)
-            from condorbrain.ssm.triton.fused import mamba2_fused_forward
-
-            return mamba2_fused_forward(
-                zxbcdt, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log, self._D(),
-                self.norm.weight if self.rmsnorm else None, headdim=self.headdim, d_state=self.d_state,
-                ngroups=self.ngroups, chunk_size=self.chunk_size, norm_before_gate=self.norm_before_gate,
-                eps=self.norm.eps if self.rmsnorm else 1e-5, dt_limit=self.dt_limit,
-                out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias)  # (B, L, d_model)
+            return self._fused_forward(zxbcdt)
         z0, x0, z, xBC, dt = torch.split(
             zxbcdt, [self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
         xBC, new_conv_state = causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, "silu", conv_state,
@@ -329,6 +320,33 @@ class Mamba2(nn.Module):
             return out
         ssm_dtype = ssm_state.dtype if ssm_state is not None else self.in_proj.weight.dtype
         return out, SSMState(new_conv_state, final.to(ssm_dtype))
+
+    def _fused_forward(self, zxbcdt: Tensor) -> Tensor:
+        """(B, L, d_in_proj) -> (B, L, d_model): conv + SiLU, SSD, the gated RMSNorm and out_proj as one autograd
+        node of Triton kernels reading zxbcdt in place, which keeps only zxbcdt and the scan's output for the backward
+        (triton/fused.py)."""
+        from condorbrain.ssm.triton.fused import mamba2_fused_forward
+
+        return mamba2_fused_forward(
+            zxbcdt, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log, self._D(),
+            self.norm.weight if self.rmsnorm else None, headdim=self.headdim, d_state=self.d_state,
+            ngroups=self.ngroups, chunk_size=self.chunk_size, norm_before_gate=self.norm_before_gate,
+            eps=self.norm.eps if self.rmsnorm else 1e-5, dt_limit=self.dt_limit,
+            out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias)
+
+    def forward_prenormed(self, x: Tensor, norm_weight: Tensor, eps: float) -> Tensor:
+        """``forward(rmsnorm(x) * norm_weight)`` over a whole sequence on the fused path (``_fused_path(x)``): a
+        pre-norm block's norm joined to in_proj (``rmsnorm_linear_triton``), so that the block keeps its input x
+        for the backward and not also the normalised copy in_proj would keep (1 KB per token at d_model 512, bf16).
+        Use :func:`condorbrain.ssm.blocks.norm_then_mix`, which falls back to ``forward(norm(x))`` elsewhere."""
+        check_hidden_states("x", x, self.d_model)
+        if not self._fused_path(x):
+            raise RuntimeError("Mamba2.forward_prenormed runs on the fused Triton path only; use "
+                               "condorbrain.ssm.blocks.norm_then_mix, which falls back to forward(norm(x))")
+        from condorbrain.ssm.triton.fused import rmsnorm_linear_triton
+
+        zxbcdt = rmsnorm_linear_triton(x, norm_weight, eps, self.in_proj.weight, self.in_proj.bias)
+        return self._fused_forward(zxbcdt)  # (B, L, d_model)
 
     def _fused_path(self, u: Tensor) -> bool:
         """Whether a whole-sequence forward of ``u`` takes the fused Triton path: not float64, and the scan backend

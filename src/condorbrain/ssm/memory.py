@@ -1,8 +1,8 @@
 """What a forward keeps for its backward: the activation memory a training step holds, measured on any device.
 
 :func:`saved_activation_bytes` runs a forward under ``torch.autograd.graph.saved_tensors_hooks`` and counts the
-distinct storages the graph still holds when the forward returns. Parameters and leaf inputs that require grad are
-left out (they live anyway), and so is a tensor saved by a node that is freed at once (e.g. inside an input
+distinct storages the graph still holds when the forward returns. Parameters and leaf inputs that require grad, and
+views of them (a Linear saves its weight transposed), are left out (they live anyway), and so is a tensor saved by a node that is freed at once (e.g. inside an input
 check): it is no activation. Used by the fused Mamba-2 path's memory test and ``benchmarks/activation_memory.py``.
 """
 
@@ -39,9 +39,12 @@ def saved_activation_bytes(forward: Callable[[], Any], tag: Callable[[], str] | 
     """
     held: list[tuple[weakref.ref, int, int, str]] = []
 
+    def lives_anyway(t: torch.Tensor) -> bool:
+        return isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad)
+
     def pack(t: torch.Tensor) -> _Held:
         h = _Held(t)
-        if not (isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad)):
+        if not (lives_anyway(t) or (t._base is not None and lives_anyway(t._base))):
             st = t.untyped_storage()
             held.append((weakref.ref(h), st.data_ptr(), st.nbytes(), "all" if tag is None else tag()))
         return h

@@ -45,7 +45,8 @@ from torch import Tensor
 from condorbrain.ssm.triton import ssd
 from condorbrain.ssm.triton.ssd import launch_options, on_device
 
-__all__ = ["add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_fused_forward", "rmsnorm_gated_triton"]
+__all__ = ["add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_fused_forward", "rmsnorm_gated_triton",
+           "rmsnorm_linear_triton"]
 
 _BLOCK_L = 16  # time steps per conv program
 _BLOCK_ROWS = 16  # rows (batch * time) per RMSNorm program: the weight-gradient partials are per block of rows
@@ -409,6 +410,63 @@ def rmsnorm_gated_triton(
     if z is not None and z.stride(-1) != 1:
         z = z.contiguous()
     return _RMSNormGated.apply(y, z, weight, eps, group_size, norm_before_gate)
+
+
+class _RMSNormLinear(torch.autograd.Function):
+    """rmsnorm(x) * norm_weight -> Linear as one autograd node that keeps x and 1/rms, not the norm's output.
+
+    A pre-norm block's input x is alive anyway (the norm's backward needs it), while the Linear's input, the
+    normalised x in the matmul dtype, is a second copy per token (1 KB at d_model 512 in bf16). The backward
+    recomputes it with the same kernel (bit-identical), takes the Linear's gradients from it and frees it before the
+    norm's backward runs."""
+
+    @staticmethod
+    def forward(ctx, x, norm_weight, eps, weight, bias, mm_dtype):
+        rows = x.reshape(-1, 1, x.shape[-1])  # (N, 1, D): the norm kernel's (batch, length, channels)
+        with torch.autocast(x.device.type, enabled=False):
+            u, rstd = _rmsnorm_forward(rows, None, norm_weight, eps, x.shape[-1], False)  # u: x's dtype
+            out = F.linear(u.view(x.shape).to(mm_dtype), weight.to(mm_dtype),
+                           bias.to(mm_dtype) if bias is not None else None)  # (..., n_out)
+        ctx.save_for_backward(x, norm_weight, rstd, weight, bias)
+        ctx.cfg = (eps, mm_dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, norm_weight, rstd, weight, bias = ctx.saved_tensors
+        eps, mm_dtype = ctx.cfg
+        rows = x.reshape(-1, 1, x.shape[-1])
+        with torch.autocast(x.device.type, enabled=False):
+            u = _rmsnorm_forward(rows, None, norm_weight, eps, x.shape[-1], False)[0]  # recomputed
+            g = dout.reshape(-1, dout.shape[-1]).to(mm_dtype)  # (N, n_out)
+            dW = (g.t() @ u.view(-1, x.shape[-1]).to(mm_dtype)).to(weight.dtype)  # (n_out, D)
+            del u
+            db = g.to(torch.float32).sum(0).to(bias.dtype) if bias is not None else None
+            du = (g @ weight.to(mm_dtype)).view(rows.shape)  # (N, 1, D) in the matmul dtype
+            del g
+            dx, _, dnw = _rmsnorm_backward(rows, None, norm_weight, rstd, du, x.shape[-1], False, dy_dtype=x.dtype)
+        return dx.view(x.shape), dnw, None, dW, db, None
+
+
+def rmsnorm_linear_triton(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor,
+                          bias: Tensor | None = None) -> Tensor:
+    """``F.linear(rmsnorm(x) * norm_weight, weight, bias)`` (a pre-norm block's norm and its mixer's in_proj), with
+    the norm's output recomputed in the backward instead of kept (:class:`_RMSNormLinear`).
+
+    The norm is :class:`condorbrain.ssm.blocks.RMSNorm`'s Triton kernel (output in x's dtype); the Linear runs in the
+    autocast dtype under autocast, as ``nn.Linear`` does, else in x's dtype.
+
+    Args:
+        x: (..., D), unit channel stride. norm_weight: (D,). weight: (n_out, D). bias: (n_out,) or None.
+
+    Returns:
+        (..., n_out).
+    """
+    if x.stride(-1) != 1 or not x.is_contiguous():
+        x = x.contiguous()
+    dev = x.device.type
+    mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    return _RMSNormLinear.apply(x, norm_weight, eps, weight, bias, mm_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
