@@ -180,23 +180,58 @@ def build_model(name: str, setup: Setup, n_layers: int) -> torch.nn.Module:
     return net.to(setup.device)
 
 
-def train_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any], L: int, batch: int, n_layers: int,
-              reps: int) -> dict[str, Any]:
-    """One training step of the wrapper with mixer ``name``: bf16 autocast (CUDA), MSE on the last step, fused AdamW."""
+def train_step(name: str, setup: Setup, L: int, batch: int, n_layers: int) -> tuple[Callable[[], None], int]:
+    """(one training step of the wrapper with mixer ``name``: bf16 autocast (CUDA), MSE on the last step, fused
+    AdamW; its parameter count). Random inputs of (batch, L, 24)."""
     torch.manual_seed(0)
     net = build_model(name, setup, n_layers).train()
-    params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
     x = torch.randn(batch, L, gm.N_IN, device=setup.device)  # (B, L, 24)
     y = torch.randn(batch, gm.N_OUT, device=setup.device)
+    device_type = torch.device(setup.device).type
 
     def step() -> None:
-        with torch.autocast(timer.device.type, dtype=torch.bfloat16, enabled=setup.cuda):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=setup.cuda):
             out = net(x)[:, -1]  # (B, 8)
         F.mse_loss(out.float(), y).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step, sum(p.numel() for p in net.parameters())
+
+
+def infer_step(name: str, setup: Setup) -> tuple[Callable[[], None], int]:
+    """(a forward of the wrapper over random (batch, L, 24), no grad, bf16 autocast on CUDA; its parameter count)."""
+    torch.manual_seed(0)
+    net = build_model(name, setup, setup.layers).eval()
+    x = torch.randn(setup.batch, setup.L, gm.N_IN, device=setup.device)
+    device_type = torch.device(setup.device).type
+
+    @torch.no_grad()
+    def fwd() -> None:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=setup.cuda):
+            net(x)
+
+    return fwd, sum(p.numel() for p in net.parameters())
+
+
+def stream_step(name: str, setup: Setup, batch: int, path: str) -> tuple[Callable[[], Any], int]:
+    """(one streaming step through every layer, weights and states in the compute dtype, eager or graph-replayed;
+    the parameter count). Skip where the path cannot run here."""
+    if path == "cuda-graph" and (reason := graph_unavailable_reason(None, torch.device(setup.device))):
+        raise Skip(reason)
+    torch.manual_seed(0)
+    net = build_model(name, setup, setup.layers).to(setup.dtype).eval()
+    make = GraphedStep if path == "cuda-graph" else EagerStep
+    stepper = make(net, batch, dtype=setup.dtype, n_inputs=gm.N_IN)
+    x = torch.randn(batch, 1, gm.N_IN, device=setup.device, dtype=setup.dtype)
+    return (lambda: stepper.step(x)), sum(p.numel() for p in net.parameters())
+
+
+def train_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any], L: int, batch: int, n_layers: int,
+              reps: int) -> dict[str, Any]:
+    """Timing of :func:`train_step`: tokens/s, samples/s, peak memory."""
+    step, params = train_step(name, setup, L, batch, n_layers)
     if setup.cuda:
         torch.cuda.reset_peak_memory_stats(timer.device)
     sec, fastest = timer(step, setup.warmup, reps)
@@ -209,17 +244,8 @@ def train_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any], L: 
 
 
 def infer_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any]) -> dict[str, Any]:
-    """Forward of the wrapper over (B, L, 24), no grad, bf16 autocast on CUDA."""
-    torch.manual_seed(0)
-    net = build_model(name, setup, setup.layers).eval()
-    params = sum(p.numel() for p in net.parameters())
-    x = torch.randn(setup.batch, setup.L, gm.N_IN, device=setup.device)
-
-    @torch.no_grad()
-    def fwd() -> None:
-        with torch.autocast(timer.device.type, dtype=torch.bfloat16, enabled=setup.cuda):
-            net(x)
-
+    """Timing of :func:`infer_step`: samples/s."""
+    fwd, params = infer_step(name, setup)
     sec, fastest = timer(fwd, setup.warmup, setup.reps * 2)
     cost = gm.model_cost(name, setup.d, setup.layers, setup.L, setup.sizes)
     flops, nbytes = gm.forward_cost(cost, params, setup.batch * setup.L, setup.elem_bytes)
@@ -230,16 +256,9 @@ def infer_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any]) -> 
 
 def stream_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any], batch: int,
                path: str) -> dict[str, Any]:
-    """One streaming step through every layer (weights and states in the compute dtype), eager or graph-replayed."""
-    if path == "cuda-graph" and (reason := graph_unavailable_reason(None, timer.device)):
-        raise Skip(reason)
-    torch.manual_seed(0)
-    net = build_model(name, setup, setup.layers).to(setup.dtype).eval()
-    params = sum(p.numel() for p in net.parameters())
-    make = GraphedStep if path == "cuda-graph" else EagerStep
-    stepper = make(net, batch, dtype=setup.dtype, n_inputs=gm.N_IN)
-    x = torch.randn(batch, 1, gm.N_IN, device=setup.device, dtype=setup.dtype)
-    sec, fastest = timer(lambda: stepper.step(x), setup.stream_warmup, setup.stream_reps)
+    """Timing of :func:`stream_step`: latency per step."""
+    step, params = stream_step(name, setup, batch, path)
+    sec, fastest = timer(step, setup.stream_warmup, setup.stream_reps)
     cost = gm.model_cost(name, setup.d, setup.layers, 1, setup.sizes, streaming=True)
     flops, nbytes = gm.stream_step_cost(cost, params, batch, setup.elem_bytes)
     return {"params": params, "batch": batch, "layers": setup.layers, "path": path, "ms": sec * 1e3,

@@ -7,14 +7,16 @@
 # (polars, arch): the SSM core and these checks need none of them, so this runs from the source tree
 # (PYTHONPATH=src), no install.
 #
-#   1. (<= 150 s) the CUDA cases of the SSM tests, 8 processes: every Triton kernel against its CPU reference
+#   1. (<= 120 s) the CUDA cases of the SSM tests, 8 processes: every Triton kernel against its CPU reference
 #      (outputs and gradients), the fused Mamba-2 layer, CUDA-graph streaming == batch forward. They also compile
 #      the kernels into Triton's cache before the timings.
-#   2. (the rest) benchmarks/gpu.py, cases a (training), b (inference), c (streaming), d (L = 512 ... 32k), the
-#      library's network and its peers first; no row starts in the last 75 s, the JSON is rewritten after each row.
+#   2. benchmarks/gpu.py, cases a (training), b (inference), c (streaming), d (L = 512 ... 32k), the library's
+#      network and its peers first; no row starts in the last 120 s of the budget, the JSON is rewritten after each.
+#   3. (what is left) benchmarks/gpu_profile.py: where the time of a training step, an inference forward and a
+#      streaming step goes, kernel by kernel, ours and the official layer's (when exported, below).
 #
 # From the device tool, in the repository root (results come back from $OUT: gpu.txt, tests_cuda.log, gpu.log,
-# gpu.json):
+# gpu.json, gpu_profile.log, gpu_profile.json):
 #   run(command="bash benchmarks/gpu_checks.sh", timeout_s=600)
 # With the official mamba_ssm beside ours (its unfused Triton path; the fused one needs its CUDA extension built,
 # ~6 minutes): `bash benchmarks/export_anchors.sh <git dir from fetch state-spaces/mamba>` here, then
@@ -37,10 +39,14 @@ left() { echo $((budget - SECONDS)); }
 # Warnings stay warnings here (-W default): the image's torch/triton versions differ from CI's, where they are errors.
 parallel=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 smoke=${GPU_CHECKS_SMOKE:+--device cpu --tiny}
-timeout -k 10 150 python3 -m pytest -q -p no:cacheprovider $parallel -W default -k "cuda or graph" tests/ssm \
+timeout -k 10 120 python3 -m pytest -q -p no:cacheprovider $parallel -W default -k "cuda or graph" tests/ssm \
     > "$out/tests_cuda.log" 2>&1
 echo "tests: exit $? after ${SECONDS} s; $(tail -1 "$out/tests_cuda.log")" | tee -a "$out/gpu.txt"
 
-timeout $(($(left) - 5)) python3 benchmarks/gpu.py $smoke --quick --deadline-s $(($(left) - 75)) --out "$out/gpu.json" \
-    2>&1 | tee "$out/gpu.log"
+timeout $(($(left) - 60)) python3 benchmarks/gpu.py $smoke --quick --deadline-s $(($(left) - 120)) \
+    --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
 echo "benchmark: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
+
+timeout $(($(left) - 5)) python3 benchmarks/gpu_profile.py $smoke --out "$out/gpu_profile.json" \
+    > "$out/gpu_profile.log" 2>&1
+echo "profile: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
