@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu  # noqa: E402  (the timed steps, built the same way)
+import gpu  # the timed steps, built the same way
 
 PHASES = ("train", "infer", "stream")
 # Kinds of kernels, by name (first match wins), after this project's own (its Triton modules' kernels, by exact name:
@@ -158,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         for phase in phases:
             if (phase == "stream" and model not in gpu.STREAM_MODELS) or (model == "ref_m2" and not setup.cuda):
                 continue
-            got = gpu.guarded(lambda: profile_phase(phase_fn(phase, model, setup), args.steps, 3, setup.cuda,
-                                                    args.top))
+            got = gpu.guarded(lambda p=phase, m=model: profile_phase(phase_fn(p, m, setup), args.steps, 3, setup.cuda,
+                                                                     args.top))
             res[phase] = got
             if "total_us_per_step" in got:
                 print_phase(model, phase, got)
