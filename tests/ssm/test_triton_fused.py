@@ -109,6 +109,9 @@ LAYERS = {
     "default": dict(),
     "groups+norm_before_gate+D_hdim+bias": dict(ngroups=2, norm_before_gate=True, D_has_hdim=True, bias=True),
     "no_rmsnorm+mlp+dt_limit+no_conv_bias": dict(rmsnorm=False, d_ssm=32, dt_limit=(0.01, 0.5), conv_bias=False),
+    # 8 heads in one group: more than a program takes (HEADS_PER_PROGRAM), so dB, dC are per-split partial sums,
+    # summed into the conv's gradient buffer (the seed config's case: 16 heads per group)
+    "8_heads_split": dict(headdim=8),
 }
 
 
@@ -153,7 +156,8 @@ def test_layer_matches_mamba2(device, name, out_proj_inside, monkeypatch):
     can be seen), the output, and the gradient of every parameter (out_proj's included) and of the input.
     out_proj inside = ``Mamba2.forward`` itself, which passes out_proj to the fused function."""
     torch.manual_seed(0)
-    m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16, **LAYERS[name])  # 4 heads (2 with d_ssm=32)
+    m = Mamba2(d_model=32, **{"d_state": 16, "headdim": 16, "chunk_size": 16, **LAYERS[name]})  # 4 heads (2 with
+    # d_ssm=32, 8 with headdim 8)
     u = torch.randn(2, 37, 32)  # 3 chunks, the last partial
     ref_m = copy.deepcopy(m).double()
     out_ref, y_ref, g_ref = layer_grads(ref_m, u.double(), lambda m, u: m(u))

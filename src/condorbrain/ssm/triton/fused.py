@@ -252,7 +252,7 @@ def _rmsnorm_fwd(
 def _rmsnorm_bwd(
     y_ptr, z_ptr, w_ptr, rstd_ptr, dout_ptr, dy_ptr, dz_ptr, dwp_ptr,
     rows, L, gs, ngroups,
-    s_y_b, s_y_l, s_z_b, s_z_l, s_d_b, s_d_l, s_dz_b, s_dz_l,
+    s_y_b, s_y_l, s_z_b, s_z_l, s_d_b, s_d_l, s_dz_b, s_dz_l, s_dy_b, s_dy_l,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Recomputes v (y or y*silu(z)) and vhat = v/rms from y, z, rstd. With dv_hat = dout * w (* silu(z)):
@@ -300,7 +300,7 @@ def _rmsnorm_bwd(
             dy = dv * z * sz
         tl.store(dz_ptr + (bi * s_dz_b + li * s_dz_l)[:, None] + col[None, :], dz.to(dz_ptr.dtype.element_ty),
                  mask=m)
-    tl.store(dy_ptr + r[:, None] * (gs * ngroups) + col[None, :], dy.to(dy_ptr.dtype.element_ty), mask=m)
+    tl.store(dy_ptr + (bi * s_dy_b + li * s_dy_l)[:, None] + col[None, :], dy.to(dy_ptr.dtype.element_ty), mask=m)
 
 
 def _rmsnorm_forward(
@@ -346,10 +346,11 @@ def add_rmsnorm_triton(x: Tensor, h: Tensor, weight: Tensor, eps: float) -> tupl
 
 def _rmsnorm_backward(
     y: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor, dout: Tensor, gs: int, norm_before_gate: bool,
-    dy_dtype: torch.dtype = torch.float32, dz: Tensor | None = None,
+    dy_dtype: torch.dtype = torch.float32, dz: Tensor | None = None, dy: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """(dy (b, L, d) contiguous in ``dy_dtype``, dz, dweight) of :func:`_rmsnorm_forward`; dout (b, L, d) any dtype.
-    dz: the buffer to write into ((b, L, d) with unit channel stride, any dtype; may be dout itself, overwritten in
+    """(dy, dz, dweight) of :func:`_rmsnorm_forward`; dout (b, L, d) any dtype. dy: the buffer to write into ((b, L,
+    d) with unit channel stride, any dtype: e.g. a column slice of a wider buffer); None: a new contiguous one in
+    ``dy_dtype``. dz: likewise ((b, L, d) with unit channel stride, any dtype; may be dout itself, overwritten in
     place); None: a new float32 one. Computed in float32, rounded once where stored."""
     b, L, d = y.shape
     ngroups = d // gs
@@ -358,7 +359,11 @@ def _rmsnorm_backward(
         dout = dout.contiguous()
     f32 = dict(device=y.device, dtype=torch.float32)
     nrb = triton.cdiv(rows, _BLOCK_ROWS)
-    dy = torch.empty(b, L, d, device=y.device, dtype=dy_dtype)
+    if dy is None:
+        dy = torch.empty(b, L, d, device=y.device, dtype=dy_dtype)
+    elif dy.shape != (b, L, d) or dy.stride(-1) != 1:
+        raise ValueError(f"dy buffer: ({b}, {L}, {d}) with unit channel stride, got {tuple(dy.shape)} "
+                         f"strides {dy.stride()}")
     if z is not None and dz is None:
         dz = torch.empty(b, L, d, **f32)
     dwp = torch.empty(nrb, d, **f32)
@@ -367,8 +372,8 @@ def _rmsnorm_backward(
         _rmsnorm_bwd[(nrb, ngroups)](
             y, z if z is not None else y, weight, rstd, dout, dy, dz if dz is not None else dy, dwp,
             rows, L, gs, ngroups, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
-            dout.stride(0), dout.stride(1), *(dz.stride()[:2] if dz is not None else (0, 0)),
-            HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
+            dout.stride(0), dout.stride(1), *(dz.stride()[:2] if dz is not None else (0, 0)), dy.stride(0),
+            dy.stride(1), HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
             **launch_options(_BLOCK_ROWS * BLOCK))
     return dy, dz, dwp.sum(0).to(weight.dtype)
 
@@ -597,24 +602,32 @@ class _Mamba2Fused(torch.autograd.Function):
                 dz0, dx0 = d_mlp_out * x0.to(f32) * sg * (1.0 + z0f * (1.0 - sg)), d_mlp_out * z0f * sg
                 del d_mlp_out, z0f, sg
                 dout = dout[..., cfg.d_mlp:]  # a strided view: the norm's kernel takes its row strides
+            # the conv's float32 output gradient, one buffer whose columns the norm and the scan write in place:
+            # dy, then dx over it, into the x columns; dB and dC into theirs (no cat of the three)
+            dxBC = torch.empty(*zxbcdt.shape[:-1], s["xBC"].shape[-1], device=zxbcdt.device, dtype=f32)
+            gn = cfg.ngroups * cfg.d_state
+            dx_cols = dxBC[..., :cfg.d_ssm]  # (B, L, d_ssm)
+            dB_cols, dC_cols = (dxBC[..., cfg.d_ssm + i * gn:cfg.d_ssm + (i + 1) * gn].unflatten(
+                -1, (cfg.ngroups, cfg.d_state)) for i in (0, 1))  # (B, L, g, n) each
             # the gated RMSNorm: dy float32 (the scan's output gradient), dz rounded once into dzxbcdt
             dnw = None
             dz = None  # the scan's dz (when the norm is off)
             if norm_weight is not None:
-                dy, _, dnw = _rmsnorm_backward(y, z, norm_weight, rstd, dout, gs, cfg.norm_before_gate, dz=dz_out)
+                dy, _, dnw = _rmsnorm_backward(y, z, norm_weight, rstd, dout, gs, cfg.norm_before_gate, dz=dz_out,
+                                               dy=dx_cols)
             else:
                 dy = dout
             del dout, rstd
             # the SSD scan
             dtp, a = ssd._dt_cumsum(s["dt"], s["A"], s["dt_bias"], s["d"], s["softplus"])
             dy = dy.unflatten(-1, (cfg.nheads, cfg.headdim))  # (B, L, h, p)
-            # dx written over dy (float32, contiguous, (B, L, h, p) both) when dy is the norm's: it is read for the
-            # last time by the kernel that stores dx, tile by tile (see ssd._backward), so they share one buffer
-            share = norm_weight is not None and s["z"] is None
+            # dx written over dy when dy is the norm's (the same columns): it is read for the last time by the
+            # kernel that stores dx, tile by tile (see ssd._backward), so they share them
+            dx_out = dx_cols.unflatten(-1, (cfg.nheads, cfg.headdim))
             dx, ddt, dA, dB, dC, dD2, dz_scan, dh0 = ssd._backward(
                 dy, None, s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, dtp, a,
-                s["d"], s["softplus"], dx=dy if share else None)
-            del dtp, a, dy, dh0  # dh0: None (no initial state)
+                s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols)
+            del dtp, a, dy, dh0, dx, dB, dC  # views of dxBC; dh0: None (no initial state)
             if norm_weight is None:
                 dz = dz_scan.flatten(-2)
             del dz_scan
@@ -625,8 +638,6 @@ class _Mamba2Fused(torch.autograd.Function):
                 del raw, sp
             del s
             # the conv: its float32 output gradient in, dxBC out straight into dzxbcdt (rounded once, in the kernel)
-            dxBC = torch.cat([dx.flatten(-2), dB.flatten(-2), dC.flatten(-2)], dim=-1)  # (B, L, conv_dim) fp32
-            del dx, dB, dC
             _, dconv_w, dconv_b = _conv_backward(xBC_in, conv_weight, conv_bias, dxBC, silu=True, dx=dxBC_out)
             del dxBC
             # the small pieces (dt, the d_mlp branch, the scan's dz when the norm is off) copied in

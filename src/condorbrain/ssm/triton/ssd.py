@@ -352,11 +352,12 @@ def _chunk_bwd_bc(
     s_C_b, s_C_l, s_C_g, s_C_n,
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
+    s_o_b, s_o_l, s_o_g, s_o_s, s_o_n,
     HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * NB): dB, dC of one chunk for up to hpp heads of one group and one block of BN state
     # columns (NB = cdiv(n, BN) blocks), summed over those heads in registers: (b, L, g, nsplit, n) float32 partial
-    # sums. Also daS (b, h, c, NB, T): dL/da_l through the carried state, exp(a_l) sum_n C_ln (dy S)_ln, partial
+    # sums (strides s_o_*, the same for dB and dC: with nsplit 1, e.g. columns of the fused layer's dxBC). Also daS (b, h, c, NB, T): dL/da_l through the carried state, exp(a_l) sum_n C_ln (dy S)_ln, partial
     # over the state blocks (the state term of da needs dy S, which only this kernel forms; _chunk_bwd_dx adds it).
     # Needs no C.B^T: dL/d(C.B^T) = (dy . (dt x)^T) * decay.
     pid_bc, g, pid_sn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -407,8 +408,7 @@ def _chunk_bwd_bc(
         G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN)
         w = tl.exp(a_end - a) * dt
         dB += w[:, None] * tl.dot(x, G, input_precision=PREC)
-    nsplit = tl.num_programs(2) // nblk
-    out = (((bi * L + pos[:, None]) * ng + g) * nsplit + pid_s) * n + jn[None, :]
+    out = bi * s_o_b + pos[:, None] * s_o_l + g * s_o_g + pid_s * s_o_s + jn[None, :] * s_o_n
     tl.store(dB_ptr + out, dB, mask=mtn)
     tl.store(dC_ptr + out, dC, mask=mtn)
 
@@ -426,11 +426,12 @@ def _chunk_bwd_dx(
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_D_h, s_D_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
+    s_o_b, s_o_l, s_o_h, s_o_p,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
 ):
     # grid (b * c, g, nsplit): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T once):
-    # dx (b, L, h, p) and ddt (b, L, h) float32, ddt w.r.t. the raw dt; partial dD (b, c, h, p) and dA (b, c, h).
+    # dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the fused layer's dxBC) and ddt (b, L, h) float32, ddt w.r.t. the raw dt; partial dD (b, c, h, p) and dA (b, c, h).
     # Never reads the entering states S: the carried state's part of da comes from _chunk_bwd_bc (daS, nbn partial
     # sums), and dz (which needs y) from _chunk_scan_fwd. A program holds CB, M, dL/dM (T, T), x, dy, dt x, M^T dy,
     # B G^T, dx (T, p), and G (p, n), B (T, n) as dot operands: at T 64 that is 255 registers with 4 warps (140 B
@@ -511,7 +512,7 @@ def _chunk_bwd_dx(
                 raw += tl.load(bias_ptr + hd).to(tl.float32)
             ddt = ddt * tl.sigmoid(raw)
         tl.store(ddt_ptr + (bi * L + pos) * nh + hd, ddt, mask=mt)
-        tl.store(dx_ptr + ((bi * L + pos[:, None]) * nh + hd) * p + ip[None, :], dx, mask=mtp)
+        tl.store(dx_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p, dx, mask=mtp)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -596,11 +597,17 @@ def _entering_states(x, B, dtp, a, h0, d, prec):
     return states, final  # states now holds the entering states (overwritten in place)
 
 
-def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None):
-    # dx: a buffer for dx ((b, L, h, p) float32 contiguous) or None (a new one). It may be dout itself (then
-    # overwritten in place) when z is None: _chunk_bwd_dx reads each (chunk, head) tile of dout before it stores dx
-    # there and no other program reads that tile; the kernels before it are done with dout, and _chunk_scan (for z,
-    # after it) would read dout again.
+def _check_out(name: str, buf: Tensor, shape: tuple[int, ...]) -> None:
+    if buf.shape != shape or buf.dtype != torch.float32:
+        raise ValueError(f"{name} buffer: {shape} float32 (any strides), got {tuple(buf.shape)} {buf.dtype}")
+
+
+def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None, dB=None, dC=None):
+    # dx, dB, dC: buffers for them ((b, L, h, p) and (b, L, g, n) float32, any strides: e.g. column slices of one
+    # buffer, which the fused layer's conv backward then reads whole) or None (new ones). dx may be dout itself
+    # (then overwritten in place) when z is None: _chunk_bwd_dx reads each (chunk, head) tile of dout before it
+    # stores dx there and no other program reads that tile; the kernels before it are done with dout, and
+    # _chunk_scan (for z, after it) would read dout again.
     b, L, nh, p, g, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "g", "n", "T", "c", "BP", "BN"))
     hpg = nh // g
     f32 = dict(device=x.device, dtype=torch.float32)
@@ -622,24 +629,33 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     hpp, nsplit = _head_split(hpg)
     BNb = min(BN, _BWD_STATE_BLOCK)
     nbn = triton.cdiv(n, BNb)
-    dB = torch.empty(b, L, g, nsplit, n, **f32)
-    dC = torch.empty(b, L, g, nsplit, n, **f32)
+    for name, buf in (("dB", dB), ("dC", dC)):
+        if buf is not None:
+            _check_out(name, buf, (b, L, g, n))
+    direct = nsplit == 1 and dB is not None and dC is not None and dB.stride() == dC.stride()
+    if direct:  # straight into the buffers: (b, L, g, n) seen as (b, L, g, 1, n)
+        dBp, dCp = dB.unsqueeze(3), dC.unsqueeze(3)
+    else:  # per-split partial sums, summed below
+        dBp, dCp = torch.empty(b, L, g, nsplit, n, **f32), torch.empty(b, L, g, nsplit, n, **f32)
     daS = torch.empty(b, nh, c, nbn, T, **f32)
     _chunk_bwd_bc[(b * c, g, nsplit * nbn)](
-        x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dB, dC, daS,
+        x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dBp, dCp, daS,
         L, nh, g, c, hpg, hpp, p, n,
-        *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(),
+        *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(), *dBp.stride(),
         HAS_Z=z is not None, T=T, BP=BP, BN=BNb, PREC=prec,
         **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=2))
     # the head splits summed now, one at a time, so that the (b, L, g, nsplit, n) partials are not alive beside dx
-    dB = dB[:, :, :, 0] if nsplit == 1 else dB.sum(3)  # (b, L, g, n)
-    dC = dC[:, :, :, 0] if nsplit == 1 else dC.sum(3)  # (b, L, g, n)
+    if not direct:  # (b, L, g, n): a view of the one split, or the splits' sum (into the buffer if given)
+        dB = dBp[:, :, :, 0] if nsplit == 1 and dB is None else torch.sum(dBp, 3, out=dB)
+        dC = dCp[:, :, :, 0] if nsplit == 1 and dC is None else torch.sum(dCp, 3, out=dC)
+    del dBp, dCp
     if dx is None:
         dx = torch.empty(b, L, nh, p, **f32)
-    elif dx.shape != (b, L, nh, p) or dx.dtype != torch.float32 or not dx.is_contiguous() or (
-            dx.untyped_storage().data_ptr() == dout.untyped_storage().data_ptr()
-            and (z is not None or dx.data_ptr() != dout.data_ptr() or dx.stride() != dout.stride())):
-        raise ValueError("dx: (b, L, h, p) float32 contiguous, either apart from dout or dout itself (no z)")
+    else:
+        _check_out("dx", dx, (b, L, nh, p))
+        if dx.untyped_storage().data_ptr() == dout.untyped_storage().data_ptr() and (
+                z is not None or dx.data_ptr() != dout.data_ptr() or dx.stride() != dout.stride()):
+            raise ValueError("dx: apart from dout, or dout itself (the same view, and no z)")
     ddt = torch.empty(b, L, nh, **f32)
     dz = torch.empty(b, L, nh, p, **f32) if z is not None else None
     dDp = torch.empty(b, c, nh, p, **f32) if D2 is not None else None
@@ -650,7 +666,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         dx, ddt, dDp if dDp is not None else dAp, dAp,
         L, nh, c, hpg, hpp, p, n, nblocks, nbn,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
-        HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+        *dx.stride(), HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
         T=T, BP=BP, BN=BN, PREC=prec, **launch_options(num_warps=_BIG_TILE_WARPS))
     del dS, dst, dalast, daS  # (b, c, h, p, n) float32, as large as dx: not alive beside dz below
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 4 again, for y (in _chunk_bwd_dx, y's tiles
