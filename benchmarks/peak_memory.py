@@ -149,15 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lengths", default="128,256", help="two sequence lengths (multiples of the chunk, 64)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default=",".join(m for _, m in ROWS),
+                    help="comma-separated subset of the networks (cb_m2: the anchors' norm; cb_m2n: the library's)")
     ap.add_argument("--out", default="bench-results/peak_memory.json")
     args = ap.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    if bad := sorted(set(models) - {m for _, m in ROWS}):
+        ap.error(f"unknown model(s) {bad}; choose from {','.join(m for _, m in ROWS)}")
     lengths = tuple(int(s) for s in args.lengths.split(","))
     if len(lengths) != 2 or lengths[0] >= lengths[1]:
         ap.error("--lengths takes two increasing lengths")
     torch.set_num_threads(args.threads)
     os.environ["CONDORBRAIN_SCAN_BACKEND"] = "triton"
 
-    rows = [measure(label, model, lengths, args.batch) for label, model in ROWS]
+    rows = [measure(label, model, lengths, args.batch) for label, model in ROWS if model in models]
     print(f"Training step peak, predicted from the tensors alive on the CPU (Triton path under the interpreter, "
           f"bf16 autocast), d_model {D_MODEL}; per token from L = {lengths[0]} and {lengths[1]}, batch {args.batch}")
     print(f"{'path':<26} {'B/tok/layer':>12} {'working B/tok':>14} {'seed acts GiB':>14} {'seed working GiB':>17} "

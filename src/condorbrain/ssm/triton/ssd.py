@@ -649,6 +649,8 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         dB = dBp[:, :, :, 0] if nsplit == 1 and dB is None else torch.sum(dBp, 3, out=dB)
         dC = dCp[:, :, :, 0] if nsplit == 1 and dC is None else torch.sum(dCp, 3, out=dC)
     del dBp, dCp
+    if z is None:  # the entering states are read again only for dz: (b, c, h, p, n) float32, as large as dx
+        del enter
     if dx is None:
         dx = torch.empty(b, L, nh, p, **f32)
     else:
@@ -672,7 +674,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 4 again, for y (in _chunk_bwd_dx, y's tiles
         # and S spilled 660-790 B per thread at T 64)
         _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, prec)
-    del enter
+        del enter
     dD2 = dDp.sum((0, 1)) if dDp is not None else None  # (h, p)
     return dx, ddt, dAp.sum((0, 1)), dB, dC, dD2, dz, dh0
 
