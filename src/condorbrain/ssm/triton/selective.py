@@ -378,7 +378,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             B_VARIABLE=b_var, C_VARIABLE=c_var,
             BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, ACC=_TL_DTYPE[acc],
-            **launch_options(block_d, block_n, block_t),
+            **launch_options(block_d, block_n, block_t, num_warps=8 if block_d * block_n * block_t >= _MAX_TILE
+                             else None),
         )
 
         def reduce_bc(part: Tensor, X: Tensor) -> Tensor:  # partials -> X's shape and dtype
