@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from condorbrain.ssm.blocks import norm_then_mix
+from condorbrain.ssm.blocks import norm_then_mix, norm_then_step
 
 N_IN, N_OUT = 24, 8
 
@@ -95,9 +95,8 @@ class Net(nn.Module):
     def step(self, x: torch.Tensor, cache: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         """x (B, 1, 24) -> (B, 1, 8); every mixer's (conv_state, ssm_state) advances in place."""
         h, pending = self.emb(x), None  # each mixer's output is added by the next norm (add_forward)
-        for n, m, (conv_state, ssm_state) in zip(self.norms, self.mixers, cache):
-            h, u = n.add_forward(h, pending)
-            pending = m.step(u, conv_state, ssm_state)[0]
+        for n, m, layer_cache in zip(self.norms, self.mixers, cache):
+            h, pending = norm_then_step(n, m, h, pending, layer_cache)  # h += pending; pending = m.step(n(h))
         return self.head(self.fn.add_forward(h, pending)[1])
 
 

@@ -33,14 +33,19 @@ def test_counter_counts_writes_not_views(bench):
     assert len(parts) == 2 and not counter.triton
 
 
-def test_triton_step_is_five_launches_per_layer(bench, monkeypatch):
-    """With the library's norm, a layer's step is the residual add fused with the norm (one _rmsnorm_fwd), in_proj,
-    the two step kernels and out_proj; plus the input Linear, the first norm (nothing to add yet) and the head. The eager path is ~40
-    launches per layer."""
+def test_triton_step_is_three_launches_per_layer(bench, monkeypatch):
+    """With the library's norm, a layer's batch-1 step is the residual add, the norm and in_proj in one GEMV kernel
+    (_rmsnorm_gemv), the state update (_mamba2_step_ssm) and the gated norm with out_proj (_mamba2_step_out); plus
+    the input Linear, the last add + final norm and the head. In the anchors' wrapper (its own norm) the layer keeps
+    its four-op norm and cuBLAS projections around the two step kernels. The eager path is ~40 launches per layer."""
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "auto")
     fused = bench.count_step("cb_m2n", 2, "triton")
-    assert fused["triton_kernels"] == {"_rmsnorm_fwd": 3, "_mamba2_step_ssm": 2, "_mamba2_step_finish": 2}
-    assert fused["aten_ops"] == {"mm": 4, "addmm": 2}
+    assert fused["triton_kernels"] == {"_rmsnorm_gemv": 2, "_mamba2_step_ssm": 2, "_mamba2_step_out": 2,
+                                       "_rmsnorm_fwd": 1}
+    assert fused["aten_ops"] == {"addmm": 2}
+    assert fused["launches"] == 2 * 3 + 3
+    anchors_norm = bench.count_step("cb_m2", 2, "triton")
+    assert anchors_norm["triton_kernels"] == {"_mamba2_step_ssm": 2, "_mamba2_step_finish": 2}
     eager = bench.count_step("cb_m2n", 2, "torch")
     assert eager["triton"] == 0 and eager["per_layer"] > 30
     assert os.environ["CONDORBRAIN_SCAN_BACKEND"] == "auto"  # restored

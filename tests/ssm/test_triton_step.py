@@ -23,6 +23,7 @@ pytest.importorskip("triton", reason="triton is not installed (`pip install trit
 import triton
 
 from condorbrain.ssm import _checks
+from condorbrain.ssm.blocks import STEP_GEMV_MAX_BATCH, RMSNorm, norm_then_step
 from condorbrain.ssm.mamba import Mamba
 from condorbrain.ssm.mamba2 import Mamba2
 from condorbrain.ssm.triton import step as step_module
@@ -161,6 +162,91 @@ def test_mamba_steps_reproduce_forward(device, monkeypatch):
     assert_steps_reproduce_forward(Mamba(d_model=16, d_state=8), torch.randn(2, 6, 16), device, monkeypatch)
 
 
+# --- the block's step: add + norm + in_proj, and norm + out_proj, as GEMVs -------------------------------------
+
+def compare_block_steps(m, batch, device, monkeypatch, *, act_dtype=torch.float32, state_dtype=None, n_steps=3,
+                        rtol=1e-5, reference_dtype=None):
+    """n_steps of norm_then_step (the three-launch path: asserted taken) against the eager add, RMSNorm reference
+    and _step_reference on copies of the states: the residual, the output and both states after every step; the
+    first step with nothing pending."""
+    m = m.to(device=device, dtype=act_dtype).eval()
+    norm = RMSNorm(m.d_model, eps=1e-6).to(device=device, dtype=act_dtype)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(m.d_model, generator=gen) + 0.5)
+    ref_m, ref_norm = m, norm
+    if reference_dtype is not None:
+        ref_m, ref_norm = copy.deepcopy(m).to(reference_dtype), copy.deepcopy(norm).to(reference_dtype)
+    ref_dtype = reference_dtype or act_dtype
+    cache = random_states(m, batch, state_dtype or act_dtype, device)
+    ref_cache = [s.clone().to(ref_dtype) for s in cache]
+    calls = []
+    real = Mamba2.step_prenormed
+    monkeypatch.setattr(Mamba2, "step_prenormed", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(batch, 1, m.d_model, generator=gen).to(device, act_dtype)
+    pending = None
+    with torch.no_grad():
+        for t in range(n_steps):
+            res, out = norm_then_step(norm, m, x, pending, cache)
+            ref_res = (x if pending is None else x + pending).to(ref_dtype)  # the add in the activation dtype
+            ref_out = ref_m._step_reference(ref_norm._forward_reference(ref_res), *ref_cache)[0]
+            assert res.dtype == out.dtype == act_dtype and res.shape == out.shape == (batch, 1, m.d_model)
+            assert_close(f"residual at step {t}", res, ref_res, rtol)
+            assert_close(f"out at step {t}", out, ref_out, rtol)
+            assert_close(f"conv_state at step {t}", cache[0], ref_cache[0], rtol)
+            assert_close(f"ssm_state at step {t}", cache[1], ref_cache[1], rtol)
+            x, pending = res, torch.randn(batch, 1, m.d_model, generator=gen).to(device, act_dtype)
+    assert calls == [1] * n_steps
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_block_step_gemvs_match_eager(device, name, monkeypatch):
+    torch.manual_seed(0)
+    compare_block_steps(Mamba2(**{**SMALL, **CASES[name]}), 1, device, monkeypatch)
+
+
+def test_block_step_gemvs_batch_3_with_biases(device, monkeypatch):
+    torch.manual_seed(0)
+    compare_block_steps(Mamba2(**SMALL, ngroups=2, d_ssm=16, bias=True), 3, device, monkeypatch)
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, BF16], ids=["fp32 state", "bf16 state"])
+def test_block_step_gemvs_bfloat16(device, state_dtype, monkeypatch):
+    torch.manual_seed(0)
+    compare_block_steps(Mamba2(**SMALL, ngroups=2), 2, device, monkeypatch, act_dtype=BF16, state_dtype=state_dtype,
+                        rtol=3e-2, reference_dtype=torch.float64)
+
+
+def test_block_step_falls_back_where_gemvs_do_not_pay(device, monkeypatch):
+    """More rows than STEP_GEMV_MAX_BATCH, another norm, float64, or a gradient wanted: the add + norm and the
+    two-kernel step with its projections (the same numbers, by the eager twin's tests)."""
+    m = Mamba2(**SMALL).to(device).eval()
+    monkeypatch.setattr(Mamba2, "step_prenormed", lambda *a: pytest.fail("took the GEMV path"))
+    norm = RMSNorm(16).to(device)
+    many = STEP_GEMV_MAX_BATCH + 1
+    with torch.no_grad():
+        res, out = norm_then_step(norm, m, torch.randn(many, 1, 16, device=device), None,
+                                  m.allocate_inference_cache(many))
+        assert out.shape == (many, 1, 16)
+        norm_then_step(torch.nn.LayerNorm(16).to(device), m, torch.randn(1, 1, 16, device=device), None,
+                       m.allocate_inference_cache(1))
+        m64 = copy.deepcopy(m).double()
+        norm_then_step(copy.deepcopy(norm).double(), m64, torch.randn(1, 1, 16, device=device, dtype=torch.float64),
+                       None, m64.allocate_inference_cache(1))
+    _, out = norm_then_step(norm, m, torch.randn(1, 1, 16, device=device), None, m.allocate_inference_cache(1))
+    assert out.requires_grad  # the eager step, differentiable
+
+
+def test_gemv_tiles():
+    """About 64 programs per row at the seed's projections on a GPU; one program a row under the interpreter."""
+    if step_module.interpreting():
+        assert step_module._gemv_tiles(2192, 512) == (16, 256)
+    else:
+        assert step_module._gemv_tiles(2192, 512) == (32, 256)  # in_proj: 69 programs
+        assert step_module._gemv_tiles(512, 1024) == (8, 256)  # out_proj: 64 programs
+        assert step_module._gemv_tiles(8, 16) == (4, 16)
+
+
 # --- what a CUDA graph needs -----------------------------------------------------------------------------------
 
 def _host_read(*args, **kwargs):
@@ -199,6 +285,20 @@ def test_step_is_two_launches_and_reads_nothing_back(device, layer):
     expected = {"mamba": ["_mamba_step_conv", "_mamba_step_ssm"]}.get(
         layer, ["_mamba2_step_ssm", "_mamba2_step_finish"])
     assert launches == expected
+
+
+@pytest.mark.parametrize("pending", [False, True], ids=["nothing pending", "pending add"])
+def test_block_step_is_three_launches_and_reads_nothing_back(device, pending):
+    torch.manual_seed(0)
+    m = Mamba2(**SMALL, ngroups=2, d_ssm=16).to(device).eval()
+    norm = RMSNorm(16).to(device)
+    cache = m.allocate_inference_cache(2)
+    x = torch.randn(2, 1, 16, device=device)
+    h = torch.randn(2, 1, 16, device=device) if pending else None
+    with torch.no_grad(), simulated_capture() as launches:
+        res, out = norm_then_step(norm, m, x, h, cache)
+    assert out.shape == res.shape == (2, 1, 16) and (res is not x) == pending
+    assert launches == ["_rmsnorm_gemv", "_mamba2_step_ssm", "_mamba2_step_out"]
 
 
 def test_eager_step_when_a_gradient_is_wanted(device, monkeypatch):

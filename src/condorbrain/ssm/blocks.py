@@ -30,6 +30,7 @@ from condorbrain.ssm.scans import scan_backend
 __all__ = [
     "RMSNorm",
     "norm_then_mix",
+    "norm_then_step",
     "RMSNormGated",
     "GatedMLP",
     "DropPath",
@@ -106,6 +107,34 @@ def norm_then_mix(norm: nn.Module, mixer: nn.Module, x: Tensor) -> Tensor:
     if type(norm) is RMSNorm and isinstance(mixer, Mamba2) and mixer._fused_path(x):
         return mixer.forward_prenormed(x, norm.weight, norm.eps)
     return mixer(norm(x))
+
+
+STEP_GEMV_MAX_BATCH = 8
+"""Rows up to which a Mamba-2 block's streaming step joins its norm and projections into Triton GEMVs
+(:func:`norm_then_step`); above it, the projections are cuBLAS matmuls."""
+
+
+def norm_then_step(norm: nn.Module, mixer: nn.Module, x: Tensor, pending: Tensor | None,
+                   cache: LayerState) -> tuple[Tensor, Tensor]:
+    """(x + pending, mixer.step(norm(x + pending))): a pre-norm block's streaming step with its residual add
+    pending (``Block.step_pending``). x, pending: (B, 1, D); the mixer's ``cache`` advances in place.
+
+    Where the mixer is a :class:`Mamba2` on its Triton step path, the norm an :class:`RMSNorm`, everything in one
+    dtype and at most ``STEP_GEMV_MAX_BATCH`` rows, the add, the norm and in_proj are one kernel and the gated norm
+    and out_proj another (``Mamba2.step_prenormed``): three launches per layer instead of five, the same sums up to
+    the order of the float32 accumulation. Elsewhere: the add, the norm (``RMSNorm.add_forward``) and
+    ``mixer.step``."""
+    if (type(norm) is RMSNorm and isinstance(mixer, Mamba2) and x.shape[0] <= STEP_GEMV_MAX_BATCH
+            and x.dtype == mixer.in_proj.weight.dtype == mixer.out_proj.weight.dtype
+            and (pending is None or pending.dtype == x.dtype) and mixer._fused_step_path(x, *cache)
+            and not records_grad(norm, x, *([] if pending is None else [pending]))):
+        return mixer.step_prenormed(x, pending, norm.weight, norm.eps, *cache)
+    if hasattr(norm, "add_forward"):  # RMSNorm's: one launch for both on the Triton path
+        x, u = norm.add_forward(x, pending)  # x += pending; u = norm(x)
+    else:
+        x = x if pending is None else x + pending
+        u = norm(x)
+    return x, mixer.step(u, *cache)[0]
 
 
 class GatedMLP(nn.Module):
@@ -339,8 +368,8 @@ class Block(nn.Module):
         The add of a branch's output h is done by the next norm (:meth:`RMSNorm.add_forward`: one launch for both
         on the Triton path), so a stack of blocks streams with one kernel fewer per residual branch. x, pending,
         x', h: (B, 1, D); pending None = nothing to add."""
-        x, u = self.norm.add_forward(x, pending)  # x += pending; u = norm(x)
-        h = self.drop_path(self.mixer.step(u, *cache)[0])  # (B, 1, D)
+        x, h = norm_then_step(self.norm, self.mixer, x, pending, cache)  # x += pending; h = mixer(norm(x))
+        h = self.drop_path(h)  # (B, 1, D)
         if self.mlp is not None:
             x, u = self.norm2.add_forward(x, h)
             h = self.drop_path(self.mlp(u))

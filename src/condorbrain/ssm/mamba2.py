@@ -394,6 +394,28 @@ class Mamba2(nn.Module):
         out = self.out_proj(y)  # (B, d_model)
         return out.unsqueeze(1), conv_state, ssm_state
 
+    def step_prenormed(self, x: Tensor, pending: Tensor | None, norm_weight: Tensor, eps: float, conv_state: Tensor,
+                       ssm_state: Tensor) -> tuple[Tensor, Tensor]:
+        """A pre-norm block's mixer step with its residual add and norm: (x + pending, step(rmsnorm(x + pending) *
+        norm_weight)) in three Triton launches (``rmsnorm_gemv_triton``: add + norm + in_proj; the state update;
+        ``_mamba2_step_out``: the gated norm + out_proj) where the two-kernel step with separate norm and
+        projections takes five. For a few rows on the Triton step path (its GEMVs re-read the weights per row): use
+        :func:`condorbrain.ssm.blocks.norm_then_step`, which decides. x, pending: (B, 1, d_model); the states advance
+        in place. Returns ((B, 1, d_model) residual, (B, 1, d_model) the mixer's output)."""
+        check_hidden_states("x", x, self.d_model, seqlen=1)
+        self._checked_state((conv_state, ssm_state), x.shape[0])
+        from condorbrain.ssm.triton.step import mamba2_step_triton, rmsnorm_gemv_triton
+
+        res, zxbcdt = rmsnorm_gemv_triton(x[:, 0], None if pending is None else pending[:, 0], norm_weight, eps,
+                                          self.in_proj.weight, self.in_proj.bias)  # (B, d_model), (B, d_in_proj)
+        out = mamba2_step_triton(
+            zxbcdt, conv_state, ssm_state, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log,
+            self._D(), self.norm.weight if self.rmsnorm else None, headdim=self.headdim, d_state=self.d_state,
+            ngroups=self.ngroups, norm_before_gate=self.norm_before_gate,
+            eps=self.norm.eps if self.rmsnorm else 1e-5, dt_limit=self.dt_limit, out_dtype=x.dtype,
+            out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias)  # (B, d_model)
+        return (x if pending is None else res.unsqueeze(1)), out.unsqueeze(1)
+
     def _fused_step_path(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> bool:
         """Whether ``step`` takes the Triton step: the rule of :meth:`_fused_path` (states not float64 either), and
         no gradient wanted (the kernels have no backward: with autograd recording, the eager step runs)."""

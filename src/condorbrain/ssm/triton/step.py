@@ -26,7 +26,12 @@ in-place state updates explicit, and run under the CPU interpreter the tests use
    first d_mlp output columns, so there is no ``cat``.
 
 So a layer's step is in_proj, these two kernels and out_proj (the eager step: ~28 kernels between the two
-projections). Inside a program, a value read from memory that the same program later overwrites (the conv window,
+projections). A pre-norm block stepping a few rows (``condorbrain.ssm.blocks.norm_then_step``, up to
+``STEP_GEMV_MAX_BATCH``) goes further, three launches in all: ``_rmsnorm_gemv`` (:func:`rmsnorm_gemv_triton`) does
+the pending residual add, the block's RMSNorm and in_proj, and ``_mamba2_step_out`` takes kernel 2's place and does
+its work and out_proj. Both are GEMVs whose every program recomputes the row's norm (K values) before its slice of
+the weights, so no program waits for another; at batch 1 a projection is memory-bound on its weights and cuBLAS
+has no norm to fuse. Their float32 sums run in another order than cuBLAS's: the same values up to that rounding. Inside a program, a value read from memory that the same program later overwrites (the conv window,
 y under the norm) is loaded in full, then ``tl.debug_barrier()``, then stored: threads holding replicated elements of
 a small tile must not see a neighbour's store.
 
@@ -62,7 +67,7 @@ from torch import Tensor
 from condorbrain.ssm.triton import interpreting
 from condorbrain.ssm.triton.ssd import launch_options, on_device
 
-__all__ = ["mamba2_step_triton", "mamba_step_triton", "step_block_p"]
+__all__ = ["mamba2_step_triton", "mamba_step_triton", "rmsnorm_gemv_triton", "step_block_p"]
 
 _STATE_TILE = 2048  # state elements per program (BP x BN): small tiles, many programs, for batch 1
 
@@ -222,6 +227,171 @@ def _mamba2_step_finish(
         tl.store(out + mc, (z0 * tl.sigmoid(z0) * x0).to(out_ptr.dtype.element_ty), mask=mm)
 
 
+@triton.jit
+def _rmsnorm_gemv(
+    x_ptr, h_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, out_ptr,
+    K, N, eps,
+    s_x_b, s_h_b, s_res_b, s_w_n, s_w_k, s_out_b,
+    HAS_ADD: tl.constexpr, HAS_BIAS: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+):
+    # grid (B, cdiv(N, BJ)): out[b, j] = bias[j] + sum_k W[j, k] u[b, k] for the BJ outputs j of this program, with
+    # u = rmsnorm(v) * nw rounded to x's dtype and v = x (+ h, rounded to x's dtype, stored into res by the row's
+    # program 0: the others read x and h only). Every program of a row recomputes the row's 1/rms: K values, cheap
+    # beside its (BJ, K) slice of W, and no program waits for another.
+    bi, pj = tl.program_id(0), tl.program_id(1)
+    kk = tl.arange(0, BK)
+    ss = tl.zeros([BK], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        mk = k0 + kk < K
+        v = tl.load(x_ptr + bi * s_x_b + k0 + kk, mask=mk, other=0.0)
+        if HAS_ADD:
+            v = (v.to(tl.float32) + tl.load(h_ptr + bi * s_h_b + k0 + kk, mask=mk, other=0.0).to(tl.float32))
+            v = v.to(x_ptr.dtype.element_ty)
+            if pj == 0:
+                tl.store(res_ptr + bi * s_res_b + k0 + kk, v, mask=mk)
+        v = v.to(tl.float32)
+        ss += v * v
+    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+    jj = pj * BJ + tl.arange(0, BJ)
+    mj = jj < N
+    acc = tl.zeros([BJ], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        mk = k0 + kk < K
+        v = tl.load(x_ptr + bi * s_x_b + k0 + kk, mask=mk, other=0.0)
+        if HAS_ADD:
+            v = (v.to(tl.float32) + tl.load(h_ptr + bi * s_h_b + k0 + kk, mask=mk, other=0.0).to(tl.float32))
+            v = v.to(x_ptr.dtype.element_ty)
+        u = v.to(tl.float32) * rstd * tl.load(nw_ptr + k0 + kk, mask=mk, other=0.0).to(tl.float32)
+        u = u.to(x_ptr.dtype.element_ty).to(tl.float32)  # the norm's output, in the activation dtype
+        w = tl.load(w_ptr + jj[:, None] * s_w_n + (k0 + kk)[None, :] * s_w_k, mask=mj[:, None] & mk[None, :],
+                    other=0.0).to(tl.float32)  # (BJ, BK)
+        acc += tl.sum(w * u[None, :], axis=1)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + jj, mask=mj, other=0.0).to(tl.float32)
+    tl.store(out_ptr + bi * s_out_b + jj, acc.to(out_ptr.dtype.element_ty), mask=mj)
+
+
+@triton.jit
+def _mamba2_step_out(
+    y_ptr, zx_ptr, cs_ptr, nw_ptr, w_ptr, b_ptr, out_ptr,
+    n, gs, ngroups, d_mlp, N, eps,
+    s_y_b, s_zx_b, s_zx_c, s_cs_b, s_cs_c, s_cs_k, s_w_n, s_w_k, s_out_b,
+    NORM: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_BIAS: tl.constexpr, K: tl.constexpr,
+    KP: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+):
+    # grid (B, cdiv(N, BJ)), after _mamba2_step_ssm: what _mamba2_step_finish does, then out_proj, for BJ of the N
+    # outputs per program: out[b, j] = bias[j] + sum_k W[j, k] v[b, k] over out_proj's input v = [silu(z0) * x0,
+    # gated-norm(y, z)] (each rounded to the activation dtype as the two-kernel step stores it), recomputed by every
+    # program of the row from y and zxbcdt (the group's 1/rms first, group by group), so no program waits for
+    # another. The row's program 0 also shifts every group's B and C conv windows in place (kernel 1 only read them).
+    bi, pj = tl.program_id(0), tl.program_id(1)
+    d_ssm = gs * ngroups
+    zx = zx_ptr + bi * s_zx_b
+    if pj == 0:
+        xbc = zx + (2 * d_mlp + d_ssm) * s_zx_c
+        cs = cs_ptr + bi * s_cs_b
+        kc = tl.arange(0, KP)
+        nn = tl.arange(0, BN)
+        mn = nn < n
+        for g in range(ngroups):
+            for which in tl.static_range(2):  # B, then C
+                ch = d_ssm + (which * ngroups + g) * n + nn
+                old = tl.load(cs + ch[:, None] * s_cs_c + (kc[None, :] + 1) * s_cs_k,
+                              mask=mn[:, None] & (kc[None, :] < K - 1), other=0.0)
+                new = tl.load(xbc + ch * s_zx_c, mask=mn, other=0.0).to(cs_ptr.dtype.element_ty)
+                win = tl.where(kc[None, :] == K - 1, new[:, None], old)
+                tl.debug_barrier()
+                tl.store(cs + ch[:, None] * s_cs_c + kc[None, :] * s_cs_k, win, mask=mn[:, None] & (kc[None, :] < K))
+    jj = pj * BJ + tl.arange(0, BJ)
+    mj = jj < N
+    kk = tl.arange(0, BK)
+    acc = tl.zeros([BJ], dtype=tl.float32)
+    for k0 in range(0, d_mlp, BK):  # the gated-MLP branch: out_proj's input columns [0, d_mlp)
+        mk = k0 + kk < d_mlp
+        z0 = tl.load(zx + (k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
+        x0 = tl.load(zx + (d_mlp + k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
+        v = (z0 * tl.sigmoid(z0) * x0).to(out_ptr.dtype.element_ty).to(tl.float32)
+        w = tl.load(w_ptr + jj[:, None] * s_w_n + (k0 + kk)[None, :] * s_w_k, mask=mj[:, None] & mk[None, :],
+                    other=0.0).to(tl.float32)
+        acc += tl.sum(w * v[None, :], axis=1)
+    y_row = y_ptr + bi * s_y_b + d_mlp
+    for g in range(ngroups):  # the SSM part, columns [d_mlp + g gs, d_mlp + (g + 1) gs) per group
+        c0 = g * gs
+        rstd = 1.0
+        if NORM:
+            ss = tl.zeros([BK], dtype=tl.float32)
+            for k0 in range(0, gs, BK):
+                mk = k0 + kk < gs
+                v = tl.load(y_row + c0 + k0 + kk, mask=mk, other=0.0).to(tl.float32)
+                if not NORM_BEFORE_GATE:
+                    z = tl.load(zx + (2 * d_mlp + c0 + k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
+                    v = v * z * tl.sigmoid(z)
+                ss += v * v
+            rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / gs + eps)
+        for k0 in range(0, gs, BK):
+            mk = k0 + kk < gs
+            v = tl.load(y_row + c0 + k0 + kk, mask=mk, other=0.0).to(tl.float32)
+            if NORM:
+                z = tl.load(zx + (2 * d_mlp + c0 + k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
+                gate = z * tl.sigmoid(z)
+                if not NORM_BEFORE_GATE:
+                    v = v * gate
+                v = v * rstd * tl.load(nw_ptr + c0 + k0 + kk, mask=mk, other=0.0).to(tl.float32)
+                if NORM_BEFORE_GATE:
+                    v = v * gate
+                v = v.to(out_ptr.dtype.element_ty).to(tl.float32)
+            w = tl.load(w_ptr + jj[:, None] * s_w_n + (d_mlp + c0 + k0 + kk)[None, :] * s_w_k,
+                        mask=mj[:, None] & mk[None, :], other=0.0).to(tl.float32)
+            acc += tl.sum(w * v[None, :], axis=1)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + jj, mask=mj, other=0.0).to(tl.float32)
+    tl.store(out_ptr + bi * s_out_b + jj, acc.to(out_ptr.dtype.element_ty), mask=mj)
+
+
+def _gemv_tiles(n_out: int, n_in: int) -> tuple[int, int]:
+    """(BJ outputs, BK inputs) per program of the GEMV kernels: about 64 programs per row on a GPU (a batch-1 step
+    has nothing else to spread over the SMs), BJ x BK <= 4096 weights a pass; one program per row under the
+    interpreter, which runs programs one by one."""
+    bk = min(256, _pow2(n_in))
+    if interpreting():
+        return min(_pow2(n_out), 4096 // bk), bk
+    bj = 1 << max(0, (max(1, n_out // 64)).bit_length() - 1)  # the largest power of two <= n_out / 64
+    return max(4, min(32, bj)), bk
+
+
+def rmsnorm_gemv_triton(x: Tensor, h: Tensor | None, norm_weight: Tensor, eps: float, weight: Tensor,
+                        bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(x + h, F.linear(rmsnorm(x + h) * norm_weight, weight, bias)) for a few rows in one launch: a streaming step's
+    residual add, the next block's norm and its in_proj (``Mamba2.step_prenormed``). h None: nothing to add (x
+    itself is returned). The sum and the norm's output are rounded to x's dtype, as the eager ops round them; the
+    product is accumulated in float32 and rounded to x's dtype. No autograd; nothing read back to the host.
+
+    Args:
+        x, h: (B, K) with unit channel stride, h in x's dtype. norm_weight: (K,). weight: (N, K). bias: (N,) or None.
+
+    Returns:
+        (B, K) the residual sum (a new tensor, or x when h is None) and (B, N) the projection, both in x's dtype.
+    """
+    if x.dim() != 2 or x.stride(-1) != 1 or (h is not None and (h.shape != x.shape or h.stride(-1) != 1)):
+        raise ValueError(f"x, h: (B, K) with unit channel stride, got {tuple(x.shape)} and "
+                         f"{None if h is None else tuple(h.shape)}")
+    batch, k_in = x.shape
+    n_out = weight.shape[0]
+    if weight.shape != (n_out, k_in) or norm_weight.shape != (k_in,):
+        raise ValueError(f"weight must be (N, {k_in}) and norm_weight ({k_in},), got {tuple(weight.shape)} and "
+                         f"{tuple(norm_weight.shape)}")
+    res = torch.empty_like(x) if h is not None else x
+    out = torch.empty(batch, n_out, device=x.device, dtype=x.dtype)
+    BJ, BK = _gemv_tiles(n_out, k_in)
+    with on_device(x):
+        _rmsnorm_gemv[(batch, triton.cdiv(n_out, BJ))](
+            x, h if h is not None else x, res, norm_weight, weight, bias if bias is not None else weight, out,
+            k_in, n_out, eps, x.stride(0), h.stride(0) if h is not None else 0, res.stride(0), *weight.stride(),
+            out.stride(0), HAS_ADD=h is not None, HAS_BIAS=bias is not None, BJ=BJ, BK=BK,
+            **launch_options(BJ * BK))
+    return res, out
+
+
 def mamba2_step_triton(
     zxbcdt: Tensor,
     conv_state: Tensor,
@@ -240,9 +410,13 @@ def mamba2_step_triton(
     eps: float = 1e-5,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
     out_dtype: torch.dtype | None = None,
+    out_proj_weight: Tensor | None = None,
+    out_proj_bias: Tensor | None = None,
 ) -> Tensor:
     """One step of :class:`condorbrain.ssm.mamba2.Mamba2` after in_proj, as its eager step, in two launches (see
-    the module docstring). The states advance in place; nothing is read back to the host (CUDA-graph safe).
+    the module docstring). The states advance in place; nothing is read back to the host (CUDA-graph safe). With
+    ``out_proj_weight``, the second launch is ``_mamba2_step_out``: the finishing work and out_proj in one (a GEMV
+    per row: meant for a few rows, as a streaming step has).
 
     Args:
         zxbcdt: (B, d_in_proj), in_proj's output at the new step, split [z0, x0, z, xBC, dt] (z0, x0 of width d_mlp,
@@ -255,9 +429,11 @@ def mamba2_step_triton(
             (y * silu(z)).
         headdim, d_state, ngroups, norm_before_gate, eps, dt_limit: the layer's settings.
         out_dtype: dtype of the result (the layer's activation dtype); None = zxbcdt's.
+        out_proj_weight: (d_model, d_inner), out_proj_bias: (d_model,) or None: out_proj, applied inside.
 
     Returns:
-        (B, d_inner) contiguous: out_proj's input, cat(silu(z0) * x0, norm(y, z)).
+        (B, d_inner) contiguous: out_proj's input, cat(silu(z0) * x0, norm(y, z)); with ``out_proj_weight``,
+        (B, d_model): out_proj's output.
     """
     nheads = dt_bias.shape[0]
     d_ssm = nheads * headdim
@@ -291,6 +467,21 @@ def mamba2_step_triton(
             HAS_BIAS=conv_bias is not None, D_HAS_HDIM=D.numel() != nheads, DT_LIMIT=not unlimited,
             GATE=norm_weight is None, K=K, KP=KP, BP=BP, BN=BN, **launch_options(BP * BN))
         gs = d_ssm // ngroups
+        if out_proj_weight is not None:
+            n_out = out_proj_weight.shape[0]
+            if out_proj_weight.shape != (n_out, d_ssm + d_mlp):
+                raise ValueError(f"out_proj_weight must be (d_model, d_inner={d_ssm + d_mlp}), got "
+                                 f"{tuple(out_proj_weight.shape)}")
+            proj = torch.empty(batch, n_out, device=zxbcdt.device, dtype=out.dtype)
+            BJ, BK = _gemv_tiles(n_out, gs)
+            _mamba2_step_out[(batch, triton.cdiv(n_out, BJ))](
+                out, zxbcdt, conv_state, norm_weight if norm_weight is not None else w, out_proj_weight,
+                out_proj_bias if out_proj_bias is not None else out_proj_weight, proj,
+                d_state, gs, ngroups, d_mlp, n_out, eps,
+                out.stride(0), *zxbcdt.stride(), *conv_state.stride(), *out_proj_weight.stride(), proj.stride(0),
+                NORM=norm_weight is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_BIAS=out_proj_bias is not None,
+                K=K, KP=KP, BN=BN, BJ=BJ, BK=BK, **launch_options(BJ * BK))
+            return proj
         mlp_per_group = triton.cdiv(d_mlp, ngroups)
         BG = _pow2(gs) if norm_weight is not None else 0
         BM = _pow2(mlp_per_group) if d_mlp > 0 else 0
