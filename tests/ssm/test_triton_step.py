@@ -225,7 +225,7 @@ def test_block_step_falls_back_where_gemvs_do_not_pay(device, monkeypatch):
     norm = RMSNorm(16).to(device)
     many = STEP_GEMV_MAX_BATCH + 1
     with torch.no_grad():
-        res, out = norm_then_step(norm, m, torch.randn(many, 1, 16, device=device), None,
+        _, out = norm_then_step(norm, m, torch.randn(many, 1, 16, device=device), None,
                                   m.allocate_inference_cache(many))
         assert out.shape == (many, 1, 16)
         norm_then_step(torch.nn.LayerNorm(16).to(device), m, torch.randn(1, 1, 16, device=device), None,
