@@ -210,7 +210,7 @@ def _state_pass_fwd(
     for ci in range(nchunks):
         off = ((bi * nchunks + ci) * nh + hd) * pn + k
         st = tl.load(st_ptr + off, mask=mk, other=0.0)  # loaded before the store: enter may be st, in place
-        tl.store(enter_ptr + off, s, mask=mk)
+        tl.store(enter_ptr + off, s.to(enter_ptr.dtype.element_ty), mask=mk)  # the carried sum stays float32
         decay = tl.exp(tl.load(a_ptr + ((bi * nh + hd) * nchunks + ci) * T + T - 1))
         s = decay * s + st
     tl.store(final_ptr + (bi * nh + hd) * pn + k, s, mask=mk)
@@ -255,7 +255,7 @@ def _chunk_scan_fwd(
         dt = tl.load(dtp_ptr + base + t)
         a = tl.load(a_ptr + base + t)
         S = tl.load(enter_ptr + (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :],
-                    mask=(ip[:, None] < p) & (jn[None, :] < n), other=0.0)  # (BP, BN)
+                    mask=(ip[:, None] < p) & (jn[None, :] < n), other=0.0).to(tl.float32)  # (BP, BN)
         # -inf above the diagonal before exp: exp(a_l - a_s) for s > l would overflow (a decreases with l)
         decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
         y = tl.dot(CB * decay, x * dt[:, None], input_precision=PREC)  # (T, BP)
@@ -548,7 +548,12 @@ def _dims(x: Tensor, B: Tensor, chunk_size: int) -> dict:
 def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus):
     prec = _precision(x, B, C)
     dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
-    enter, final = _entering_states(x, B, dtp, a, h0, d, prec)
+    # the entering states in C's dtype when that is half precision, as the official forward keeps them (its
+    # _state_passing_fwd(out_dtype=C.dtype)): kernel 4 reads half the bytes, the largest read of the forward (p n
+    # per head and chunk); the sum carried from chunk to chunk stays float32, and the backward recomputes them in
+    # float32
+    half = C.dtype in (torch.bfloat16, torch.float16)
+    enter, final = _entering_states(x, B, dtp, a, h0, d, prec, enter_dtype=C.dtype if half else torch.float32)
     out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
     _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, prec)
     return out, final, dtp, a
@@ -581,9 +586,10 @@ def _dt_cumsum(dt, A, dt_bias, d, softplus):
     return dtp, a
 
 
-def _entering_states(x, B, dtp, a, h0, d, prec):
-    """Kernels 2 and 3: the state entering each chunk (b, c, h, p, n) and the final state (b, h, p, n), float32.
-    Run by the forward and again by the backward, so that only dt and a (O(L), not O(L p n / T)) are saved."""
+def _entering_states(x, B, dtp, a, h0, d, prec, enter_dtype=torch.float32):
+    """Kernels 2 and 3: the state entering each chunk (b, c, h, p, n) in ``enter_dtype`` and the final state (b, h,
+    p, n) in float32. Run by the forward and again by the backward (float32), so that only dt and a (O(L), not
+    O(L p n / T)) are saved."""
     b, L, nh, p, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "n", "T", "c", "BP", "BN"))
     f32 = dict(device=x.device, dtype=torch.float32)
     states = torch.empty(b, c, nh, p, n, **f32)
@@ -591,10 +597,13 @@ def _entering_states(x, B, dtp, a, h0, d, prec):
         x, B, dtp, a, states, L, nh, c, nh // d["g"], p, n, *x.stride(), *B.stride(),
         T=T, BP=BP, BN=BN, PREC=prec, **launch_options(BP, BN))
     final = torch.empty(b, nh, p, n, **f32)
+    # float32: overwritten in place; else a buffer of its own (the float32 states are freed on return)
+    enter = states if enter_dtype == torch.float32 else torch.empty(b, c, nh, p, n, device=x.device,
+                                                                    dtype=enter_dtype)
     _state_pass_fwd[(b, nh, triton.cdiv(p * n, _STATE_BLOCK))](
-        states, a, h0 if h0 is not None else states, states, final, nh, c, p * n,
+        states, a, h0 if h0 is not None else states, enter, final, nh, c, p * n,
         HAS_H0=h0 is not None, T=T, BLOCK=_STATE_BLOCK, **launch_options(_STATE_BLOCK))
-    return states, final  # states now holds the entering states (overwritten in place)
+    return enter, final
 
 
 def _check_out(name: str, buf: Tensor, shape: tuple[int, ...]) -> None:
