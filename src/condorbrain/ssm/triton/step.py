@@ -179,6 +179,27 @@ def _mamba2_step_ssm(
 
 
 @triton.jit
+def _shift_bc_window(
+    zx, cs, g, d_ssm, d_mlp, ngroups, n, s_zx_c, s_cs_c, s_cs_k,
+    K: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr,
+):
+    # Group g's B and C conv windows (row pointers zx into zxbcdt, cs into conv_state) shifted in place by the new
+    # column: after _mamba2_step_ssm, whose programs only read them (each loaded in full, a barrier, then stored).
+    xbc = zx + (2 * d_mlp + d_ssm) * s_zx_c
+    kk = tl.arange(0, KP)
+    nn = tl.arange(0, BN)
+    mn = nn < n
+    for which in tl.static_range(2):  # B, then C
+        ch = d_ssm + (which * ngroups + g) * n + nn
+        old = tl.load(cs + ch[:, None] * s_cs_c + (kk[None, :] + 1) * s_cs_k,
+                      mask=mn[:, None] & (kk[None, :] < K - 1), other=0.0)
+        new = tl.load(xbc + ch * s_zx_c, mask=mn, other=0.0).to(cs.dtype.element_ty)
+        win = tl.where(kk[None, :] == K - 1, new[:, None], old)
+        tl.debug_barrier()
+        tl.store(cs + ch[:, None] * s_cs_c + kk[None, :] * s_cs_k, win, mask=mn[:, None] & (kk[None, :] < K))
+
+
+@triton.jit
 def _mamba2_step_finish(
     zx_ptr, cs_ptr, nw_ptr, out_ptr,
     n, gs, ngroups, d_mlp, mlp_per_group, eps,
@@ -191,19 +212,7 @@ def _mamba2_step_finish(
     bi, g = tl.program_id(0), tl.program_id(1)
     d_ssm = gs * ngroups
     zx = zx_ptr + bi * s_zx_b
-    xbc = zx + (2 * d_mlp + d_ssm) * s_zx_c
-    cs = cs_ptr + bi * s_cs_b
-    kk = tl.arange(0, KP)
-    nn = tl.arange(0, BN)
-    mn = nn < n
-    for which in tl.static_range(2):  # B, then C
-        ch = d_ssm + (which * ngroups + g) * n + nn
-        old = tl.load(cs + ch[:, None] * s_cs_c + (kk[None, :] + 1) * s_cs_k,
-                      mask=mn[:, None] & (kk[None, :] < K - 1), other=0.0)
-        new = tl.load(xbc + ch * s_zx_c, mask=mn, other=0.0).to(cs_ptr.dtype.element_ty)
-        win = tl.where(kk[None, :] == K - 1, new[:, None], old)
-        tl.debug_barrier()
-        tl.store(cs + ch[:, None] * s_cs_c + kk[None, :] * s_cs_k, win, mask=mn[:, None] & (kk[None, :] < K))
+    _shift_bc_window(zx, cs_ptr + bi * s_cs_b, g, d_ssm, d_mlp, ngroups, n, s_zx_c, s_cs_c, s_cs_k, K, KP, BN)
     out = out_ptr + bi * s_out_b
     if NORM:
         cols = g * gs + tl.arange(0, BG)
@@ -228,6 +237,15 @@ def _mamba2_step_finish(
 
 
 @triton.jit
+def _residual_slice(x_ptrs, h_ptrs, mask, HAS_ADD: tl.constexpr):
+    # x (+ h, added in float32 and rounded to x's dtype, as the eager add is) at x_ptrs / h_ptrs
+    v = tl.load(x_ptrs, mask=mask, other=0.0)
+    if HAS_ADD:
+        v = (v.to(tl.float32) + tl.load(h_ptrs, mask=mask, other=0.0).to(tl.float32)).to(x_ptrs.dtype.element_ty)
+    return v
+
+
+@triton.jit
 def _rmsnorm_gemv(
     x_ptr, h_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, out_ptr,
     K, N, eps,
@@ -243,12 +261,9 @@ def _rmsnorm_gemv(
     ss = tl.zeros([BK], dtype=tl.float32)
     for k0 in range(0, K, BK):
         mk = k0 + kk < K
-        v = tl.load(x_ptr + bi * s_x_b + k0 + kk, mask=mk, other=0.0)
-        if HAS_ADD:
-            v = (v.to(tl.float32) + tl.load(h_ptr + bi * s_h_b + k0 + kk, mask=mk, other=0.0).to(tl.float32))
-            v = v.to(x_ptr.dtype.element_ty)
-            if pj == 0:
-                tl.store(res_ptr + bi * s_res_b + k0 + kk, v, mask=mk)
+        v = _residual_slice(x_ptr + bi * s_x_b + k0 + kk, h_ptr + bi * s_h_b + k0 + kk, mk, HAS_ADD)
+        if HAS_ADD and pj == 0:
+            tl.store(res_ptr + bi * s_res_b + k0 + kk, v, mask=mk)
         v = v.to(tl.float32)
         ss += v * v
     rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
@@ -257,10 +272,7 @@ def _rmsnorm_gemv(
     acc = tl.zeros([BJ], dtype=tl.float32)
     for k0 in range(0, K, BK):
         mk = k0 + kk < K
-        v = tl.load(x_ptr + bi * s_x_b + k0 + kk, mask=mk, other=0.0)
-        if HAS_ADD:
-            v = (v.to(tl.float32) + tl.load(h_ptr + bi * s_h_b + k0 + kk, mask=mk, other=0.0).to(tl.float32))
-            v = v.to(x_ptr.dtype.element_ty)
+        v = _residual_slice(x_ptr + bi * s_x_b + k0 + kk, h_ptr + bi * s_h_b + k0 + kk, mk, HAS_ADD)
         u = v.to(tl.float32) * rstd * tl.load(nw_ptr + k0 + kk, mask=mk, other=0.0).to(tl.float32)
         u = u.to(x_ptr.dtype.element_ty).to(tl.float32)  # the norm's output, in the activation dtype
         w = tl.load(w_ptr + jj[:, None] * s_w_n + (k0 + kk)[None, :] * s_w_k, mask=mj[:, None] & mk[None, :],
@@ -288,20 +300,9 @@ def _mamba2_step_out(
     d_ssm = gs * ngroups
     zx = zx_ptr + bi * s_zx_b
     if pj == 0:
-        xbc = zx + (2 * d_mlp + d_ssm) * s_zx_c
-        cs = cs_ptr + bi * s_cs_b
-        kc = tl.arange(0, KP)
-        nn = tl.arange(0, BN)
-        mn = nn < n
         for g in range(ngroups):
-            for which in tl.static_range(2):  # B, then C
-                ch = d_ssm + (which * ngroups + g) * n + nn
-                old = tl.load(cs + ch[:, None] * s_cs_c + (kc[None, :] + 1) * s_cs_k,
-                              mask=mn[:, None] & (kc[None, :] < K - 1), other=0.0)
-                new = tl.load(xbc + ch * s_zx_c, mask=mn, other=0.0).to(cs_ptr.dtype.element_ty)
-                win = tl.where(kc[None, :] == K - 1, new[:, None], old)
-                tl.debug_barrier()
-                tl.store(cs + ch[:, None] * s_cs_c + kc[None, :] * s_cs_k, win, mask=mn[:, None] & (kc[None, :] < K))
+            _shift_bc_window(zx, cs_ptr + bi * s_cs_b, g, d_ssm, d_mlp, ngroups, n, s_zx_c, s_cs_c, s_cs_k, K, KP,
+                             BN)
     jj = pj * BJ + tl.arange(0, BJ)
     mj = jj < N
     kk = tl.arange(0, BK)
