@@ -1,6 +1,7 @@
 """GPU benchmark, side by side in one process on one card (issue 6, sections 1, 3, 4): this project's Mamba-2 and
-Mamba layers (Mamba-2 also with the library's own one-kernel RMSNorm, ``cb_m2n``), the official ``mamba_ssm`` Mamba2 (when importable) and a Transformer (torch SDPA), each inside the
-anchors' wrapper network (Linear(24 -> 512), N pre-norm residual blocks, RMSNorm, Linear(512 -> 8), MSE on the last
+Mamba layers (Mamba-2 also with the library's own RMSNorm, ``cb_m2n``: the network as the library builds it), the
+official ``mamba_ssm`` Mamba2 (when importable) and a Transformer (torch SDPA), each inside the anchors' wrapper
+network (Linear(24 -> 512), N pre-norm residual blocks, RMSNorm, Linear(512 -> 8), MSE on the last
 step; see ``_gpu_models.py``).
 
 Cases (the seed config: d_model 512, 24 layers, lookback 120, batch 1024, bf16 autocast, fused AdamW):

@@ -118,7 +118,8 @@ def print_phase(model: str, phase: str, res: dict[str, Any]) -> None:
                                     for k, v in res["by_kind"].items()))
     print(f"  {'kernel':<72} {'calls':>7} {'us/step':>10} {'share':>6}")
     for r in res["top"]:
-        print(f"  {r['name'][:72]:<72} {r['calls_per_step']:>7,.0f} {r['us_per_step']:>10,.1f} {100 * r['share']:>5.1f}%")
+        print(f"  {r['name'][:72]:<72} {r['calls_per_step']:>7,.0f} {r['us_per_step']:>10,.1f} "
+              f"{100 * r['share']:>5.1f}%")
 
 
 def main(argv: list[str] | None = None) -> int:

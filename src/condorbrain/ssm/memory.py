@@ -2,8 +2,9 @@
 
 :func:`saved_activation_bytes` runs a forward under ``torch.autograd.graph.saved_tensors_hooks`` and counts the
 distinct storages the graph still holds when the forward returns. Parameters and leaf inputs that require grad, and
-views of them (a Linear saves its weight transposed), are left out (they live anyway), and so is a tensor saved by a node that is freed at once (e.g. inside an input
-check): it is no activation. Used by the fused Mamba-2 path's memory test and ``benchmarks/activation_memory.py``.
+views of them (a Linear saves its weight transposed), are left out (they live anyway), and so is a tensor saved by
+a node that is freed at once (e.g. inside an input check): it is no activation. Used by the fused Mamba-2 path's
+memory test and ``benchmarks/activation_memory.py``.
 """
 
 from __future__ import annotations

@@ -357,8 +357,9 @@ def _chunk_bwd_bc(
 ):
     # grid (b * c, g, nsplit * NB): dB, dC of one chunk for up to hpp heads of one group and one block of BN state
     # columns (NB = cdiv(n, BN) blocks), summed over those heads in registers: (b, L, g, nsplit, n) float32 partial
-    # sums (strides s_o_*, the same for dB and dC: with nsplit 1, e.g. columns of the fused layer's dxBC). Also daS (b, h, c, NB, T): dL/da_l through the carried state, exp(a_l) sum_n C_ln (dy S)_ln, partial
-    # over the state blocks (the state term of da needs dy S, which only this kernel forms; _chunk_bwd_dx adds it).
+    # sums (strides s_o_*, the same for dB and dC: with nsplit 1, e.g. columns of the fused layer's dxBC). Also
+    # daS (b, h, c, NB, T): dL/da_l through the carried state, exp(a_l) sum_n C_ln (dy S)_ln, partial over the
+    # state blocks (the state term of da needs dy S, which only this kernel forms; _chunk_bwd_dx adds it).
     # Needs no C.B^T: dL/d(C.B^T) = (dy . (dt x)^T) * decay.
     pid_bc, g, pid_sn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
@@ -431,7 +432,8 @@ def _chunk_bwd_dx(
     T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
 ):
     # grid (b * c, g, nsplit): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T once):
-    # dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the fused layer's dxBC) and ddt (b, L, h) float32, ddt w.r.t. the raw dt; partial dD (b, c, h, p) and dA (b, c, h).
+    # dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the fused layer's dxBC) and ddt (b, L, h) float32,
+    # ddt w.r.t. the raw dt; partial dD (b, c, h, p) and dA (b, c, h).
     # Never reads the entering states S: the carried state's part of da comes from _chunk_bwd_bc (daS, nbn partial
     # sums), and dz (which needs y) from _chunk_scan_fwd. A program holds CB, M, dL/dM (T, T), x, dy, dt x, M^T dy,
     # B G^T, dx (T, p), and G (p, n), B (T, n) as dot operands: at T 64 that is 255 registers with 4 warps (140 B

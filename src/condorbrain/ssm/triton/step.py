@@ -1,13 +1,14 @@
 """One streaming step of a Mamba-2 (and Mamba-1) layer in Triton: everything between in_proj and out_proj in two
-kernel launches, for the per-bar update replayed in a CUDA graph (:class:`condorbrain.ssm.graph.GraphedStep`).
+kernel launches (and, for a pre-norm block at a few rows, the norm and both projections too: three launches in
+all), for the per-bar update replayed in a CUDA graph (:class:`condorbrain.ssm.graph.GraphedStep`).
 
 Why hand-written: the eager step (:meth:`condorbrain.ssm.mamba2.Mamba2._step_reference`) is ~25-30 small PyTorch ops
 per layer (roll, copy, index-set, sum, bias, SiLU, split, softplus, exp, einsums, repeat_interleave, the norm in
 several ops, cat): ~700 kernels for a 24-layer stack, each costing a microsecond or more even inside a CUDA graph,
-where the work itself (reading and writing the states once) is well under a microsecond per layer. Nothing in eager torch
-fuses this (one kernel per op; no op does the recurrent update, let alone in place with the conv window and the
-grouped norm), and ``torch.compile`` is not used in this package: hand-written kernels keep the launch count and the
-in-place state updates explicit, and run under the CPU interpreter the tests use.
+where the work itself (reading and writing the states once) is well under a microsecond per layer. Nothing in
+eager torch fuses this (one kernel per op; no op does the recurrent update, let alone in place with the conv window
+and the grouped norm), and ``torch.compile`` is not used in this package: hand-written kernels keep the launch count
+and the in-place state updates explicit, and run under the CPU interpreter the tests use.
 
 :func:`mamba2_step_triton`, given zxbcdt = in_proj(u_t) (B, d_in_proj), split [z0, x0, z, xBC, dt]:
 
@@ -31,7 +32,9 @@ projections). A pre-norm block stepping a few rows (``condorbrain.ssm.blocks.nor
 the pending residual add, the block's RMSNorm and in_proj, and ``_mamba2_step_out`` takes kernel 2's place and does
 its work and out_proj. Both are GEMVs whose every program recomputes the row's norm (K values) before its slice of
 the weights, so no program waits for another; at batch 1 a projection is memory-bound on its weights and cuBLAS
-has no norm to fuse. Their float32 sums run in another order than cuBLAS's: the same values up to that rounding. Inside a program, a value read from memory that the same program later overwrites (the conv window,
+has no norm to fuse. Their float32 sums run in another order than cuBLAS's: the same values up to that rounding.
+
+Inside a program, a value read from memory that the same program later overwrites (the conv window,
 y under the norm) is loaded in full, then ``tl.debug_barrier()``, then stored: threads holding replicated elements of
 a small tile must not see a neighbour's store.
 
