@@ -83,10 +83,11 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, L, 24) -> (B, L, 8)."""
-        h = self.emb(x)
+        h, pending = self.emb(x), None  # each mixer's output is added by the next norm, as in the streaming step
         for n, m in zip(self.norms, self.mixers):
-            h = h + norm_then_mix(n, m, h)  # m(n(h)); the library's norm joins a Mamba2's in_proj on the fused path
-        return self.head(self.fn(h))
+            h, pending = norm_then_mix(n, m, h, pending)  # h += pending; pending = m(n(h)); the library's norm joins
+            # a Mamba2's in_proj on the fused path, the add included
+        return self.head(self.fn.add_forward(h, pending)[1])
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int | None = None,
                                  dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, ...]]:

@@ -76,11 +76,14 @@ def test_rmsnorm_triton_bfloat16_autocast_and_saves(device):
     assert ref_bytes > 2 * triton_bytes
 
 
-def test_backbone_forward_on_triton_path(device, monkeypatch):
-    """A whole Mamba-2 backbone (blocks' norms, fused layers, final norm) on the Triton path equals the PyTorch path,
-    forward and gradients."""
+@pytest.mark.parametrize("d_intermediate", [0, 48])
+def test_backbone_forward_on_triton_path(device, monkeypatch, d_intermediate):
+    """A whole Mamba-2 backbone (blocks' norms joined with the residual adds to the fused layers, the gated MLP's
+    norm and add when there is one, the final norm) on the Triton path equals the PyTorch path, forward and
+    gradients."""
     torch.manual_seed(0)
-    config = BackboneConfig(d_model=32, n_layer=2, mixer="mamba2", d_state=16, headdim=16, chunk_size=8)
+    config = BackboneConfig(d_model=32, n_layer=3, mixer="mamba2", d_state=16, headdim=16, chunk_size=8,
+                            d_intermediate=d_intermediate)
     model = Backbone(config).to(device)
     x = torch.randn(2, 11, 32, device=device)
 
@@ -151,6 +154,67 @@ def test_rmsnorm_linear_matches_norm_then_linear(device, x_dtype, autocast, bias
     assert kept == rows * 48 * item + rows * 4  # x + one float32 1/rms per row
     # apart: + the Linear's input, and under autocast its bf16 weight copy (the node casts it again instead)
     assert kept_apart == kept + rows * 48 * (2 if autocast else 4) + (80 * 48 * 2 if autocast else 0)
+
+
+@pytest.mark.parametrize(("dtype", "autocast", "bias"), [
+    (torch.float32, False, True), (torch.float32, True, False), (torch.bfloat16, True, True)])
+def test_add_rmsnorm_linear_matches_add_norm_linear(device, dtype, autocast, bias):
+    """The previous branch's residual add joined to the norm + Linear node: the sum and the projection, and the
+    gradients of x, h, the norm weight and the Linear when both outputs are used (the sum as the next residual),
+    as the add, the norm and the Linear apart give them. It keeps the sum and 1/rms, nothing for the add."""
+    from condorbrain.ssm.triton.fused import add_rmsnorm_linear_triton
+
+    g = torch.Generator().manual_seed(5)
+    x, h = ((torch.randn(2, 9, 48, generator=g) * 1.5).to(device, dtype) for _ in range(2))
+    w_res, w_out = torch.randn(2, 9, 48, generator=g).to(device), torch.randn(2, 9, 80, generator=g).to(device)
+    norm = RMSNorm(48, eps=1e-6).to(device)
+    linear = torch.nn.Linear(48, 80, bias=bias).to(device)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(48, generator=g) + 0.5)
+
+    def run(joined):
+        xx, hh = x.clone().requires_grad_(True), h.clone().requires_grad_(True)
+        norm.zero_grad()
+        linear.zero_grad()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            if joined:
+                res, out = add_rmsnorm_linear_triton(xx, hh, norm.weight, norm.eps, linear.weight, linear.bias)
+            else:
+                res = xx + hh
+                out = linear(norm(res))
+        ((res.float() * w_res).sum() + (out.float() * w_out).sum()).backward()
+        return [res.detach(), out.detach(), xx.grad, hh.grad, norm.weight.grad.clone(), linear.weight.grad.clone(),
+                None if linear.bias is None else linear.bias.grad.clone()]
+
+    got, want = run(True), run(False)
+    assert got[0].dtype == dtype and got[1].dtype == (torch.bfloat16 if autocast else torch.float32)
+    # bf16 matmuls round their outputs, and under the interpreter the joined add truncates where torch's rounds
+    # (one ulp of the sum): within 2% of each tensor's largest magnitude there, 1e-5 in float32
+    scale_tol = 2e-2 if autocast else 1e-5
+    for name, a, e in zip(("res", "out", "dx", "dh", "dnorm", "dW", "db"), got, want, strict=True):
+        if e is None:
+            assert a is None
+        else:
+            err, scale = (a.float() - e.float()).abs().max().item(), e.float().abs().max().item()
+            assert err <= scale_tol * scale, f"{name}: max error {err:.3g} > {scale_tol} * {scale:.3g}"
+    # the sum rounded to x's dtype as x + h is: exact in float32
+    if dtype == torch.float32:
+        torch.testing.assert_close(got[0], x + h, rtol=0, atol=0)
+    leaf_x, leaf_h = x.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        kept = saved_activation_bytes(lambda: add_rmsnorm_linear_triton(
+            leaf_x * 1, leaf_h * 1, norm.weight, norm.eps, linear.weight, linear.bias))["all"]
+    rows = 2 * 9
+    assert kept == rows * 48 * x.element_size() + rows * 4  # the sum + one float32 1/rms per row
+
+
+def test_add_rmsnorm_linear_refuses_mismatched_inputs(device):
+    from condorbrain.ssm.triton.fused import add_rmsnorm_linear_triton
+
+    x = torch.randn(2, 3, 16, device=device)
+    w = torch.ones(16, device=device)
+    with pytest.raises(ValueError, match="x and h must match in shape and dtype"):
+        add_rmsnorm_linear_triton(x, x.double(), w, 1e-6, torch.ones(4, 16, device=device))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -249,4 +313,6 @@ def test_block_joins_its_norm_to_the_mamba2_in_proj(device, monkeypatch):
         out, _ = block(x, return_state=True)
     torch.testing.assert_close(out, got[0], rtol=1e-5, atol=1e-5)
     # not the fused path (float64): the modules apart
-    assert norm_then_mix(block.norm.double(), block.mixer.double(), x.double()).dtype == torch.float64
+    x64 = x.double()
+    res, h = norm_then_mix(block.norm.double(), block.mixer.double(), x64)
+    assert res is x64 and h.dtype == torch.float64

@@ -158,7 +158,12 @@ def _fused_cases():
     """The fused layer's conv and RMSNorm at the seed sizes, and their other flags."""
     import torch
 
-    from condorbrain.ssm.triton.fused import add_rmsnorm_triton, causal_conv1d_silu_triton, rmsnorm_gated_triton
+    from condorbrain.ssm.triton.fused import (
+        add_rmsnorm_linear_triton,
+        add_rmsnorm_triton,
+        causal_conv1d_silu_triton,
+        rmsnorm_gated_triton,
+    )
 
     def conv_no_bias():
         zxbcdt, w, *_ = _mamba2_zxbcdt(64)  # split [z, xBC, dt] (no MLP branch): xBC from column d_ssm = 1024
@@ -167,6 +172,11 @@ def _fused_cases():
     def add_norm(batch: int):  # a streaming step's residual add + the next block's norm, d_model 512
         x, h = (torch.randn(batch, 1, 512, dtype=torch.bfloat16) for _ in range(2))
         add_rmsnorm_triton(x, h, torch.ones(512), 1e-5)
+
+    def add_norm_linear():  # training: the residual add, the block's norm and in_proj (d_model 512 -> 2192)
+        x, h = (torch.randn(BATCH, SEQLEN, 512, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+        w = torch.randn(2192, 512, dtype=torch.bfloat16, requires_grad=True)
+        _backward(*add_rmsnorm_linear_triton(x, h, torch.ones(512, requires_grad=True), 1e-5, w))
 
     def norm(with_z: bool, before_gate: bool):
         y = torch.randn(BATCH, SEQLEN, 1024, dtype=torch.bfloat16, requires_grad=True)
@@ -180,6 +190,7 @@ def _fused_cases():
         "norm before gate": lambda: norm(True, True),
         "norm without z": lambda: norm(False, False),
         **{f"add + norm, streaming batch {batch}": lambda batch=batch: add_norm(batch) for batch in (1, BATCH)},
+        "add + norm + in_proj, training": add_norm_linear,
     }
 
 

@@ -97,16 +97,21 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-def norm_then_mix(norm: nn.Module, mixer: nn.Module, x: Tensor) -> Tensor:
-    """``mixer(norm(x))`` over a whole sequence, no carried state: x (B, L, D) -> (B, L, D).
+def norm_then_mix(norm: nn.Module, mixer: nn.Module, x: Tensor,
+                  pending: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(x + pending, mixer(norm(x + pending))) over a whole sequence, no carried state: a pre-norm block's mixer
+    branch with the previous branch's residual add pending. x, pending: (B, L, D); pending None: nothing to add.
 
-    Where the mixer is a :class:`Mamba2` on its fused Triton path and the norm an :class:`RMSNorm`, the norm runs
-    inside in_proj's autograd node (``Mamba2.forward_prenormed``): the same values, and the normalised input is
+    Where the mixer is a :class:`Mamba2` on its fused Triton path and the norm an :class:`RMSNorm`, the add and the
+    norm run inside in_proj's autograd node (``Mamba2.forward_prenormed``): the same values, the normalised input
     recomputed in the backward instead of kept (1 KB per token and layer at d_model 512 in bf16: ~2.8 GiB of the
-    seed config's training activations). Elsewhere the two modules run as they are."""
-    if type(norm) is RMSNorm and isinstance(mixer, Mamba2) and mixer._fused_path(x):
-        return mixer.forward_prenormed(x, norm.weight, norm.eps)
-    return mixer(norm(x))
+    seed config's training activations) and no add kernel of its own, either way. Elsewhere the add and the two
+    modules run as they are."""
+    if (type(norm) is RMSNorm and isinstance(mixer, Mamba2) and mixer._fused_path(x)
+            and (pending is None or (pending.shape == x.shape and pending.dtype == x.dtype))):
+        return mixer.forward_prenormed(x, norm.weight, norm.eps, pending)
+    x = x if pending is None else x + pending
+    return x, mixer(norm(x))
 
 
 STEP_GEMV_MAX_BATCH = 8
@@ -348,14 +353,26 @@ class Block(nn.Module):
                 return_state: bool = False) -> Tensor | tuple[Tensor, LayerState]:
         """x: (B, L, D) -> (B, L, D) [, the mixer's new state]."""
         if state is None and not return_state:
-            h, new_state = norm_then_mix(self.norm, self.mixer, x), None  # (B, L, D)
-        else:
-            h = self.mixer(self.norm(x), state=state, return_state=return_state)  # (B, L, D) [, state]
-            h, new_state = h if return_state else (h, None)
+            x, h = self.forward_pending(x, None)
+            return x + h
+        h = self.mixer(self.norm(x), state=state, return_state=return_state)  # (B, L, D) [, state]
+        h, new_state = h if return_state else (h, None)
         x = x + self.drop_path(h)
         if self.mlp is not None:
             x = x + self.drop_path(self.mlp(self.norm2(x)))  # (B, L, D)
         return (x, new_state) if return_state else x
+
+    def forward_pending(self, x: Tensor, pending: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``forward`` (no state) with the residual adds left pending, as :meth:`step_pending`: (x, pending) ->
+        (x', h) with x' + h = ``forward(x + pending)``, each add done by the next norm (:func:`norm_then_mix`:
+        inside the Mamba-2 in_proj's node on the fused path). x, pending, x', h: (B, L, D); pending None = nothing
+        to add."""
+        x, h = norm_then_mix(self.norm, self.mixer, x, pending)  # x += pending; h = mixer(norm(x))
+        h = self.drop_path(h)
+        if self.mlp is not None:
+            x, u = self.norm2.add_forward(x, h)
+            h = self.drop_path(self.mlp(u))
+        return x, h
 
     def step(self, x: Tensor, cache: LayerState) -> Tensor:
         """x: (B, 1, D) -> (B, 1, D), advancing the mixer's ``cache`` in place."""
@@ -491,6 +508,11 @@ class Backbone(nn.Module):
         check_hidden_states("x", x, self.config.d_model)
         if state is not None and len(state) != len(self.layers):
             raise ValueError(f"state must hold one entry per layer ({len(self.layers)}), got {len(state)}")
+        if state is None and not return_state:  # the residual adds pending, each done by the next norm
+            pending = None
+            for layer in self.layers:
+                x, pending = layer.forward_pending(x, pending)  # (B, L, D) each
+            return self.norm_f.add_forward(x, pending)[1]
         new_states: list[LayerState] = []
         for i, layer in enumerate(self.layers):
             x = layer(x, state=None if state is None else state[i], return_state=return_state)  # (B, L, D)

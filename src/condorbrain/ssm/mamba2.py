@@ -334,19 +334,27 @@ class Mamba2(nn.Module):
             eps=self.norm.eps if self.rmsnorm else 1e-5, dt_limit=self.dt_limit,
             out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias)
 
-    def forward_prenormed(self, x: Tensor, norm_weight: Tensor, eps: float) -> Tensor:
-        """``forward(rmsnorm(x) * norm_weight)`` over a whole sequence on the fused path (``_fused_path(x)``): a
-        pre-norm block's norm joined to in_proj (``rmsnorm_linear_triton``), so that the block keeps its input x
-        for the backward and not also the normalised copy in_proj would keep (1 KB per token at d_model 512, bf16).
-        Use :func:`condorbrain.ssm.blocks.norm_then_mix`, which falls back to ``forward(norm(x))`` elsewhere."""
+    def forward_prenormed(self, x: Tensor, norm_weight: Tensor, eps: float,
+                          pending: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(x + pending, forward(rmsnorm(x + pending) * norm_weight)) over a whole sequence on the fused path
+        (``_fused_path(x)``): a pre-norm block's residual add and norm joined to in_proj
+        (``rmsnorm_linear_triton`` / ``add_rmsnorm_linear_triton``), so that the block keeps its residual stream for
+        the backward and not also the normalised copy in_proj would keep (1 KB per token at d_model 512, bf16), and
+        the add is no kernel of its own. x, pending: (B, L, d_model), the same dtype; pending None: nothing to add
+        (x itself is returned). Use :func:`condorbrain.ssm.blocks.norm_then_mix`, which falls back to the modules
+        elsewhere."""
         check_hidden_states("x", x, self.d_model)
         if not self._fused_path(x):
             raise RuntimeError("Mamba2.forward_prenormed runs on the fused Triton path only; use "
                                "condorbrain.ssm.blocks.norm_then_mix, which falls back to forward(norm(x))")
-        from condorbrain.ssm.triton.fused import rmsnorm_linear_triton
+        from condorbrain.ssm.triton.fused import add_rmsnorm_linear_triton, rmsnorm_linear_triton
 
-        zxbcdt = rmsnorm_linear_triton(x, norm_weight, eps, self.in_proj.weight, self.in_proj.bias)
-        return self._fused_forward(zxbcdt)  # (B, L, d_model)
+        if pending is None:
+            res, zxbcdt = x, rmsnorm_linear_triton(x, norm_weight, eps, self.in_proj.weight, self.in_proj.bias)
+        else:
+            res, zxbcdt = add_rmsnorm_linear_triton(x, pending, norm_weight, eps, self.in_proj.weight,
+                                                    self.in_proj.bias)
+        return res, self._fused_forward(zxbcdt)  # (B, L, d_model) each
 
     def _fused_path(self, u: Tensor) -> bool:
         """Whether a whole-sequence forward of ``u`` takes the fused Triton path: not float64, and the scan backend

@@ -45,8 +45,8 @@ from torch import Tensor
 from condorbrain.ssm.triton import ssd
 from condorbrain.ssm.triton.ssd import launch_options, on_device
 
-__all__ = ["add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_fused_forward", "rmsnorm_gated_triton",
-           "rmsnorm_linear_triton"]
+__all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_fused_forward",
+           "rmsnorm_gated_triton", "rmsnorm_linear_triton"]
 
 _BLOCK_L = 16  # time steps per conv program
 _BLOCK_ROWS = 16  # rows (batch * time) per RMSNorm program: the weight-gradient partials are per block of rows
@@ -250,10 +250,11 @@ def _rmsnorm_fwd(
 
 @triton.jit
 def _rmsnorm_bwd(
-    y_ptr, z_ptr, w_ptr, rstd_ptr, dout_ptr, dy_ptr, dz_ptr, dwp_ptr,
+    y_ptr, z_ptr, w_ptr, rstd_ptr, dout_ptr, dy_ptr, dz_ptr, dwp_ptr, dres_ptr,
     rows, L, gs, ngroups,
-    s_y_b, s_y_l, s_z_b, s_z_l, s_d_b, s_d_l, s_dz_b, s_dz_l, s_dy_b, s_dy_l,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    s_y_b, s_y_l, s_z_b, s_z_l, s_d_b, s_d_l, s_dz_b, s_dz_l, s_dy_b, s_dy_l, s_dr_b, s_dr_l,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_DRES: tl.constexpr, ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     # Recomputes v (y or y*silu(z)) and vhat = v/rms from y, z, rstd. With dv_hat = dout * w (* silu(z)):
     #   dv = rstd (dv_hat - vhat mean(dv_hat vhat)),  dw = sum_rows dout vhat (* silu(z)), as per-program partials.
@@ -300,6 +301,8 @@ def _rmsnorm_bwd(
             dy = dv * z * sz
         tl.store(dz_ptr + (bi * s_dz_b + li * s_dz_l)[:, None] + col[None, :], dz.to(dz_ptr.dtype.element_ty),
                  mask=m)
+    if HAS_DRES:  # y is also a residual stream whose own gradient arrives here: the two summed before rounding
+        dy += tl.load(dres_ptr + (bi * s_dr_b + li * s_dr_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
     tl.store(dy_ptr + (bi * s_dy_b + li * s_dy_l)[:, None] + col[None, :], dy.to(dy_ptr.dtype.element_ty), mask=m)
 
 
@@ -347,16 +350,20 @@ def add_rmsnorm_triton(x: Tensor, h: Tensor, weight: Tensor, eps: float) -> tupl
 def _rmsnorm_backward(
     y: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor, dout: Tensor, gs: int, norm_before_gate: bool,
     dy_dtype: torch.dtype = torch.float32, dz: Tensor | None = None, dy: Tensor | None = None,
+    dres: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """(dy, dz, dweight) of :func:`_rmsnorm_forward`; dout (b, L, d) any dtype. dy: the buffer to write into ((b, L,
     d) with unit channel stride, any dtype: e.g. a column slice of a wider buffer); None: a new contiguous one in
     ``dy_dtype``. dz: likewise ((b, L, d) with unit channel stride, any dtype; may be dout itself, overwritten in
-    place); None: a new float32 one. Computed in float32, rounded once where stored."""
+    place); None: a new float32 one. dres ((b, L, d), unit channel stride, any dtype): a gradient that reaches y
+    by another way (y is a residual stream), added to dy. Computed in float32, rounded once where stored."""
     b, L, d = y.shape
     ngroups = d // gs
     rows = b * L
     if dout.stride(-1) != 1:  # the kernel reads rows of d channels with unit stride
         dout = dout.contiguous()
+    if dres is not None and dres.stride(-1) != 1:
+        dres = dres.contiguous()
     f32 = dict(device=y.device, dtype=torch.float32)
     nrb = triton.cdiv(rows, _BLOCK_ROWS)
     if dy is None:
@@ -371,10 +378,12 @@ def _rmsnorm_backward(
     with on_device(y):
         _rmsnorm_bwd[(nrb, ngroups)](
             y, z if z is not None else y, weight, rstd, dout, dy, dz if dz is not None else dy, dwp,
+            dres if dres is not None else dout,
             rows, L, gs, ngroups, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
             dout.stride(0), dout.stride(1), *(dz.stride()[:2] if dz is not None else (0, 0)), dy.stride(0),
-            dy.stride(1), HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, ROWS=_BLOCK_ROWS, BLOCK=BLOCK,
-            **launch_options(_BLOCK_ROWS * BLOCK))
+            dy.stride(1), *(dres.stride()[:2] if dres is not None else (0, 0)),
+            HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_DRES=dres is not None, ROWS=_BLOCK_ROWS,
+            BLOCK=BLOCK, **launch_options(_BLOCK_ROWS * BLOCK))
     return dy, dz, dwp.sum(0).to(weight.dtype)
 
 
@@ -418,39 +427,55 @@ def rmsnorm_gated_triton(
 
 
 class _RMSNormLinear(torch.autograd.Function):
-    """rmsnorm(x) * norm_weight -> Linear as one autograd node that keeps x and 1/rms, not the norm's output.
+    """[x + h ->] rmsnorm * norm_weight -> Linear as one autograd node that keeps the normalised stream (x, or the sum)
+    and 1/rms, not the norm's output.
 
-    A pre-norm block's input x is alive anyway (the norm's backward needs it), while the Linear's input, the
-    normalised x in the matmul dtype, is a second copy per token (1 KB at d_model 512 in bf16). The backward
-    recomputes it with the same kernel (bit-identical), takes the Linear's gradients from it and frees it before the
-    norm's backward runs."""
+    A pre-norm block's input is alive anyway (the norm's backward needs it), while the Linear's input, the normalised
+    stream in the matmul dtype, is a second copy per token (1 KB at d_model 512 in bf16). The backward recomputes it
+    with the same kernel (bit-identical), takes the Linear's gradients from it and frees it before the norm's backward
+    runs. With h (the previous branch's output, pending), the residual add is the norm kernel's too (HAS_ADD) and the
+    sum is an output, the next residual; its gradient is added to the norm's input gradient inside the norm's
+    backward kernel (HAS_DRES), which is then the gradient of both x and h: no add kernel either way."""
 
     @staticmethod
-    def forward(ctx, x, norm_weight, eps, weight, bias, mm_dtype):
+    def forward(ctx, x, h, norm_weight, eps, weight, bias, mm_dtype):
         rows = x.reshape(-1, 1, x.shape[-1])  # (N, 1, D): the norm kernel's (batch, length, channels)
         with torch.autocast(x.device.type, enabled=False):
-            u, rstd = _rmsnorm_forward(rows, None, norm_weight, eps, x.shape[-1], False)  # u: x's dtype
+            res = torch.empty_like(rows) if h is not None else None
+            u, rstd = _rmsnorm_forward(rows, None, norm_weight, eps, x.shape[-1], False,
+                                       h=h.reshape(rows.shape) if h is not None else None, res=res)  # x's dtype
             out = F.linear(u.view(x.shape).to(mm_dtype), weight.to(mm_dtype),
                            bias.to(mm_dtype) if bias is not None else None)  # (..., n_out)
-        ctx.save_for_backward(x, norm_weight, rstd, weight, bias)
-        ctx.cfg = (eps, mm_dtype)
-        return out
+        stream = x if h is None else res.view(x.shape)
+        ctx.save_for_backward(stream, norm_weight, rstd, weight, bias)
+        ctx.cfg = (eps, mm_dtype, h is not None)
+        return out if h is None else (stream, out)
 
     @staticmethod
-    def backward(ctx, dout):
-        x, norm_weight, rstd, weight, bias = ctx.saved_tensors
-        eps, mm_dtype = ctx.cfg
-        rows = x.reshape(-1, 1, x.shape[-1])
-        with torch.autocast(x.device.type, enabled=False):
-            u = _rmsnorm_forward(rows, None, norm_weight, eps, x.shape[-1], False)[0]  # recomputed
+    def backward(ctx, *grads):
+        stream, norm_weight, rstd, weight, bias = ctx.saved_tensors
+        eps, mm_dtype, added = ctx.cfg
+        dres, dout = grads if added else (None, grads[0])
+        rows = stream.reshape(-1, 1, stream.shape[-1])
+        with torch.autocast(stream.device.type, enabled=False):
+            u = _rmsnorm_forward(rows, None, norm_weight, eps, stream.shape[-1], False)[0]  # recomputed
             g = dout.reshape(-1, dout.shape[-1]).to(mm_dtype)  # (N, n_out)
-            dW = (g.t() @ u.view(-1, x.shape[-1]).to(mm_dtype)).to(weight.dtype)  # (n_out, D)
+            dW = (g.t() @ u.view(-1, stream.shape[-1]).to(mm_dtype)).to(weight.dtype)  # (n_out, D)
             del u
             db = g.to(torch.float32).sum(0).to(bias.dtype) if bias is not None else None
             du = (g @ weight.to(mm_dtype)).view(rows.shape)  # (N, 1, D) in the matmul dtype
             del g
-            dx, _, dnw = _rmsnorm_backward(rows, None, norm_weight, rstd, du, x.shape[-1], False, dy_dtype=x.dtype)
-        return dx.view(x.shape), dnw, None, dW, db, None
+            dx, _, dnw = _rmsnorm_backward(rows, None, norm_weight, rstd, du, stream.shape[-1], False,
+                                           dy_dtype=stream.dtype,
+                                           dres=dres.reshape(rows.shape) if dres is not None else None)
+        dx = dx.view(stream.shape)
+        return dx, (dx if added else None), dnw, None, dW, db, None
+
+
+def _mm_dtype(x: Tensor) -> torch.dtype:
+    """The Linear's compute dtype: autocast's under autocast (as ``nn.Linear``), else x's."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
 def rmsnorm_linear_triton(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor,
@@ -462,16 +487,32 @@ def rmsnorm_linear_triton(x: Tensor, norm_weight: Tensor, eps: float, weight: Te
     autocast dtype under autocast, as ``nn.Linear`` does, else in x's dtype.
 
     Args:
-        x: (..., D), unit channel stride. norm_weight: (D,). weight: (n_out, D). bias: (n_out,) or None.
+        x: (..., D). norm_weight: (D,). weight: (n_out, D). bias: (n_out,) or None.
 
     Returns:
         (..., n_out).
     """
-    if x.stride(-1) != 1 or not x.is_contiguous():
-        x = x.contiguous()
-    dev = x.device.type
-    mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-    return _RMSNormLinear.apply(x, norm_weight, eps, weight, bias, mm_dtype)
+    x = x.contiguous()
+    return _RMSNormLinear.apply(x, None, norm_weight, eps, weight, bias, _mm_dtype(x))
+
+
+def add_rmsnorm_linear_triton(x: Tensor, h: Tensor, norm_weight: Tensor, eps: float, weight: Tensor,
+                              bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(x + h, F.linear(rmsnorm(x + h) * norm_weight, weight, bias)): :func:`rmsnorm_linear_triton` with the
+    residual add of the previous branch's output h joined to it (the sum rounded to x's dtype, as ``x + h`` in that
+    dtype is), differentiable in x, h and the weights.
+
+    Args:
+        x, h: (..., D), the same shape and dtype. The rest as :func:`rmsnorm_linear_triton`'s.
+
+    Returns:
+        (..., D) the sum (the next residual) and (..., n_out).
+    """
+    if h.shape != x.shape or h.dtype != x.dtype:
+        raise ValueError(f"x and h must match in shape and dtype, got {tuple(x.shape)} {x.dtype} and "
+                         f"{tuple(h.shape)} {h.dtype}")
+    x, h = x.contiguous(), h.contiguous()
+    return _RMSNormLinear.apply(x, h, norm_weight, eps, weight, bias, _mm_dtype(x))
 
 
 # ----------------------------------------------------------------------------------------------------------------
