@@ -224,10 +224,11 @@ def _step_cases():
                           m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D,
                           out_dtype=bf)
 
-    def block(d_state: int, batch: int, **kw):  # a block's step: add + norm + in_proj, the update, norm + out_proj
+    def block(d_state: int, batch: int, pending: bool = True, **kw):  # a block's step: add + norm + in_proj, the
+        # update, norm + out_proj
         m = Mamba2(512, d_state=d_state, expand=2, headdim=64, **kw).to(bf)
         x = torch.randn(batch, 1, 512, dtype=bf)
-        m.step_prenormed(x, torch.randn_like(x), torch.ones(512, dtype=bf), 1e-6,
+        m.step_prenormed(x, torch.randn_like(x) if pending else None, torch.ones(512, dtype=bf), 1e-6,
                          *m.allocate_inference_cache(batch, dtype=bf))
 
     cases = {}
@@ -236,8 +237,10 @@ def _step_cases():
             cases[f"mamba2 step d_state {n} batch {batch}"] = lambda n=n, batch=batch: mamba2(n, batch)
     for batch in (1, BATCH):
         cases[f"mamba2 block step d_state 64 batch {batch}"] = lambda batch=batch: block(64, batch)
-    cases["mamba2 block step: d_state 128, no norm, d_mlp, biases"] = lambda: block(
-        128, 1, rmsnorm=False, d_ssm=768, bias=True)
+    cases["mamba2 block step: d_state 128, no norm, d_mlp, biases, nothing pending"] = lambda: block(
+        128, 1, pending=False, rmsnorm=False, d_ssm=768, bias=True)
+    cases["mamba2 block step: 2 groups, d_mlp, norm before gate"] = lambda: block(
+        64, 1, ngroups=2, d_ssm=512, norm_before_gate=True)
     cases["mamba2 step: no norm, d_mlp, dt_limit, D (h,p), no conv bias"] = lambda: mamba2(
         64, 1, rmsnorm=False, d_ssm=768, dt_limit=(0.001, 0.1), D_has_hdim=True, conv_bias=False)
     cases["mamba2 step: 2 groups, d_mlp, norm before gate, bf16 states"] = lambda: mamba2(
