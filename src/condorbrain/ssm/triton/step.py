@@ -265,7 +265,7 @@ def _rmsnorm_gemv(
     for k0 in range(0, K, BK):
         mk = k0 + kk < K
         v = _residual_slice(x_ptr + bi * s_x_b + k0 + kk, h_ptr + bi * s_h_b + k0 + kk, mk, HAS_ADD)
-        if HAS_ADD:
+        if HAS_ADD:  # noqa: SIM102  (a constexpr test, then a runtime one: not joined by 'and' in a kernel)
             if pj == 0:
                 tl.store(res_ptr + bi * s_res_b + k0 + kk, v, mask=mk)
         v = v.to(tl.float32)
