@@ -740,10 +740,8 @@ def mamba2_fused_forward(
         raise ValueError("out_proj_bias given without out_proj_weight")
     if zxbcdt.stride(-1) != 1:  # the norm kernel reads z with unit channel stride
         zxbcdt = zxbcdt.contiguous()
-    dev = zxbcdt.device.type
-    out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else zxbcdt.dtype
     cfg = _LayerCfg(headdim=headdim, d_state=d_state, ngroups=ngroups, chunk_size=chunk_size,
                     norm_before_gate=norm_before_gate, eps=eps, dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
-                    d_mlp=d_mlp, nheads=nheads, out_dtype=out_dtype)
+                    d_mlp=d_mlp, nheads=nheads, out_dtype=_mm_dtype(zxbcdt))
     return _Mamba2Fused.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight,
                               out_proj_bias, cfg)
