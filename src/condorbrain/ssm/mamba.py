@@ -61,6 +61,18 @@ def records_grad(module: nn.Module, *tensors: Tensor) -> bool:
     return any(t.requires_grad for t in tensors) or any(p.requires_grad for p in module.parameters())
 
 
+def takes_triton_step(module: nn.Module, hidden_states: Tensor, *states: Tensor) -> bool:
+    """Whether a layer's ``step`` takes its Triton kernels: the scan backend is ``triton`` (``scan_backend``: the
+    default for CUDA tensors where triton imports; on the CPU only when asked for, under Triton's interpreter),
+    neither the input nor a state is float64, and no gradient is wanted (the kernels have no backward: with autograd
+    recording, the eager step runs). The rule of ``Mamba`` and ``Mamba2`` both."""
+    if torch.float64 in (hidden_states.dtype, *(s.dtype for s in states)):
+        return False
+    if scan_backend(hidden_states.device) != "triton":
+        return False
+    return not records_grad(module, hidden_states)
+
+
 def inverse_softplus(y: Tensor) -> Tensor:
     """x with softplus(x) = y, for y > 0 (mamba_ssm's form: y + log(-expm1(-y)))."""
     return y + torch.log(-torch.expm1(-y))
@@ -296,15 +308,8 @@ class Mamba(nn.Module):
         return out.unsqueeze(1), conv_state, ssm_state
 
     def _fused_step_path(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> bool:
-        """Whether ``step`` takes the Triton step: the scan backend is ``triton`` (``scan_backend``: the default for
-        CUDA tensors where triton imports; on the CPU only when asked for, under Triton's interpreter), nothing is
-        float64, and no gradient is wanted (the kernels have no backward: with autograd recording, the eager step
-        runs)."""
-        if torch.float64 in (hidden_states.dtype, conv_state.dtype, ssm_state.dtype):
-            return False
-        if scan_backend(hidden_states.device) != "triton":
-            return False
-        return not records_grad(self, hidden_states)
+        """Whether ``step`` takes the Triton step (:func:`takes_triton_step`)."""
+        return takes_triton_step(self, hidden_states, conv_state, ssm_state)
 
     def _step_reference(
         self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor

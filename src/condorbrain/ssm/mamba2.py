@@ -30,7 +30,7 @@ from condorbrain.ssm.mamba import (
     check_hidden_states,
     check_state,
     inverse_softplus,
-    records_grad,
+    takes_triton_step,
     upcast,
 )
 from condorbrain.ssm.scans import scan_backend, ssd_scan
@@ -425,11 +425,9 @@ class Mamba2(nn.Module):
         return (x if pending is None else res.unsqueeze(1)), out.unsqueeze(1)
 
     def _fused_step_path(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> bool:
-        """Whether ``step`` takes the Triton step: the rule of :meth:`_fused_path` (states not float64 either), and
-        no gradient wanted (the kernels have no backward: with autograd recording, the eager step runs)."""
-        if not self._fused_path(hidden_states) or torch.float64 in (conv_state.dtype, ssm_state.dtype):
-            return False
-        return not records_grad(self, hidden_states)
+        """Whether ``step`` takes the Triton step (:func:`condorbrain.ssm.mamba.takes_triton_step`, the rule of
+        :meth:`_fused_path` with the states too and no gradient wanted)."""
+        return takes_triton_step(self, hidden_states, conv_state, ssm_state)
 
     def _step_reference(
         self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor
