@@ -105,13 +105,22 @@ def norm_then_mix(norm: nn.Module, mixer: nn.Module, x: Tensor,
     Where the mixer is a :class:`Mamba2` on its fused Triton path and the norm an :class:`RMSNorm`, the add and the
     norm run inside in_proj's autograd node (``Mamba2.forward_prenormed``): the same values, the normalised input
     recomputed in the backward instead of kept (1 KB per token and layer at d_model 512 in bf16: ~2.8 GiB of the
-    seed config's training activations) and no add kernel of its own, either way. Elsewhere the add and the two
-    modules run as they are."""
+    seed config's training activations) and no add kernel of its own, either way. Elsewhere: the add and the norm
+    (``RMSNorm.add_forward``), then the mixer."""
     if (type(norm) is RMSNorm and isinstance(mixer, Mamba2) and mixer._fused_path(x)
             and (pending is None or (pending.shape == x.shape and pending.dtype == x.dtype))):
         return mixer.forward_prenormed(x, norm.weight, norm.eps, pending)
+    x, u = _add_then_norm(norm, x, pending)
+    return x, mixer(u)
+
+
+def _add_then_norm(norm: nn.Module, x: Tensor, pending: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(x + pending, norm(x + pending)), pending None: nothing to add. An :class:`RMSNorm` does both with
+    ``add_forward`` (one launch on the Triton path when no gradient is wanted); another norm, the add then itself."""
+    if hasattr(norm, "add_forward"):
+        return norm.add_forward(x, pending)
     x = x if pending is None else x + pending
-    return x, mixer(norm(x))
+    return x, norm(x)
 
 
 STEP_GEMV_MAX_BATCH = 8
@@ -134,11 +143,7 @@ def norm_then_step(norm: nn.Module, mixer: nn.Module, x: Tensor, pending: Tensor
             and (pending is None or pending.dtype == x.dtype) and mixer._fused_step_path(x, *cache)
             and not records_grad(norm, x, *([] if pending is None else [pending]))):
         return mixer.step_prenormed(x, pending, norm.weight, norm.eps, *cache)
-    if hasattr(norm, "add_forward"):  # RMSNorm's: one launch for both on the Triton path
-        x, u = norm.add_forward(x, pending)  # x += pending; u = norm(x)
-    else:
-        x = x if pending is None else x + pending
-        u = norm(x)
+    x, u = _add_then_norm(norm, x, pending)
     return x, mixer.step(u, *cache)[0]
 
 
