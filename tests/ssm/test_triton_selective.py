@@ -190,6 +190,9 @@ def test_bad_input(kwargs, match, device):
             "B": torch.zeros(2, 3, 10), "C": torch.zeros(2, 3, 10)}
     args.update(kwargs)
     args = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    if "NaN" in match and device.type == "cuda":
+        pytest.skip("on a GPU the scan does not read its arguments back (a host sync per call): the layers check "
+                    "their inputs once (tests/ssm/test_mamba.py)")
     with pytest.raises(ValueError, match=match):
         selective_scan_triton(**args)
 

@@ -238,13 +238,24 @@ def test_block_step_falls_back_where_gemvs_do_not_pay(device, monkeypatch):
 
 
 def test_gemv_tiles():
-    """About 64 programs per row at the seed's projections on a GPU; one program a row under the interpreter."""
+    """On a GPU: a row's inputs in one pass up to 1024, <= 4096 weights and about 128 or more programs per row at
+    the seed's projections; the fewest programs under the interpreter."""
     if step_module.interpreting():
-        assert step_module._gemv_tiles(2192, 512) == (16, 256)
+        assert step_module._gemv_tiles(2192, 512) == (8, 512)
     else:
-        assert step_module._gemv_tiles(2192, 512) == (32, 256)  # in_proj: 69 programs
-        assert step_module._gemv_tiles(512, 1024) == (8, 256)  # out_proj: 64 programs
-        assert step_module._gemv_tiles(8, 16) == (4, 16)
+        assert step_module._gemv_tiles(2192, 512) == (8, 512)  # in_proj: 274 programs, one pass
+        assert step_module._gemv_tiles(512, 1024) == (4, 1024)  # out_proj: 128 programs, one pass
+        assert step_module._gemv_tiles(512, 2048) == (2, 1024)  # wider rows: two passes
+        assert step_module._gemv_tiles(8, 16) == (2, 16)
+
+
+def test_block_step_gemvs_in_several_passes(device, monkeypatch):
+    """Rows wider than one GEMV pass (here 8 inputs a pass, on a GPU 1024): the loops over the row, the norm's sum
+    of squares first, give what one pass gives."""
+    monkeypatch.setattr(step_module, "_GEMV_MAX_BK", 8)
+    torch.manual_seed(0)
+    compare_block_steps(Mamba2(**SMALL, ngroups=2, d_ssm=16, bias=True), 2, device, monkeypatch)
+    compare_block_steps(Mamba2(**SMALL), 1, device, monkeypatch)
 
 
 # --- what a CUDA graph needs -----------------------------------------------------------------------------------

@@ -281,7 +281,9 @@ def _rmsnorm_bwd(
     g = dout
     if HAS_Z and NORM_BEFORE_GATE:
         g = dout * gate
-    tl.store(dwp_ptr + pid_r * (gs * ngroups) + col, tl.sum(g * vhat, axis=0), mask=col < gs * ngroups)
+    # masked to this group's own columns: with gs < BLOCK the padded lanes are the next group's columns, which
+    # that group's program writes (storing zeros there too was a race, lost or not by launch order: seen on a GPU)
+    tl.store(dwp_ptr + pid_r * (gs * ngroups) + col, tl.sum(g * vhat, axis=0), mask=tl.arange(0, BLOCK) < gs)
     dvhat = g * w[None, :]
     dv = rstd[:, None] * (dvhat - vhat * (tl.sum(dvhat * vhat, axis=1) / gs)[:, None])
     dy = dv

@@ -73,6 +73,9 @@ from condorbrain.ssm.triton.ssd import launch_options, on_device
 __all__ = ["mamba2_step_triton", "mamba_step_triton", "rmsnorm_gemv_triton", "step_block_p"]
 
 _STATE_TILE = 2048  # state elements per program (BP x BN): small tiles, many programs, for batch 1
+# Inputs per pass of a GEMV program (_rmsnorm_gemv, _mamba2_step_out): the seed's in_proj (512) and out_proj (1024)
+# rows in one pass; wider rows loop.
+_GEMV_MAX_BK = 1024
 
 
 def _pow2(n: int) -> int:
@@ -147,11 +150,11 @@ def _mamba2_step_ssm(
     zx = zx_ptr + bi * s_zx_b
     xbc = zx + (2 * d_mlp + d_ssm) * s_zx_c  # the conv's new column, channel c at xbc + c * s_zx_c
     cs = cs_ptr + bi * s_cs_b
-    # conv + SiLU of this program's x channels (window shifted in place: they are this program's alone) and of the
-    # group's B and C channels (window only read: kernel 2 shifts it); rounded to the activation dtype
+    # conv + SiLU of the group's B and C channels (window only read: kernel 2 shifts it) and of this program's x
+    # channels (window shifted in place: they are this program's alone), rounded to the activation dtype. The x
+    # window's shift has a barrier between its loads and stores: every other load (B, C, dt, the state tile) is
+    # issued before it, so that the kernel waits on memory once.
     cx = h * p + pp
-    x = _conv_step(xbc, cs, cw_ptr, cb_ptr, cx, mp, s_zx_c, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, True, K, KP)
-    x = x.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BP,)
     cB = d_ssm + g * n + nn
     Bv = _conv_step(xbc, cs, cw_ptr, cb_ptr, cB, mn, s_zx_c, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, False, K, KP)
     Bv = Bv.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BN,)
@@ -168,6 +171,8 @@ def _mamba2_step_ssm(
     st_ptrs = st_ptr + bi * s_st_b + h * s_st_h + pp[:, None] * s_st_p + nn[None, :] * s_st_n
     ms = mp[:, None] & mn[None, :]
     state = tl.load(st_ptrs, mask=ms, other=0.0).to(tl.float32)
+    x = _conv_step(xbc, cs, cw_ptr, cb_ptr, cx, mp, s_zx_c, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, True, K, KP)
+    x = x.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BP,)
     state = state * dA + (dt * x)[:, None] * Bv[None, :]
     tl.store(st_ptrs, state.to(st_ptr.dtype.element_ty), mask=ms)
     y = tl.sum(state * Cv[None, :], axis=1)  # (BP,)
@@ -253,35 +258,51 @@ def _rmsnorm_gemv(
     x_ptr, h_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, out_ptr,
     K, N, eps,
     s_x_b, s_h_b, s_res_b, s_w_n, s_w_k, s_out_b,
-    HAS_ADD: tl.constexpr, HAS_BIAS: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+    HAS_ADD: tl.constexpr, HAS_BIAS: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     # grid (B, cdiv(N, BJ)): out[b, j] = bias[j] + sum_k W[j, k] u[b, k] for the BJ outputs j of this program, with
     # u = rmsnorm(v) * nw rounded to x's dtype and v = x (+ h, rounded to x's dtype, stored into res by the row's
     # program 0: the others read x and h only). Every program of a row recomputes the row's 1/rms: K values, cheap
     # beside its (BJ, K) slice of W, and no program waits for another.
+    # ONE_PASS (BK >= K): the W slice is loaded first, beside the row, so that the kernel is one round trip to
+    # memory (at batch 1 it is latency, not bandwidth: timed on an H200, two passes of two tiles each took ~5 us
+    # for in_proj's 2.2 MB). Else two loops over K: the sum of squares, then the products.
     bi, pj = tl.program_id(0), tl.program_id(1)
     kk = tl.arange(0, BK)
-    ss = tl.zeros([BK], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        mk = k0 + kk < K
-        v = _residual_slice(x_ptr + bi * s_x_b + k0 + kk, h_ptr + bi * s_h_b + k0 + kk, mk, HAS_ADD)
-        if HAS_ADD:  # noqa: SIM102  (a constexpr test, then a runtime one: not joined by 'and' in a kernel)
-            if pj == 0:
-                tl.store(res_ptr + bi * s_res_b + k0 + kk, v, mask=mk)
-        v = v.to(tl.float32)
-        ss += v * v
-    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
     jj = pj * BJ + tl.arange(0, BJ)
     mj = jj < N
-    acc = tl.zeros([BJ], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        mk = k0 + kk < K
-        v = _residual_slice(x_ptr + bi * s_x_b + k0 + kk, h_ptr + bi * s_h_b + k0 + kk, mk, HAS_ADD)
-        u = v.to(tl.float32) * rstd * tl.load(nw_ptr + k0 + kk, mask=mk, other=0.0).to(tl.float32)
+    if ONE_PASS:
+        mk = kk < K
+        w = tl.load(w_ptr + jj[:, None] * s_w_n + kk[None, :] * s_w_k, mask=mj[:, None] & mk[None, :], other=0.0)
+        v = _residual_slice(x_ptr + bi * s_x_b + kk, h_ptr + bi * s_h_b + kk, mk, HAS_ADD)
+        if HAS_ADD:  # noqa: SIM102  (a constexpr test, then a runtime one: not joined by 'and' in a kernel)
+            if pj == 0:
+                tl.store(res_ptr + bi * s_res_b + kk, v, mask=mk)
+        v = v.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / K + eps)
+        u = v * rstd * tl.load(nw_ptr + kk, mask=mk, other=0.0).to(tl.float32)
         u = u.to(x_ptr.dtype.element_ty).to(tl.float32)  # the norm's output, in the activation dtype
-        w = tl.load(w_ptr + jj[:, None] * s_w_n + (k0 + kk)[None, :] * s_w_k, mask=mj[:, None] & mk[None, :],
-                    other=0.0).to(tl.float32)  # (BJ, BK)
-        acc += tl.sum(w * u[None, :], axis=1)
+        acc = tl.sum(w.to(tl.float32) * u[None, :], axis=1)
+    else:
+        ss = tl.zeros([BK], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            mk = k0 + kk < K
+            v = _residual_slice(x_ptr + bi * s_x_b + k0 + kk, h_ptr + bi * s_h_b + k0 + kk, mk, HAS_ADD)
+            if HAS_ADD:  # noqa: SIM102
+                if pj == 0:
+                    tl.store(res_ptr + bi * s_res_b + k0 + kk, v, mask=mk)
+            v = v.to(tl.float32)
+            ss += v * v
+        rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+        acc = tl.zeros([BJ], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            mk = k0 + kk < K
+            v = _residual_slice(x_ptr + bi * s_x_b + k0 + kk, h_ptr + bi * s_h_b + k0 + kk, mk, HAS_ADD)
+            u = v.to(tl.float32) * rstd * tl.load(nw_ptr + k0 + kk, mask=mk, other=0.0).to(tl.float32)
+            u = u.to(x_ptr.dtype.element_ty).to(tl.float32)
+            w = tl.load(w_ptr + jj[:, None] * s_w_n + (k0 + kk)[None, :] * s_w_k, mask=mj[:, None] & mk[None, :],
+                        other=0.0).to(tl.float32)  # (BJ, BK)
+            acc += tl.sum(w * u[None, :], axis=1)
     if HAS_BIAS:
         acc += tl.load(b_ptr + jj, mask=mj, other=0.0).to(tl.float32)
     tl.store(out_ptr + bi * s_out_b + jj, acc.to(out_ptr.dtype.element_ty), mask=mj)
@@ -293,75 +314,95 @@ def _mamba2_step_out(
     n, gs, ngroups, d_mlp, N, eps,
     s_y_b, s_zx_b, s_zx_c, s_cs_b, s_cs_c, s_cs_k, s_w_n, s_w_k, s_out_b,
     NORM: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_BIAS: tl.constexpr, K: tl.constexpr,
-    KP: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+    KP: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
-    # grid (B, cdiv(N, BJ)), after _mamba2_step_ssm: what _mamba2_step_finish does, then out_proj, for BJ of the N
+    # grid (B, cdiv(N, BJ) + 1), after _mamba2_step_ssm: what _mamba2_step_finish does, then out_proj, for BJ of the N
     # outputs per program: out[b, j] = bias[j] + sum_k W[j, k] v[b, k] over out_proj's input v = [silu(z0) * x0,
     # gated-norm(y, z)] (each rounded to the activation dtype as the two-kernel step stores it), recomputed by every
     # program of the row from y and zxbcdt (the group's 1/rms first, group by group), so no program waits for
-    # another. The row's program 0 also shifts every group's B and C conv windows in place (kernel 1 only read them).
+    # another. The row's last program shifts every group's B and C conv windows in place (kernel 1 only read them).
     bi, pj = tl.program_id(0), tl.program_id(1)
     d_ssm = gs * ngroups
     zx = zx_ptr + bi * s_zx_b
-    if pj == 0:
+    if pj == tl.num_programs(1) - 1:  # the row's last program only shifts the B and C windows (a load, a barrier
+        # and a store: on a GEMV program it would be a second round trip to memory)
         for g in range(ngroups):
             _shift_bc_window(zx, cs_ptr + bi * s_cs_b, g, d_ssm, d_mlp, ngroups, n, s_zx_c, s_cs_c, s_cs_k, K, KP,
                              BN)
-    jj = pj * BJ + tl.arange(0, BJ)
-    mj = jj < N
-    kk = tl.arange(0, BK)
-    acc = tl.zeros([BJ], dtype=tl.float32)
-    for k0 in range(0, d_mlp, BK):  # the gated-MLP branch: out_proj's input columns [0, d_mlp)
-        mk = k0 + kk < d_mlp
-        z0 = tl.load(zx + (k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
-        x0 = tl.load(zx + (d_mlp + k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
-        v = (z0 * tl.sigmoid(z0) * x0).to(out_ptr.dtype.element_ty).to(tl.float32)
-        w = tl.load(w_ptr + jj[:, None] * s_w_n + (k0 + kk)[None, :] * s_w_k, mask=mj[:, None] & mk[None, :],
-                    other=0.0).to(tl.float32)
-        acc += tl.sum(w * v[None, :], axis=1)
-    y_row = y_ptr + bi * s_y_b + d_mlp
-    for g in range(ngroups):  # the SSM part, columns [d_mlp + g gs, d_mlp + (g + 1) gs) per group
-        c0 = g * gs
-        rstd = 1.0
-        if NORM:
-            ss = tl.zeros([BK], dtype=tl.float32)
-            for k0 in range(0, gs, BK):
-                mk = k0 + kk < gs
-                v = tl.load(y_row + c0 + k0 + kk, mask=mk, other=0.0).to(tl.float32)
-                if not NORM_BEFORE_GATE:
-                    z = tl.load(zx + (2 * d_mlp + c0 + k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
-                    v = v * z * tl.sigmoid(z)
-                ss += v * v
-            rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / gs + eps)
-        for k0 in range(0, gs, BK):
-            mk = k0 + kk < gs
-            v = tl.load(y_row + c0 + k0 + kk, mask=mk, other=0.0).to(tl.float32)
-            if NORM:
-                z = tl.load(zx + (2 * d_mlp + c0 + k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
-                gate = z * tl.sigmoid(z)
-                if not NORM_BEFORE_GATE:
-                    v = v * gate
-                v = v * rstd * tl.load(nw_ptr + c0 + k0 + kk, mask=mk, other=0.0).to(tl.float32)
-                if NORM_BEFORE_GATE:
-                    v = v * gate
-                v = v.to(out_ptr.dtype.element_ty).to(tl.float32)
-            w = tl.load(w_ptr + jj[:, None] * s_w_n + (d_mlp + c0 + k0 + kk)[None, :] * s_w_k,
-                        mask=mj[:, None] & mk[None, :], other=0.0).to(tl.float32)
+    else:
+        jj = pj * BJ + tl.arange(0, BJ)
+        mj = jj < N
+        kk = tl.arange(0, BK)
+        acc = tl.zeros([BJ], dtype=tl.float32)
+        for k0 in range(0, d_mlp, BK):  # the gated-MLP branch: out_proj's input columns [0, d_mlp)
+            mk = k0 + kk < d_mlp
+            z0 = tl.load(zx + (k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
+            x0 = tl.load(zx + (d_mlp + k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
+            v = (z0 * tl.sigmoid(z0) * x0).to(out_ptr.dtype.element_ty).to(tl.float32)
+            w = tl.load(w_ptr + jj[:, None] * s_w_n + (k0 + kk)[None, :] * s_w_k, mask=mj[:, None] & mk[None, :],
+                        other=0.0).to(tl.float32)
             acc += tl.sum(w * v[None, :], axis=1)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + jj, mask=mj, other=0.0).to(tl.float32)
-    tl.store(out_ptr + bi * s_out_b + jj, acc.to(out_ptr.dtype.element_ty), mask=mj)
+        y_row = y_ptr + bi * s_y_b + d_mlp
+        for g in range(ngroups):  # the SSM part, columns [d_mlp + g gs, d_mlp + (g + 1) gs) per group
+            c0 = g * gs
+            if ONE_PASS:  # BK >= gs: the W slice loaded first, beside y and z (one round trip, as in _rmsnorm_gemv)
+                mk = kk < gs
+                w = tl.load(w_ptr + jj[:, None] * s_w_n + (d_mlp + c0 + kk)[None, :] * s_w_k,
+                            mask=mj[:, None] & mk[None, :], other=0.0)
+                v = tl.load(y_row + c0 + kk, mask=mk, other=0.0).to(tl.float32)
+                if NORM:
+                    z = tl.load(zx + (2 * d_mlp + c0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
+                    gate = z * tl.sigmoid(z)
+                    if not NORM_BEFORE_GATE:
+                        v = v * gate
+                    rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / gs + eps)
+                    v = v * rstd * tl.load(nw_ptr + c0 + kk, mask=mk, other=0.0).to(tl.float32)
+                    if NORM_BEFORE_GATE:
+                        v = v * gate
+                    v = v.to(out_ptr.dtype.element_ty).to(tl.float32)
+                acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
+            else:  # two passes over the group: its sum of squares, then the products
+                rstd = 1.0
+                if NORM:
+                    ss = tl.zeros([BK], dtype=tl.float32)
+                    for k0 in range(0, gs, BK):
+                        mk = k0 + kk < gs
+                        v = tl.load(y_row + c0 + k0 + kk, mask=mk, other=0.0).to(tl.float32)
+                        if not NORM_BEFORE_GATE:
+                            z = tl.load(zx + (2 * d_mlp + c0 + k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
+                            v = v * z * tl.sigmoid(z)
+                        ss += v * v
+                    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / gs + eps)
+                for k0 in range(0, gs, BK):
+                    mk = k0 + kk < gs
+                    v = tl.load(y_row + c0 + k0 + kk, mask=mk, other=0.0).to(tl.float32)
+                    if NORM:
+                        z = tl.load(zx + (2 * d_mlp + c0 + k0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
+                        gate = z * tl.sigmoid(z)
+                        if not NORM_BEFORE_GATE:
+                            v = v * gate
+                        v = v * rstd * tl.load(nw_ptr + c0 + k0 + kk, mask=mk, other=0.0).to(tl.float32)
+                        if NORM_BEFORE_GATE:
+                            v = v * gate
+                        v = v.to(out_ptr.dtype.element_ty).to(tl.float32)
+                    w = tl.load(w_ptr + jj[:, None] * s_w_n + (d_mlp + c0 + k0 + kk)[None, :] * s_w_k,
+                                mask=mj[:, None] & mk[None, :], other=0.0).to(tl.float32)
+                    acc += tl.sum(w * v[None, :], axis=1)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + jj, mask=mj, other=0.0).to(tl.float32)
+        tl.store(out_ptr + bi * s_out_b + jj, acc.to(out_ptr.dtype.element_ty), mask=mj)
 
 
 def _gemv_tiles(n_out: int, n_in: int) -> tuple[int, int]:
-    """(BJ outputs, BK inputs) per program of the GEMV kernels: about 64 programs per row on a GPU (a batch-1 step
-    has nothing else to spread over the SMs), BJ x BK <= 4096 weights a pass; one program per row under the
-    interpreter, which runs programs one by one."""
-    bk = min(256, _pow2(n_in))
+    """(BJ outputs, BK inputs) per program of the GEMV kernels. On a GPU: a row's inputs in one pass where they fit
+    ``_GEMV_MAX_BK``, at most 4096 weights per program, and about 128 programs per row or more (a batch-1 step has
+    nothing else to spread over the SMs; each program's weights are one round trip to memory). Under the
+    interpreter, which runs programs one by one: the fewest programs."""
+    bk = min(_GEMV_MAX_BK, _pow2(n_in))
     if interpreting():
-        return min(_pow2(n_out), 4096 // bk), bk
-    bj = 1 << max(0, (max(1, n_out // 64)).bit_length() - 1)  # the largest power of two <= n_out / 64
-    return max(4, min(32, bj)), bk
+        return min(_pow2(n_out), max(1, 4096 // bk)), bk
+    bj = 1 << max(0, (max(1, n_out // 128)).bit_length() - 1)  # the largest power of two <= n_out / 128
+    return max(2, min(4096 // bk, bj)), bk
 
 
 def rmsnorm_gemv_triton(x: Tensor, h: Tensor | None, norm_weight: Tensor, eps: float, weight: Tensor,
@@ -392,7 +433,7 @@ def rmsnorm_gemv_triton(x: Tensor, h: Tensor | None, norm_weight: Tensor, eps: f
         _rmsnorm_gemv[(batch, triton.cdiv(n_out, BJ))](
             x, h if h is not None else x, res, norm_weight, weight, bias if bias is not None else weight, out,
             k_in, n_out, eps, x.stride(0), h.stride(0) if h is not None else 0, res.stride(0), *weight.stride(),
-            out.stride(0), HAS_ADD=h is not None, HAS_BIAS=bias is not None, BJ=BJ, BK=BK,
+            out.stride(0), HAS_ADD=h is not None, HAS_BIAS=bias is not None, BJ=BJ, BK=BK, ONE_PASS=BK >= k_in,
             **launch_options(BJ * BK))
     return res, out
 
@@ -479,13 +520,13 @@ def mamba2_step_triton(
                                  f"{tuple(out_proj_weight.shape)}")
             proj = torch.empty(batch, n_out, device=zxbcdt.device, dtype=out.dtype)
             BJ, BK = _gemv_tiles(n_out, gs)
-            _mamba2_step_out[(batch, triton.cdiv(n_out, BJ))](
+            _mamba2_step_out[(batch, triton.cdiv(n_out, BJ) + 1)](  # + 1: the program that shifts B, C windows
                 out, zxbcdt, conv_state, norm_weight if norm_weight is not None else w, out_proj_weight,
                 out_proj_bias if out_proj_bias is not None else out_proj_weight, proj,
                 d_state, gs, ngroups, d_mlp, n_out, eps,
                 out.stride(0), *zxbcdt.stride(), *conv_state.stride(), *out_proj_weight.stride(), proj.stride(0),
                 NORM=norm_weight is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_BIAS=out_proj_bias is not None,
-                K=K, KP=KP, BN=BN, BJ=BJ, BK=BK, **launch_options(BJ * BK))
+                K=K, KP=KP, BN=BN, BJ=BJ, BK=BK, ONE_PASS=BK >= gs, **launch_options(BJ * BK))
             return proj
         mlp_per_group = triton.cdiv(d_mlp, ngroups)
         BG = _pow2(gs) if norm_weight is not None else 0
