@@ -6,7 +6,8 @@
 1. conv + SiLU (``_conv_fwd``): reads the xBC columns of the in_proj output in place (a strided view: the split
    costs no copy) and writes silu(conv(xBC)) once. Bias and SiLU are fused into the convolution, so the
    pre-activation never goes to memory; the backward recomputes it (K extra multiply-adds per element) rather than
-   storing it, and fuses the SiLU derivative, dx, dweight and dbias into one pass.
+   storing it: one kernel for the SiLU's derivative (written over the float32 output gradient), one for dx,
+   dweight and dbias.
 2. the SSD scan (:mod:`condorbrain.ssm.triton.ssd`'s kernels): takes x, B and C as strided views of the conv output
    and dt as a view of the in_proj output; dt + dt_bias, softplus and the D skip are applied inside its kernels, so
    no processed copy of dt, x or the output is made.
@@ -88,52 +89,66 @@ def _conv_fwd(
 
 
 @triton.jit
-def _conv_bwd(
-    x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dwp_ptr, dbp_ptr,
-    L, C, nlb,
-    s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_d_b, s_d_l, s_d_c, s_o_b, s_o_l, s_o_c,
-    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+def _conv_bwd_gate(
+    x_ptr, w_ptr, bias_ptr, dy_ptr, g_ptr,
+    L, C,
+    s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_d_b, s_d_l, s_d_c, s_g_b, s_g_l, s_g_c,
+    HAS_BIAS: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
 ):
-    # grid (b, cdiv(L, BL), cdiv(C, BC)). With g = dL/dpre (pre = the conv before SiLU, recomputed here):
+    # grid (b, cdiv(L, BL), cdiv(C, BC)). g = dL/dpre = dy silu'(pre), pre = the conv before SiLU (recomputed here
+    # from x: K loads), float32 into g (strides s_g_*). g may be dy's own buffer (in place): a program reads only
+    # its own tile of dy, before it stores g there.
+    bi, pid_l, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t = pid_l * BL + tl.arange(0, BL)
+    cc = pid_c * BC + tl.arange(0, BC)
+    mc = cc < C
+    mt = (t[:, None] < L) & mc[None, :]
+    g = tl.load(dy_ptr + bi * s_d_b + t[:, None] * s_d_l + cc[None, :] * s_d_c, mask=mt, other=0.0).to(tl.float32)
+    pre = tl.zeros([BL, BC], dtype=tl.float32)
+    if HAS_BIAS:
+        pre += tl.load(bias_ptr + cc, mask=mc, other=0.0).to(tl.float32)[None, :]
+    for k in tl.static_range(K):
+        src = t - (K - 1) + k
+        m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
+        xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
+        pre += xv.to(tl.float32) * tl.load(w_ptr + cc * s_w_c + k * s_w_k, mask=mc, other=0.0).to(tl.float32)[None, :]
+    sg = tl.sigmoid(pre)
+    g = g * sg * (1.0 + pre * (1.0 - sg))
+    tl.store(g_ptr + bi * s_g_b + t[:, None] * s_g_l + cc[None, :] * s_g_c, g, mask=mt)
+
+
+@triton.jit
+def _conv_bwd(
+    x_ptr, w_ptr, g_ptr, dx_ptr, dwp_ptr, dbp_ptr,
+    L, C, nlb,
+    s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_g_b, s_g_l, s_g_c, s_o_b, s_o_l, s_o_c,
+    HAS_BIAS: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+):
+    # grid (b, cdiv(L, BL), cdiv(C, BC)). With g = dL/dpre (pre = the conv before its activation; _conv_bwd_gate's
+    # output, or dy itself without one):
     #   dx[t] = sum_j w[K-1-j] g[t+j],  dw[k] = sum_t g[t] x[t-K+1+k],  dbias = sum_t g[t]
-    # dw, dbias as per-program partials (b, nlb, C, K) and (b, nlb, C), summed on the host. dx (strides s_o_*) is
+    # dw, dbias as per-program partials (b, nlb, K, C) and (b, nlb, C), summed on the host. dx (strides s_o_*) is
     # stored in its buffer's dtype (e.g. bf16 straight into the xBC columns of the layer's dzxbcdt).
     bi, pid_l, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t = pid_l * BL + tl.arange(0, BL)
     cc = pid_c * BC + tl.arange(0, BC)
     mc = cc < C
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + cc, mask=mc, other=0.0).to(tl.float32)
     dx = tl.zeros([BL, BC], dtype=tl.float32)
+    part = bi * nlb + pid_l
     for j in tl.static_range(K):
         tj = t + j  # the output step whose gradient reaches x[t] through w[K-1-j]
         mj = (tj[:, None] < L) & mc[None, :]
-        g = tl.load(dy_ptr + bi * s_d_b + tj[:, None] * s_d_l + cc[None, :] * s_d_c, mask=mj, other=0.0)
+        g = tl.load(g_ptr + bi * s_g_b + tj[:, None] * s_g_l + cc[None, :] * s_g_c, mask=mj, other=0.0)
         g = g.to(tl.float32)
-        if SILU:
-            pre = tl.zeros([BL, BC], dtype=tl.float32)
-            if HAS_BIAS:
-                pre += bias[None, :]
-            for k in tl.static_range(K):
-                src = tj - (K - 1) + k
-                m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
-                xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
-                wk = tl.load(w_ptr + cc * s_w_c + k * s_w_k, mask=mc, other=0.0).to(tl.float32)
-                pre += xv.to(tl.float32) * wk[None, :]
-            sg = tl.sigmoid(pre)
-            g = g * sg * (1.0 + pre * (1.0 - sg))
-        g = tl.where(mj, g, 0.0)
-        wj = tl.load(w_ptr + cc * s_w_c + (K - 1 - j) * s_w_k, mask=mc, other=0.0).to(tl.float32)
-        dx += g * wj[None, :]
+        dx += g * tl.load(w_ptr + cc * s_w_c + (K - 1 - j) * s_w_k, mask=mc, other=0.0).to(tl.float32)[None, :]
         if j == 0:  # this program's own output steps: the weight and bias gradients
-            part = (bi * nlb + pid_l) * C + cc
             if HAS_BIAS:
-                tl.store(dbp_ptr + part, tl.sum(g, axis=0), mask=mc)
+                tl.store(dbp_ptr + part * C + cc, tl.sum(g, axis=0), mask=mc)
             for k in tl.static_range(K):
                 src = t - (K - 1) + k
                 m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
                 xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
-                tl.store(dwp_ptr + part * K + k, tl.sum(g * xv.to(tl.float32), axis=0), mask=mc)
+                tl.store(dwp_ptr + (part * K + k) * C + cc, tl.sum(g * xv.to(tl.float32), axis=0), mask=mc)
     tl.store(dx_ptr + bi * s_o_b + t[:, None] * s_o_l + cc[None, :] * s_o_c, dx.to(dx_ptr.dtype.element_ty),
              mask=(t[:, None] < L) & mc[None, :])
 
@@ -156,11 +171,18 @@ def _conv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) ->
 
 
 def _conv_backward(
-    x: Tensor, weight: Tensor, bias: Tensor | None, dy: Tensor, silu: bool, dx: Tensor | None = None
+    x: Tensor, weight: Tensor, bias: Tensor | None, dy: Tensor, silu: bool, dx: Tensor | None = None,
+    dy_scratch: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(dx (b, L, C), dweight, dbias) of :func:`_conv_forward` for the output gradient dy (any strides). dx: the
-    buffer to write into (any strides and dtype, e.g. a column slice of a larger gradient); None: a new one in x's
-    dtype. Accumulated in float32 either way, rounded once where stored."""
+    buffer for it (any strides, e.g. columns of a wider gradient), else a new one in x's dtype; stored in dx's
+    dtype. Accumulated in float32 either way, rounded once where stored.
+
+    Two kernels: the SiLU's derivative (``_conv_bwd_gate``: the pre-activation recomputed once per element, into
+    float32 g), then dx, dweight and dbias from g. One kernel that recomputed the pre-activation at each of the K
+    output steps an input reaches (K^2 loads and K sigmoids per element) took 2.5 ms per seed layer on an H200, ~7x
+    its bytes at the copy rate. dy_scratch: dy is float32 and the caller's to overwrite (g is written over it);
+    else g gets a buffer of its own."""
     b, L, C = x.shape
     w = weight.reshape(C, -1)
     K = w.shape[1]
@@ -169,14 +191,20 @@ def _conv_backward(
     f32 = dict(device=x.device, dtype=torch.float32)
     if dx is None:
         dx = torch.empty(b, L, C, device=x.device, dtype=x.dtype)
-    dwp = torch.empty(b, grid[1], C, K, **f32)
+    dwp = torch.empty(b, grid[1], K, C, **f32)
     dbp = torch.empty(b, grid[1], C, **f32) if bias is not None else None
     with on_device(x):
+        g = dy
+        if silu:
+            g = dy if dy_scratch and dy.dtype == torch.float32 else torch.empty(b, L, C, **f32)
+            _conv_bwd_gate[grid](
+                x, w, bias if bias is not None else w, dy, g, L, C, *x.stride(), *w.stride(), *dy.stride(),
+                *g.stride(), HAS_BIAS=bias is not None, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
         _conv_bwd[grid](
-            x, w, bias if bias is not None else w, dy, dx, dwp, dbp if dbp is not None else dwp,
-            L, C, grid[1], *x.stride(), *w.stride(), *dy.stride(), *dx.stride(),
-            HAS_BIAS=bias is not None, SILU=silu, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
-    dw = dwp.sum((0, 1)).reshape(weight.shape).to(weight.dtype)
+            x, w, g, dx, dwp, dbp if dbp is not None else dwp,
+            L, C, grid[1], *x.stride(), *w.stride(), *g.stride(), *dx.stride(),
+            HAS_BIAS=bias is not None, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
+    dw = dwp.sum((0, 1)).t().reshape(weight.shape).to(weight.dtype)
     db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
     return dx, dw, db
 
@@ -681,7 +709,8 @@ class _Mamba2Fused(torch.autograd.Function):
                 del raw, sp
             del s
             # the conv: its float32 output gradient in, dxBC out straight into dzxbcdt (rounded once, in the kernel)
-            _, dconv_w, dconv_b = _conv_backward(xBC_in, conv_weight, conv_bias, dxBC, silu=True, dx=dxBC_out)
+            _, dconv_w, dconv_b = _conv_backward(xBC_in, conv_weight, conv_bias, dxBC, silu=True, dx=dxBC_out,
+                                                  dy_scratch=True)  # dxBC is freed after: g over it
             del dxBC
             # the small pieces (dt, the d_mlp branch, the scan's dz when the norm is off) copied in
             for piece, part in zip(cfg.split(dzxbcdt), (dz0, dx0, dz, None, ddt), strict=True):
