@@ -11,12 +11,13 @@
 #      (outputs and gradients), the fused Mamba-2 layer, CUDA-graph streaming == batch forward. They also compile
 #      the kernels into Triton's cache before the timings.
 #   2. benchmarks/gpu.py, cases a (training), b (inference), c (streaming), d (L = 512 ... 32k), the library's
-#      network and its peers first; no row starts in the last 120 s of the budget, the JSON is rewritten after each.
+#      network and its peers first; no row starts in the last 150 s of the budget, the JSON is rewritten after each;
+#      then the A/B: the library's network with the SSD matmuls' operands float32 (tf32) instead of bf16.
 #   3. (what is left) benchmarks/gpu_profile.py: where the time of a training step, an inference forward and a
 #      streaming step goes, kernel by kernel, ours and the official layer's (when exported, below).
 #
 # From the device tool, in the repository root (results come back from $OUT: gpu.txt, tests_cuda.log, gpu.log,
-# gpu.json, gpu_profile.log, gpu_profile.json):
+# gpu.json, gpu_ab_tf32.log/.json, gpu_profile.log, gpu_profile.json; GPU_MODELS picks gpu.py's rows):
 #   run(command="bash benchmarks/gpu_checks.sh", timeout_s=600)
 # With the official mamba_ssm beside ours (its unfused Triton path; the fused one needs its CUDA extension built,
 # ~6 minutes): `bash benchmarks/export_anchors.sh <git dir from fetch state-spaces/mamba>` here, then
@@ -43,9 +44,16 @@ timeout -k 10 120 python3 -m pytest -q -p no:cacheprovider $parallel -W default 
     > "$out/tests_cuda.log" 2>&1
 echo "tests: exit $? after ${SECONDS} s; $(tail -1 "$out/tests_cuda.log")" | tee -a "$out/gpu.txt"
 
-timeout $(($(left) - 60)) python3 benchmarks/gpu.py $smoke --quick --deadline-s $(($(left) - 120)) \
-    --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
+models=${GPU_MODELS:-cb_m2n,ref_m2,attn,cb_m2,cb_m1}
+timeout $(($(left) - 60)) python3 benchmarks/gpu.py $smoke --quick --deadline-s $(($(left) - 150)) \
+    --models "$models" --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
 echo "benchmark: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
+
+# A/B in the same run: the library's network with the SSD matmuls' operands float32 at tf32 (the previous
+# kernels) instead of bf16 (ssd._dot_options), training and inference
+CONDORBRAIN_SSD_DOT=tf32 timeout $(($(left) - 50)) python3 benchmarks/gpu.py $smoke --quick --case a,b \
+    --models cb_m2n --out "$out/gpu_ab_tf32.json" > "$out/gpu_ab_tf32.log" 2>&1
+echo "A/B (CONDORBRAIN_SSD_DOT=tf32): exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
 
 timeout $(($(left) - 5)) python3 benchmarks/gpu_profile.py $smoke --out "$out/gpu_profile.json" \
     > "$out/gpu_profile.log" 2>&1

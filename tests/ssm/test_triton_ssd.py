@@ -118,9 +118,14 @@ def test_chunk_size_only_changes_speed(device, chunk_size):
     assert kernel_chunk_size(chunk_size, 64, 128) <= 32  # large states: smaller chunks (shared memory)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half(device, dtype):
-    # half inputs (loaded and scanned in float32): output and input gradients in that dtype, looser tolerance
+@pytest.mark.parametrize("dtype,dot", [(torch.bfloat16, "bf16"), (torch.bfloat16, "tf32"), (torch.float16, "bf16")])
+def test_half(device, dtype, dot, monkeypatch):
+    # half inputs (loaded and scanned in float32): output and input gradients in that dtype, looser tolerance; for
+    # bfloat16, with the matmuls' operands rounded to bf16 (the default) and kept float32 (CONDORBRAIN_SSD_DOT=tf32)
+    monkeypatch.setenv("CONDORBRAIN_SSD_DOT", dot)
+    x = torch.zeros(1, dtype=dtype)
+    bf16 = dtype == torch.bfloat16 and dot == "bf16"  # bf16 operands: a bf16 tl.dot (emulated when interpreting)
+    assert ssd_module._dot_options(x, x, x) == {"PREC": "tf32", "BF16_DOT": (1 + ssd_module.interpreting()) if bf16 else 0}
     check(make_inputs(1, 33, 2, 16, 1, 16), device, dtype=dtype, rtol=2e-2)
 
 

@@ -44,8 +44,11 @@ and, backward, sum their dB, dC in registers; the few partial sums left (one per
 block), and the per-chunk partials of dA, dD and dt_bias, are reduced on the host.
 
 Precision: inputs float32/bfloat16/float16 are loaded and computed in float32 (states, decays and sums always
-float32); tl.dot runs in full float32 ("ieee") for float32 inputs (tf32 if ``torch.backends.cuda.matmul.allow_tf32``
-is set) and in tf32 for half inputs, whose own rounding dominates. Output in x's dtype, final states float32.
+float32, every tl.dot accumulates in float32). tl.dot's operands: bfloat16 for bfloat16 inputs (the products and
+states that enter a matmul rounded to bf16, as the official kernels round them: the tensor cores' full rate, half
+the registers per operand tile; ``CONDORBRAIN_SSD_DOT=tf32`` keeps them float32 at tf32, to compare), full float32
+("ieee") for float32 inputs (tf32 if ``torch.backends.cuda.matmul.allow_tf32`` is set), tf32 for float16 inputs.
+Output in x's dtype, final states float32.
 
 Chunk length: the kernels hold whole T x T, T x n and p x n tiles and tl.dot needs every dimension >= 16, so T is
 ``chunk_size`` rounded up to a power of two and clamped to [16, 64] (32 for large states, see
@@ -62,6 +65,7 @@ outside); with z in the scan ``_chunk_bwd_bc`` still spills 70-180 B per thread,
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -130,6 +134,19 @@ def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | N
     return options
 
 
+@triton.jit
+def _mm(a, b, BF16_DOT: tl.constexpr, PREC: tl.constexpr):
+    # a @ b, float32 accumulation. BF16_DOT (see _dot_options): 1 = operands rounded to bfloat16, a bf16 matmul;
+    # 2 = the same rounding, then a float32 matmul (under the interpreter, whose bf16 tl.dot multiplies the raw
+    # bits: 1e10 off); 0 = float32 operands at PREC
+    if BF16_DOT == 1:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif BF16_DOT == 2:
+        return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Forward kernels
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,7 +185,7 @@ def _chunk_state_fwd(
     L, nh, nchunks, hpg, p, n,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
-    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, h). states[b, c, h] = sum_s exp(a_T - a_s) dt_s x_s B_s^T, (p, n) float32.
     pid_bc, hd = tl.program_id(0), tl.program_id(1)
@@ -187,7 +204,7 @@ def _chunk_state_fwd(
     a = tl.load(a_ptr + base + t)
     a_end = tl.load(a_ptr + base + T - 1)
     w = tl.exp(a_end - a) * dt  # (T,)
-    st = tl.dot(tl.trans(x * w[:, None]), Bm, input_precision=PREC)  # (BP, BN)
+    st = _mm(tl.trans(x * w[:, None]), Bm, BF16_DOT, PREC)  # (BP, BN)
     out = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
     tl.store(st_ptr + out, st, mask=(ip[:, None] < p) & (jn[None, :] < n))
 
@@ -228,7 +245,7 @@ def _chunk_scan_fwd(
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr,
-    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, cdiv(hpg, hpp)): the outputs (T, p) of one chunk for up to hpp heads of one group, which
     # share B and C, so C.B^T is computed once for all of them. With DZ (backward, z given): the gate's gradient
@@ -245,7 +262,7 @@ def _chunk_scan_fwd(
                  mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
     Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
                  mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
-    CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # (T, T)
+    CB = _mm(Cm, tl.trans(Bm), BF16_DOT, PREC)  # (T, T)
     causal = t[:, None] >= t[None, :]
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
@@ -258,8 +275,8 @@ def _chunk_scan_fwd(
                     mask=(ip[:, None] < p) & (jn[None, :] < n), other=0.0).to(tl.float32)  # (BP, BN)
         # -inf above the diagonal before exp: exp(a_l - a_s) for s > l would overflow (a decreases with l)
         decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
-        y = tl.dot(CB * decay, x * dt[:, None], input_precision=PREC)  # (T, BP)
-        y += tl.exp(a)[:, None] * tl.dot(Cm, tl.trans(S), input_precision=PREC)
+        y = _mm(CB * decay, x * dt[:, None], BF16_DOT, PREC)  # (T, BP)
+        y += tl.exp(a)[:, None] * _mm(Cm, tl.trans(S), BF16_DOT, PREC)
         if HAS_D:
             Dv = tl.load(D_ptr + hd * s_D_h + ip * s_D_p, mask=ip < p, other=0.0).to(tl.float32)
             y += x * Dv[None, :]
@@ -288,7 +305,7 @@ def _chunk_scan_bwd_dstate(
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_C_b, s_C_l, s_C_g, s_C_n,
     s_z_b, s_z_l, s_z_h, s_z_p,
-    HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, h): dS[b, c, h] = sum_l exp(a_l) dy_l C_l^T, dy = dout * silu(z): (p, n) float32.
     pid_bc, hd = tl.program_id(0), tl.program_id(1)
@@ -308,7 +325,7 @@ def _chunk_scan_bwd_dstate(
     Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
                  mask=mt[:, None] & (jn[None, :] < n), other=0.0).to(tl.float32)
     a = tl.load(a_ptr + ((bi * nh + hd) * nchunks + ci) * T + t)
-    dS = tl.dot(tl.trans(dy * tl.exp(a)[:, None]), Cm, input_precision=PREC)  # (BP, BN)
+    dS = _mm(tl.trans(dy * tl.exp(a)[:, None]), Cm, BF16_DOT, PREC)  # (BP, BN)
     out = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
     tl.store(dS_ptr + out, dS, mask=(ip[:, None] < p) & (jn[None, :] < n))
 
@@ -353,7 +370,7 @@ def _chunk_bwd_bc(
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_g, s_o_s, s_o_n,
-    HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * NB): dB, dC of one chunk for up to hpp heads of one group and one block of BN state
     # columns (NB = cdiv(n, BN) blocks), summed over those heads in registers: (b, L, g, nsplit, n) float32 partial
@@ -397,18 +414,18 @@ def _chunk_bwd_bc(
         soff = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
         # intra-chunk: y_l = sum_s (C_l . B_s) exp(a_l - a_s) dt_s x_s
         decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
-        dCB = tl.dot(dy, tl.trans(x * dt[:, None]), input_precision=PREC) * decay  # (T, T)
-        dC += tl.dot(dCB, Bm, input_precision=PREC)
-        dB += tl.dot(tl.trans(dCB), Cm, input_precision=PREC)
+        dCB = _mm(dy, tl.trans(x * dt[:, None]), BF16_DOT, PREC) * decay  # (T, T)
+        dC += _mm(dCB, Bm, BF16_DOT, PREC)
+        dB += _mm(tl.trans(dCB), Cm, BF16_DOT, PREC)
         # carried state: y_l += exp(a_l) S C_l
         S = tl.load(enter_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) state entering the chunk
-        dyS = ea[:, None] * tl.dot(dy, S, input_precision=PREC)  # (T, BN)
+        dyS = ea[:, None] * _mm(dy, S, BF16_DOT, PREC)  # (T, BN)
         dC += dyS
         tl.store(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nblk + pid_n) * T + t, tl.sum(Cm * dyS, axis=1))
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, upstream gradient G
         G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN)
         w = tl.exp(a_end - a) * dt
-        dB += w[:, None] * tl.dot(x, G, input_precision=PREC)
+        dB += w[:, None] * _mm(x, G, BF16_DOT, PREC)
     out = bi * s_o_b + pos[:, None] * s_o_l + g * s_o_g + pid_s * s_o_s + jn[None, :] * s_o_n
     tl.store(dB_ptr + out, dB, mask=mtn)
     tl.store(dC_ptr + out, dC, mask=mtn)
@@ -429,7 +446,7 @@ def _chunk_bwd_dx(
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, nsplit): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T once):
     # dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the fused layer's dxBC) and ddt (b, L, h) float32,
@@ -449,8 +466,8 @@ def _chunk_bwd_dx(
     mpn = (ip[:, None] < p) & (jn[None, :] < n)
     Boff = B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n
     Coff = C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n
-    CB = tl.dot(tl.load(Coff, mask=mtn, other=0.0).to(tl.float32),
-                tl.trans(tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)), input_precision=PREC)  # (T, T)
+    CB = _mm(tl.load(Coff, mask=mtn, other=0.0).to(tl.float32),
+                tl.trans(tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)), BF16_DOT, PREC)  # (T, T)
     causal = t[:, None] >= t[None, :]
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
@@ -479,9 +496,9 @@ def _chunk_bwd_dx(
             tl.store(dDp_ptr + ((bi * nchunks + ci) * nh + hd) * p + ip, tl.sum(dy * x, axis=0), mask=ip < p)
 
         # intra-chunk term y_l = sum_s M[l, s] dt_s x_s
-        dMM = tl.dot(dy, tl.trans(xdt), input_precision=PREC) * M  # (T, T): (dy_l . dt_s x_s) M[l, s]
+        dMM = _mm(dy, tl.trans(xdt), BF16_DOT, PREC) * M  # (T, T): (dy_l . dt_s x_s) M[l, s]
         da = tl.sum(dMM, axis=1) - tl.sum(dMM, axis=0)  # (T,): dL/da_l through exp(a_l - a_s)
-        MtDy = tl.dot(tl.trans(M), dy, input_precision=PREC)  # (T, BP)
+        MtDy = _mm(tl.trans(M), dy, BF16_DOT, PREC)  # (T, BP)
         ddt = tl.sum(MtDy * x, axis=1)
         dx = MtDy * dt[:, None]
         # carried-state term (from _chunk_bwd_bc)
@@ -490,7 +507,7 @@ def _chunk_bwd_dx(
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G
         G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) dL/d(this chunk's own end state)
         Bm = tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
-        BG = tl.dot(Bm, tl.trans(G), input_precision=PREC)  # (T, BP): B_s . G[p, :]
+        BG = _mm(Bm, tl.trans(G), BF16_DOT, PREC)  # (T, BP): B_s . G[p, :]
         w = wend * dt
         dx += w[:, None] * BG
         xBG = tl.sum(x * BG, axis=1)  # (T,)
@@ -525,12 +542,17 @@ def _strides(t: Tensor | None, ndim: int) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0,) * ndim
 
 
-def _precision(*ts: Tensor) -> str:
-    """tl.dot's input precision: full float32 for float32 inputs unless PyTorch's own matmuls may use tf32
-    (``torch.backends.cuda.matmul.allow_tf32``, off by default); tf32 for half inputs (their rounding dominates)."""
+def _dot_options(*ts: Tensor) -> dict:
+    """tl.dot's operands: for bfloat16 inputs, bfloat16 (``BF16_DOT``: products and states rounded to bf16 where
+    they enter a matmul, float32 accumulation, as the official kernels do; the tensor cores' full rate and half the
+    registers per operand tile), unless ``CONDORBRAIN_SSD_DOT=tf32`` asks for float32 operands at tf32 (the
+    previous behaviour, kept to compare). Float32 operands otherwise, in full float32 ("ieee") for float32 inputs
+    unless PyTorch's own matmuls may use tf32 (``torch.backends.cuda.matmul.allow_tf32``, off by default), and tf32
+    for float16 inputs (their own rounding dominates)."""
+    bf16 = all(t.dtype == torch.bfloat16 for t in ts) and os.environ.get("CONDORBRAIN_SSD_DOT", "bf16") != "tf32"
     if all(t.dtype == torch.float32 for t in ts) and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+        return {"PREC": "ieee", "BF16_DOT": 0}
+    return {"PREC": "tf32", "BF16_DOT": (2 if interpreting() else 1) if bf16 else 0}
 
 
 def _head_split(hpg: int) -> tuple[int, int]:
@@ -548,20 +570,20 @@ def _dims(x: Tensor, B: Tensor, chunk_size: int) -> dict:
 
 
 def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus):
-    prec = _precision(x, B, C)
+    dot = _dot_options(x, B, C)
     dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
     # the entering states in C's dtype when that is half precision, as the official forward keeps them (its
     # _state_passing_fwd(out_dtype=C.dtype)): kernel 4 reads half the bytes, the largest read of the forward (p n
     # per head and chunk); the sum carried from chunk to chunk stays float32, and the backward recomputes them in
     # float32
     half = C.dtype in (torch.bfloat16, torch.float16)
-    enter, final = _entering_states(x, B, dtp, a, h0, d, prec, enter_dtype=C.dtype if half else torch.float32)
+    enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32)
     out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
-    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, prec)
+    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot)
     return out, final, dtp, a
 
 
-def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, prec):
+def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot):
     """Kernel 4: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead."""
     hpg = d["nh"] // d["g"]
     hpp, nsplit = _head_split(hpg)
@@ -571,7 +593,7 @@ def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, prec):
         d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], *x.stride(), *B.stride(), *C.stride(),
         *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
         HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
-        PREC=prec, **launch_options(num_warps=_BIG_TILE_WARPS))
+        **dot, **launch_options(num_warps=_BIG_TILE_WARPS))
 
 
 def _dt_cumsum(dt, A, dt_bias, d, softplus):
@@ -588,7 +610,7 @@ def _dt_cumsum(dt, A, dt_bias, d, softplus):
     return dtp, a
 
 
-def _entering_states(x, B, dtp, a, h0, d, prec, enter_dtype=torch.float32):
+def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32):
     """Kernels 2 and 3: the state entering each chunk (b, c, h, p, n) in ``enter_dtype`` and the final state (b, h,
     p, n) in float32. Run by the forward and again by the backward (float32), so that only dt and a (O(L), not
     O(L p n / T)) are saved."""
@@ -597,7 +619,7 @@ def _entering_states(x, B, dtp, a, h0, d, prec, enter_dtype=torch.float32):
     states = torch.empty(b, c, nh, p, n, **f32)
     _chunk_state_fwd[(b * c, nh)](
         x, B, dtp, a, states, L, nh, c, nh // d["g"], p, n, *x.stride(), *B.stride(),
-        T=T, BP=BP, BN=BN, PREC=prec, **launch_options(BP, BN))
+        T=T, BP=BP, BN=BN, **dot, **launch_options(BP, BN))
     final = torch.empty(b, nh, p, n, **f32)
     # float32: overwritten in place; else a buffer of its own (the float32 states are freed on return)
     enter = states if enter_dtype == torch.float32 else torch.empty(b, c, nh, p, n, device=x.device,
@@ -622,13 +644,13 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     b, L, nh, p, g, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "g", "n", "T", "c", "BP", "BN"))
     hpg = nh // g
     f32 = dict(device=x.device, dtype=torch.float32)
-    prec = _precision(x, B, C)
-    enter = _entering_states(x, B, dtp, a, h0, d, prec)[0]  # the final state (b, h, p, n) freed at once
+    dot = _dot_options(x, B, C)
+    enter = _entering_states(x, B, dtp, a, h0, d, dot)[0]  # the final state (b, h, p, n) freed at once
     dS = torch.empty(b, c, nh, p, n, **f32)
     _chunk_scan_bwd_dstate[(b * c, nh)](
         dout, C, z if z is not None else x, a, dS, L, nh, c, hpg, p, n,
         *dout.stride(), *C.stride(), *_strides(z, 4),
-        HAS_Z=z is not None, T=T, BP=BP, BN=BN, PREC=prec, **launch_options(BP, BN))
+        HAS_Z=z is not None, T=T, BP=BP, BN=BN, **dot, **launch_options(BP, BN))
     nblocks = triton.cdiv(p * n, _STATE_BLOCK)
     dst = dS  # overwritten in place: dL/dS_c through the outputs -> dL/d(chunk c's own end state)
     dalast = torch.empty(b, nh, c, nblocks, **f32)
@@ -653,7 +675,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dBp, dCp, daS,
         L, nh, g, c, hpg, hpp, p, n,
         *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(), *dBp.stride(),
-        HAS_Z=z is not None, T=T, BP=BP, BN=BNb, PREC=prec,
+        HAS_Z=z is not None, T=T, BP=BP, BN=BNb, **dot,
         **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=2))
     # the head splits summed now, one at a time, so that the (b, L, g, nsplit, n) partials are not alive beside dx
     if not direct:  # (b, L, g, n): a view of the one split, or the splits' sum (into the buffer if given)
@@ -680,11 +702,11 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         L, nh, c, hpg, hpp, p, n, nblocks, nbn,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
         *dx.stride(), HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-        T=T, BP=BP, BN=BN, PREC=prec, **launch_options(num_warps=_BIG_TILE_WARPS))
+        T=T, BP=BP, BN=BN, **dot, **launch_options(num_warps=_BIG_TILE_WARPS))
     del dS, dst, dalast, daS  # (b, c, h, p, n) float32, as large as dx: not alive beside dz below
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 4 again, for y (in _chunk_bwd_dx, y's tiles
         # and S spilled 660-790 B per thread at T 64)
-        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, prec)
+        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot)
         del enter
     dD2 = dDp.sum((0, 1)) if dDp is not None else None  # (h, p)
     return dx, ddt, dAp.sum((0, 1)), dB, dC, dD2, dz, dh0
