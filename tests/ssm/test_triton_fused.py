@@ -19,6 +19,7 @@ pytest.importorskip("triton", reason="triton is not installed (`pip install trit
 from condorbrain.ssm.conv import causal_conv1d_ref
 from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated
 from condorbrain.ssm.memory import saved_activation_bytes
+from condorbrain.ssm.triton import fused as fused_module
 from condorbrain.ssm.triton.fused import (
     causal_conv1d_silu_triton,
     mamba2_fused_forward,
@@ -46,8 +47,12 @@ def grads_of(fn, tensors, seed=1):
 
 # --- the two kernels on their own ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("programs", [8192, 4, 1], ids=["a block per program", "2 runs a row", "whole rows"])
 @pytest.mark.parametrize("bias,silu", [(True, True), (False, True), (True, False)])
-def test_conv(device, bias, silu):
+def test_conv(device, bias, silu, programs, monkeypatch):
+    # programs: the backward's target program count, so that a program's run of steps is one block of 16, two
+    # (the row split in 2: 32 + 5 steps) or the whole row (3 blocks)
+    monkeypatch.setattr(fused_module, "_CONV_BWD_PROGRAMS", programs)
     gen = torch.Generator().manual_seed(0)
     # x as a strided slice of a wider tensor, as the conv reads the xBC columns of the in_proj output
     wide = torch.randn(2, 37, 50, generator=gen, dtype=F64)

@@ -50,6 +50,8 @@ __all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_sil
            "rmsnorm_gated_triton", "rmsnorm_linear_triton"]
 
 _BLOCK_L = 16  # time steps per conv program
+_CONV_BWD_BL, _CONV_BWD_BC = 16, 64  # _conv_bwd's tile: three (K, BL, BC)-sized float32 arrays live, ~100 registers
+_CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
 _BLOCK_ROWS = 16  # rows (batch * time) per RMSNorm program: the weight-gradient partials are per block of rows
 
 
@@ -120,37 +122,49 @@ def _conv_bwd_gate(
 @triton.jit
 def _conv_bwd(
     x_ptr, w_ptr, g_ptr, dx_ptr, dwp_ptr, dbp_ptr,
-    L, C, nlb,
+    L, C, nsplit, steps,
     s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_g_b, s_g_l, s_g_c, s_o_b, s_o_l, s_o_c,
-    HAS_BIAS: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
 ):
-    # grid (b, cdiv(L, BL), cdiv(C, BC)). With g = dL/dpre (pre = the conv before its activation; _conv_bwd_gate's
-    # output, or dy itself without one):
+    # grid (b, nsplit, cdiv(C, BC)): a program takes ``steps`` consecutive steps (a multiple of BL) of one row, BL at
+    # a time. With g = dL/dpre (pre = the conv before its activation; _conv_bwd_gate's output, or dy itself):
     #   dx[t] = sum_j w[K-1-j] g[t+j],  dw[k] = sum_t g[t] x[t-K+1+k],  dbias = sum_t g[t]
-    # dw, dbias as per-program partials (b, nlb, K, C) and (b, nlb, C), summed on the host. dx (strides s_o_*) is
-    # stored in its buffer's dtype (e.g. bf16 straight into the xBC columns of the layer's dzxbcdt).
-    bi, pid_l, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t = pid_l * BL + tl.arange(0, BL)
+    # dw, dbias as per-program partials (b, nsplit, K, C) and (b, nsplit, C), summed on the host. dx (strides
+    # s_o_*) is stored in its buffer's dtype (e.g. bf16 straight into the xBC columns of the layer's dzxbcdt).
+    # Inside the loop nothing is reduced: the K shifted tiles of g and the (K, BL, BC) tile of x are loaded
+    # together and dw, dbias accumulate elementwise; one reduction over the steps at the end. (Reducing dw per
+    # block of 16 steps, each of K x loads waiting behind the previous reduction's barrier, took 2.0 ms per seed
+    # layer on an H200.)
+    bi, pid_s, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cc = pid_c * BC + tl.arange(0, BC)
     mc = cc < C
-    dx = tl.zeros([BL, BC], dtype=tl.float32)
-    part = bi * nlb + pid_l
-    for j in tl.static_range(K):
-        tj = t + j  # the output step whose gradient reaches x[t] through w[K-1-j]
-        mj = (tj[:, None] < L) & mc[None, :]
-        g = tl.load(g_ptr + bi * s_g_b + tj[:, None] * s_g_l + cc[None, :] * s_g_c, mask=mj, other=0.0)
-        g = g.to(tl.float32)
-        dx += g * tl.load(w_ptr + cc * s_w_c + (K - 1 - j) * s_w_k, mask=mc, other=0.0).to(tl.float32)[None, :]
-        if j == 0:  # this program's own output steps: the weight and bias gradients
-            if HAS_BIAS:
-                tl.store(dbp_ptr + part * C + cc, tl.sum(g, axis=0), mask=mc)
-            for k in tl.static_range(K):
-                src = t - (K - 1) + k
-                m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
-                xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
-                tl.store(dwp_ptr + (part * K + k) * C + cc, tl.sum(g * xv.to(tl.float32), axis=0), mask=mc)
-    tl.store(dx_ptr + bi * s_o_b + t[:, None] * s_o_l + cc[None, :] * s_o_c, dx.to(dx_ptr.dtype.element_ty),
-             mask=(t[:, None] < L) & mc[None, :])
+    kk = tl.arange(0, KP)
+    mkc = (kk[:, None] < K) & mc[None, :]
+    acc_w = tl.zeros([KP, BL, BC], dtype=tl.float32)
+    acc_b = tl.zeros([BL, BC], dtype=tl.float32)
+    t_lo = pid_s * steps
+    for t0 in range(t_lo, tl.minimum(t_lo + steps, L), BL):
+        t = t0 + tl.arange(0, BL)
+        dx = tl.zeros([BL, BC], dtype=tl.float32)
+        g0 = tl.zeros([BL, BC], dtype=tl.float32)
+        for j in tl.static_range(K):
+            tj = t + j  # the output step whose gradient reaches x[t] through w[K-1-j]
+            g = tl.load(g_ptr + bi * s_g_b + tj[:, None] * s_g_l + cc[None, :] * s_g_c,
+                        mask=(tj[:, None] < L) & mc[None, :], other=0.0).to(tl.float32)
+            dx += g * tl.load(w_ptr + cc * s_w_c + (K - 1 - j) * s_w_k, mask=mc, other=0.0).to(tl.float32)[None, :]
+            if j == 0:
+                g0 = g
+        src = t[None, :, None] - (K - 1) + kk[:, None, None]  # (KP, BL, 1): x[t - K + 1 + k]
+        xk = tl.load(x_ptr + bi * s_x_b + src * s_x_l + cc[None, None, :] * s_x_c,
+                     mask=(src >= 0) & (src < L) & (kk[:, None, None] < K) & mc[None, None, :], other=0.0)
+        acc_w += g0[None, :, :] * xk.to(tl.float32)
+        acc_b += g0
+        tl.store(dx_ptr + bi * s_o_b + t[:, None] * s_o_l + cc[None, :] * s_o_c, dx.to(dx_ptr.dtype.element_ty),
+                 mask=(t[:, None] < L) & mc[None, :])
+    part = bi * nsplit + pid_s
+    tl.store(dwp_ptr + (part * K + kk[:, None]) * C + cc[None, :], tl.sum(acc_w, axis=1), mask=mkc)
+    if HAS_BIAS:
+        tl.store(dbp_ptr + part * C + cc, tl.sum(acc_b, axis=0), mask=mc)
 
 
 def _conv_launch(x: Tensor, C: int) -> tuple[int, int, int]:
@@ -179,10 +193,10 @@ def _conv_backward(
     dtype. Accumulated in float32 either way, rounded once where stored.
 
     Two kernels: the SiLU's derivative (``_conv_bwd_gate``: the pre-activation recomputed once per element, into
-    float32 g), then dx, dweight and dbias from g. One kernel that recomputed the pre-activation at each of the K
-    output steps an input reaches (K^2 loads and K sigmoids per element) took 2.5 ms per seed layer on an H200, ~7x
-    its bytes at the copy rate. dy_scratch: dy is float32 and the caller's to overwrite (g is written over it);
-    else g gets a buffer of its own."""
+    float32 g; 0.47 ms per seed layer on an H200), then dx, dweight and dbias from g (``_conv_bwd``, each program
+    over a run of steps with no reduction inside its loop: not yet timed on a GPU; the version that reduced per 16
+    steps took 2.0 ms). dy_scratch: dy is float32 and the caller's to overwrite (g is written over it); else g gets
+    a buffer of its own."""
     b, L, C = x.shape
     w = weight.reshape(C, -1)
     K = w.shape[1]
@@ -191,8 +205,16 @@ def _conv_backward(
     f32 = dict(device=x.device, dtype=torch.float32)
     if dx is None:
         dx = torch.empty(b, L, C, device=x.device, dtype=x.dtype)
-    dwp = torch.empty(b, grid[1], K, C, **f32)
-    dbp = torch.empty(b, grid[1], C, **f32) if bias is not None else None
+    # _conv_bwd: (BWD_BL steps, BWD_BC channels) tiles, each program over a run of steps of one row: whole rows
+    # where that still gives _CONV_BWD_PROGRAMS programs (the seed: 1024 rows, L 120), else split (long rows, small
+    # batches)
+    BCb = min(_pow2(C), _CONV_BWD_BC)
+    nblocks, nc = triton.cdiv(L, _CONV_BWD_BL), triton.cdiv(C, BCb)
+    nsplit = max(1, min(nblocks, triton.cdiv(_CONV_BWD_PROGRAMS, b * nc)))
+    steps = triton.cdiv(nblocks, nsplit) * _CONV_BWD_BL
+    nsplit = triton.cdiv(L, steps)
+    dwp = torch.empty(b, nsplit, K, C, **f32)
+    dbp = torch.empty(b, nsplit, C, **f32) if bias is not None else None
     with on_device(x):
         g = dy
         if silu:
@@ -200,10 +222,11 @@ def _conv_backward(
             _conv_bwd_gate[grid](
                 x, w, bias if bias is not None else w, dy, g, L, C, *x.stride(), *w.stride(), *dy.stride(),
                 *g.stride(), HAS_BIAS=bias is not None, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
-        _conv_bwd[grid](
+        _conv_bwd[(b, nsplit, nc)](
             x, w, g, dx, dwp, dbp if dbp is not None else dwp,
-            L, C, grid[1], *x.stride(), *w.stride(), *g.stride(), *dx.stride(),
-            HAS_BIAS=bias is not None, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
+            L, C, nsplit, steps, *x.stride(), *w.stride(), *g.stride(), *dx.stride(),
+            HAS_BIAS=bias is not None, K=K, KP=triton.next_power_of_2(K), BL=_CONV_BWD_BL, BC=BCb,
+            **launch_options(num_warps=4))
     dw = dwp.sum((0, 1)).t().reshape(weight.shape).to(weight.dtype)
     db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
     return dx, dw, db
