@@ -422,7 +422,11 @@ CASE_COLS = {
 
 
 def environment(setup: Setup) -> dict[str, Any]:
-    env: dict[str, Any] = {"torch": torch.__version__, "device": setup.device}
+    import condorbrain
+
+    # the library's source in use (an A/B run points PYTHONPATH at another revision's, see gpu_checks.sh)
+    env: dict[str, Any] = {"torch": torch.__version__, "device": setup.device,
+                           "condorbrain": str(Path(condorbrain.__file__).resolve().parent)}
     if setup.cuda:
         env["gpu"] = torch.cuda.get_device_name(torch.device(setup.device))
     try:

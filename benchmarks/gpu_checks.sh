@@ -12,16 +12,19 @@
 #      the kernels into Triton's cache before the timings.
 #   2. benchmarks/gpu.py, cases a (training), b (inference), c (streaming), d (L = 512 ... 32k), the library's
 #      network and its peers first; no row starts in the last 150 s of the budget, the JSON is rewritten after each;
-#      then the A/B: the library's network with the SSD matmuls' operands float32 (tf32) instead of bf16.
+#      then the A/B: the library's network again from another revision's source (.baseline/src, made by
+#      benchmarks/export_baseline.sh, carried) or under GPU_AB_ENV.
 #   3. (what is left) benchmarks/gpu_profile.py: where the time of a training step, an inference forward and a
 #      streaming step goes, kernel by kernel, ours and the official layer's (when exported, below).
 #
 # From the device tool, in the repository root (results come back from $OUT: gpu.txt, tests_cuda.log, gpu.log,
-# gpu.json, gpu_ab_tf32.log/.json, gpu_profile.log, gpu_profile.json; GPU_MODELS picks gpu.py's rows):
+# gpu.json, gpu_ab.log/.json, gpu_profile.log; GPU_MODELS picks gpu.py's rows):
 #   run(command="bash benchmarks/gpu_checks.sh", timeout_s=600)
 # With the official mamba_ssm beside ours (its unfused Triton path; the fused one needs its CUDA extension built,
 # ~6 minutes): `bash benchmarks/export_anchors.sh <git dir from fetch state-spaces/mamba>` here, then
 #   run(command="MAMBA_SSM_SRC=.anchors bash benchmarks/gpu_checks.sh", carry=[".anchors"], timeout_s=600)
+# and with the A/B against the previous revision (`bash benchmarks/export_baseline.sh <rev>` here first):
+#   run(command="MAMBA_SSM_SRC=.anchors bash benchmarks/gpu_checks.sh", carry=[".anchors", ".baseline"], timeout_s=600)
 # Never commit .anchors. A smoke test of this script on a CPU machine (tiny sizes, interpreted kernels):
 #   GPU_CHECKS_SMOKE=1 PATH=.venv/bin:$PATH bash benchmarks/gpu_checks.sh 200
 set -uo pipefail
@@ -49,12 +52,19 @@ timeout $(($(left) - 60)) python3 benchmarks/gpu.py $smoke --quick --deadline-s 
     --models "$models" --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
 echo "benchmark: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
 
-# A/B in the same run: the library's network with the SSD matmuls' operands float32 at tf32 (the previous
-# kernels) instead of bf16 (ssd._dot_options), training and inference
-CONDORBRAIN_SSD_DOT=tf32 timeout $(($(left) - 50)) python3 benchmarks/gpu.py $smoke --quick --case a,b \
-    --models cb_m2n --out "$out/gpu_ab_tf32.json" > "$out/gpu_ab_tf32.log" 2>&1
-echo "A/B (CONDORBRAIN_SSD_DOT=tf32): exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
+# A/B in the same run, on the same machine: the library's network (training, inference, streaming) again, either
+# under GPU_AB_ENV (e.g. "CONDORBRAIN_SSD_DOT=tf32") or, by default, from the library source of another revision
+# where benchmarks/export_baseline.sh put one (.baseline/src, carried)
+ab_env=${GPU_AB_ENV:-}
+if [ -z "$ab_env" ] && [ -d .baseline/src ]; then ab_env="PYTHONPATH=.baseline/src"; fi
+if [ -n "$ab_env" ]; then
+    echo "A/B: $ab_env $(cat .baseline/REVISION 2>/dev/null)" | tee -a "$out/gpu.txt"
+    env $ab_env timeout $(($(left) - 50)) python3 benchmarks/gpu.py $smoke --quick --case a,b,c --models cb_m2n \
+        --out "$out/gpu_ab.json" > "$out/gpu_ab.log" 2>&1
+    echo "A/B: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
+fi
 
 timeout $(($(left) - 5)) python3 benchmarks/gpu_profile.py $smoke --out "$out/gpu_profile.json" \
     > "$out/gpu_profile.log" 2>&1
+rm -f "$out/gpu_profile.json"  # at most 8 files come back; the log has its tables
 echo "profile: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
