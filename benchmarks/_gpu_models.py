@@ -29,7 +29,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from condorbrain.ssm._checks import all_finite
 from condorbrain.ssm.blocks import norm_then_mix, norm_then_step
+
+try:
+    from condorbrain.ssm._checks import input_scanned
+except ImportError:  # an A/B run against a revision from before it (gpu_checks.sh's .baseline): every layer scans
+    from contextlib import nullcontext as input_scanned
 
 N_IN, N_OUT = 24, 8
 
@@ -82,12 +88,16 @@ class Net(nn.Module):
         self.head = nn.Linear(d, N_OUT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, L, 24) -> (B, L, 8)."""
-        h, pending = self.emb(x), None  # each mixer's output is added by the next norm, as in the streaming step
-        for n, m in zip(self.norms, self.mixers):
-            h, pending = norm_then_mix(n, m, h, pending)  # h += pending; pending = m(n(h)); the library's norm joins
-            # a Mamba2's in_proj on the fused path, the add included
-        return self.head(self.fn.add_forward(h, pending)[1])
+        """x (B, L, 24) -> (B, L, 8). The input scanned for NaN / inf once, the layers' own scans skipped, as the
+        library's Backbone does (one per layer cost 9% of the inference forward on an H200)."""
+        if not all_finite(x):
+            raise ValueError("x contains NaN or inf")
+        with input_scanned():
+            h, pending = self.emb(x), None  # each mixer's output is added by the next norm, as in the streaming step
+            for n, m in zip(self.norms, self.mixers):
+                h, pending = norm_then_mix(n, m, h, pending)  # h += pending; pending = m(n(h)); the library's norm
+                # joins a Mamba2's in_proj on the fused path, the add included
+            return self.head(self.fn.add_forward(h, pending)[1])
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int | None = None,
                                  dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, ...]]:
@@ -95,10 +105,13 @@ class Net(nn.Module):
 
     def step(self, x: torch.Tensor, cache: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         """x (B, 1, 24) -> (B, 1, 8); every mixer's (conv_state, ssm_state) advances in place."""
-        h, pending = self.emb(x), None  # each mixer's output is added by the next norm (add_forward)
-        for n, m, layer_cache in zip(self.norms, self.mixers, cache):
-            h, pending = norm_then_step(n, m, h, pending, layer_cache)  # h += pending; pending = m.step(n(h))
-        return self.head(self.fn.add_forward(h, pending)[1])
+        if not all_finite(x):
+            raise ValueError("x contains NaN or inf")
+        with input_scanned():
+            h, pending = self.emb(x), None  # each mixer's output is added by the next norm (add_forward)
+            for n, m, layer_cache in zip(self.norms, self.mixers, cache):
+                h, pending = norm_then_step(n, m, h, pending, layer_cache)  # h += pending; pending = m.step(n(h))
+            return self.head(self.fn.add_forward(h, pending)[1])
 
 
 @dataclass(frozen=True)

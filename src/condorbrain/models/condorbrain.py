@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from condorbrain.models.config import CondorBrainConfig
 from condorbrain.ssm import Backbone
-from condorbrain.ssm._checks import all_finite
+from condorbrain.ssm._checks import all_finite, input_scanned
 
 __all__ = [
     "CondorBrain",
@@ -225,13 +225,16 @@ class CondorBrain(nn.Module):
 
     def hidden(self, x: Tensor) -> Tensor:
         """The backbone's final (RMS-normalised) hidden states: x (B, L, n_features) -> (B, L, d_model)."""
-        self._check_input(x, seqlen=None)
-        e = self.embedding(x)  # (B, L, D)
-        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
-            return self.backbone(e)  # (B, L, D)
-        for layer in self.backbone.layers:
-            e = checkpoint(layer, e, use_reentrant=False)  # (B, L, D)
-        return self.backbone.norm_f(e)
+        self._check_input(x, seqlen=None)  # the one scan for NaN / inf: the backbone and its layers skip theirs
+        with input_scanned():
+            e = self.embedding(x)  # (B, L, D)
+            if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
+                return self.backbone(e)  # (B, L, D)
+            for layer in self.backbone.layers:
+                # the recompute in the backward runs the layer under input_scanned too, so that it does what the
+                # forward did (checkpoint compares the tensors both save)
+                e = checkpoint(_scanned_call, layer, e, use_reentrant=False)  # (B, L, D)
+            return self.backbone.norm_f(e)
 
     def decode(self, h: Tensor) -> PolicyOutput:
         """Regime-gated mixture of the experts at hidden states h (..., d_model) -> PolicyOutput of (...) fields."""
@@ -277,9 +280,10 @@ class CondorBrain(nn.Module):
         """One new bar per stream: x_t (B, 1, n_features) -> PolicyOutput with (B, ...) fields; ``cache`` advances
         in place. Equals ``forward(x[:, :t + 1])`` after stepping through x[:, 0] .. x[:, t] (in eval mode: dropout
         and stochastic depth draw anew at each call in training mode). No gradients."""
-        self._check_input(x_t, seqlen=1, name="x_t")
-        e = self.embedding(x_t)  # (B, 1, D)
-        h = self.backbone.step(e, cache)  # (B, 1, D)
+        self._check_input(x_t, seqlen=1, name="x_t")  # the one scan: the backbone and its layers skip theirs
+        with input_scanned():
+            e = self.embedding(x_t)  # (B, 1, D)
+            h = self.backbone.step(e, cache)  # (B, 1, D)
         return self.decode(h[:, 0])  # (B, ...)
 
     # --- helpers ---------------------------------------------------------------------------------------------------
@@ -299,6 +303,12 @@ class CondorBrain(nn.Module):
             raise ValueError(f"{name} must be a floating tensor, got {x.dtype}")
         if not all_finite(x):
             raise ValueError(f"{name} contains NaN or inf: leave out invalid rows (the dataset's valid.npy) first")
+
+
+def _scanned_call(layer: nn.Module, x: Tensor) -> Tensor:
+    """layer(x) inside :func:`input_scanned` (x, the model's scanned input transformed, is not scanned again)."""
+    with input_scanned():
+        return layer(x)
 
 
 def transformer_baseline(config: CondorBrainConfig, match_params: bool = True) -> CondorBrainConfig:

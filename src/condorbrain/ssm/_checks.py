@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor
 
@@ -14,9 +18,28 @@ def capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+_INPUT_SCANNED: ContextVar[bool] = ContextVar("condorbrain_input_scanned", default=False)
+
+
+@contextlib.contextmanager
+def input_scanned() -> Iterator[None]:
+    """Inside it, :func:`all_finite` answers True without looking: for the layers of a network whose input was
+    scanned once at its entry (``Backbone``, ``CondorBrain``), so that each layer does not scan its own input again.
+    On a GPU a scan is a pass over the tensor and a host sync: one per layer cost 9% of the seed network's
+    inference forward on an H200 (24 scans, 5.8 of 67 ms of device time, and the launch queue drained 24 times).
+    A NaN arising inside the network (an overflow) is then not named by a layer; the training loop checks its
+    loss."""
+    token = _INPUT_SCANNED.set(True)
+    try:
+        yield
+    finally:
+        _INPUT_SCANNED.reset(token)
+
+
 def all_finite(t: Tensor) -> bool:
-    """Whether ``t`` has no NaN / inf; True without looking while capturing a CUDA graph (see :func:`capturing`)."""
-    return capturing() or bool(torch.isfinite(t).all())
+    """Whether ``t`` has no NaN / inf; True without looking while capturing a CUDA graph (see :func:`capturing`)
+    and inside :func:`input_scanned`."""
+    return capturing() or _INPUT_SCANNED.get() or bool(torch.isfinite(t).all())
 
 
 def check_tensor(name: str, t: Tensor, shape: tuple[int, ...], expected: str, check_finite: bool = True) -> None:
@@ -29,8 +52,9 @@ def check_tensor(name: str, t: Tensor, shape: tuple[int, ...], expected: str, ch
         raise ValueError(f"{name} must have shape {expected} = {tuple(shape)}, got {tuple(t.shape)}")
     # NaN would otherwise spread silently through the whole scan. One cheap reduction pass first (a sum is
     # non-finite if any element is); only then the exact elementwise check, since a sum can also overflow. On a GPU
-    # the layers check their inputs once; the scans' own arguments are not read back (a host sync per call).
-    if (check_finite and t.device.type == "cpu" and not bool(torch.isfinite(t.sum()))
+    # the layers check their inputs once; the scans' own arguments are not read back (a host sync per call). Inside
+    # a network whose input was scanned (input_scanned), not at all.
+    if (check_finite and t.device.type == "cpu" and not _INPUT_SCANNED.get() and not bool(torch.isfinite(t.sum()))
             and not bool(torch.isfinite(t).all())):
         raise ValueError(f"{name} contains NaN or inf")
 

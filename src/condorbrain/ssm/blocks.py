@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from condorbrain.ssm._checks import input_scanned
 from condorbrain.ssm.mamba import Mamba, check_hidden_states, check_state, records_grad
 from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated
 from condorbrain.ssm.scans import scan_backend
@@ -510,20 +511,21 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor, state: list[LayerState] | None = None,
                 return_state: bool = False) -> Tensor | tuple[Tensor, list[LayerState]]:
         """x: (B, L, d_model) -> (B, L, d_model) [, list of per-layer states to continue from]."""
-        check_hidden_states("x", x, self.config.d_model)
+        check_hidden_states("x", x, self.config.d_model)  # the one scan for NaN / inf: the layers skip theirs
         if state is not None and len(state) != len(self.layers):
             raise ValueError(f"state must hold one entry per layer ({len(self.layers)}), got {len(state)}")
-        if state is None and not return_state:  # the residual adds pending, each done by the next norm
-            pending = None
-            for layer in self.layers:
-                x, pending = layer.forward_pending(x, pending)  # (B, L, D) each
-            return self.norm_f.add_forward(x, pending)[1]
-        new_states: list[LayerState] = []
-        for i, layer in enumerate(self.layers):
-            x = layer(x, state=None if state is None else state[i], return_state=return_state)  # (B, L, D)
-            if return_state:
-                x, s = x
-                new_states.append(s)
+        with input_scanned():
+            if state is None and not return_state:  # the residual adds pending, each done by the next norm
+                pending = None
+                for layer in self.layers:
+                    x, pending = layer.forward_pending(x, pending)  # (B, L, D) each
+                return self.norm_f.add_forward(x, pending)[1]
+            new_states: list[LayerState] = []
+            for i, layer in enumerate(self.layers):
+                x = layer(x, state=None if state is None else state[i], return_state=return_state)  # (B, L, D)
+                if return_state:
+                    x, s = x
+                    new_states.append(s)
         out = self.norm_f(x)  # (B, L, D)
         return (out, new_states) if return_state else out
 
@@ -534,10 +536,11 @@ class Backbone(nn.Module):
 
     def step(self, x: Tensor, cache: list[LayerState]) -> Tensor:
         """x: (B, 1, d_model) -> (B, 1, d_model), advancing every layer's cache in place."""
-        check_hidden_states("x", x, self.config.d_model, seqlen=1)
+        check_hidden_states("x", x, self.config.d_model, seqlen=1)  # the one scan: the layers skip theirs
         if len(cache) != len(self.layers):
             raise ValueError(f"cache must hold one entry per layer ({len(self.layers)}), got {len(cache)}")
         pending = None  # the last branch's output, added by the next norm (Block.step_pending)
-        for layer, layer_cache in zip(self.layers, cache):
-            x, pending = layer.step_pending(x, pending, layer_cache)  # (B, 1, D) each
+        with input_scanned():
+            for layer, layer_cache in zip(self.layers, cache):
+                x, pending = layer.step_pending(x, pending, layer_cache)  # (B, 1, D) each
         return self.norm_f.add_forward(x, pending)[1]

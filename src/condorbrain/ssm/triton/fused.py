@@ -637,7 +637,7 @@ class _Mamba2Fused(torch.autograd.Function):
             z0, x0, z, _, _ = cfg.split(zxbcdt)
             s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
             y = ssd._forward(s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None,
-                             s["d"], s["softplus"])[0].flatten(-2)  # (B, L, d_ssm)
+                             s["d"], s["softplus"], want_final=False)[0].flatten(-2)  # (B, L, d_ssm)
             del s  # the conv output is not kept
             out = y
             if norm_weight is not None:

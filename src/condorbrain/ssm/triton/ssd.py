@@ -213,10 +213,10 @@ def _chunk_state_fwd(
 def _state_pass_fwd(
     st_ptr, a_ptr, h0_ptr, enter_ptr, final_ptr,
     nh, nchunks, pn,
-    HAS_H0: tl.constexpr, T: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, T: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # grid (b, h, cdiv(p*n, BLOCK)): S_0 = h0; enter[c] = S_c; S_{c+1} = exp(a_T of chunk c) S_c + states[c].
-    # enter may be the states buffer itself (overwritten in place).
+    # enter may be the states buffer itself (overwritten in place). The final state stored only with HAS_FINAL.
     bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     k = pid * BLOCK + tl.arange(0, BLOCK)
     mk = k < pn
@@ -230,7 +230,8 @@ def _state_pass_fwd(
         tl.store(enter_ptr + off, s.to(enter_ptr.dtype.element_ty), mask=mk)  # the carried sum stays float32
         decay = tl.exp(tl.load(a_ptr + ((bi * nh + hd) * nchunks + ci) * T + T - 1))
         s = decay * s + st
-    tl.store(final_ptr + (bi * nh + hd) * pn + k, s, mask=mk)
+    if HAS_FINAL:
+        tl.store(final_ptr + (bi * nh + hd) * pn + k, s, mask=mk)
 
 
 @triton.jit
@@ -569,7 +570,7 @@ def _dims(x: Tensor, B: Tensor, chunk_size: int) -> dict:
     return dict(b=b, L=L, nh=nh, p=p, g=g, n=n, T=T, c=triton.cdiv(L, T), BP=_pow2(p), BN=_pow2(n))
 
 
-def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus):
+def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True):
     dot = _dot_options(x, B, C)
     dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
     # the entering states in C's dtype when that is half precision, as the official forward keeps them (its
@@ -577,7 +578,8 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus):
     # per head and chunk); the sum carried from chunk to chunk stays float32, and the backward recomputes them in
     # float32
     half = C.dtype in (torch.bfloat16, torch.float16)
-    enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32)
+    enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32,
+                                    want_final=want_final)
     out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
     _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot)
     return out, final, dtp, a
@@ -610,7 +612,7 @@ def _dt_cumsum(dt, A, dt_bias, d, softplus):
     return dtp, a
 
 
-def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32):
+def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32, want_final=True):
     """Kernels 2 and 3: the state entering each chunk (b, c, h, p, n) in ``enter_dtype`` and the final state (b, h,
     p, n) in float32. Run by the forward and again by the backward (float32), so that only dt and a (O(L), not
     O(L p n / T)) are saved."""
@@ -620,13 +622,13 @@ def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32):
     _chunk_state_fwd[(b * c, nh)](
         x, B, dtp, a, states, L, nh, c, nh // d["g"], p, n, *x.stride(), *B.stride(),
         T=T, BP=BP, BN=BN, **dot, **launch_options(BP, BN))
-    final = torch.empty(b, nh, p, n, **f32)
+    final = torch.empty(b, nh, p, n, **f32) if want_final else None  # (b, h, p, n) float32: 268 MB per seed layer
     # float32: overwritten in place; else a buffer of its own (the float32 states are freed on return)
     enter = states if enter_dtype == torch.float32 else torch.empty(b, c, nh, p, n, device=x.device,
                                                                     dtype=enter_dtype)
     _state_pass_fwd[(b, nh, triton.cdiv(p * n, _STATE_BLOCK))](
-        states, a, h0 if h0 is not None else states, enter, final, nh, c, p * n,
-        HAS_H0=h0 is not None, T=T, BLOCK=_STATE_BLOCK, **launch_options(_STATE_BLOCK))
+        states, a, h0 if h0 is not None else states, enter, final if want_final else states, nh, c, p * n,
+        HAS_H0=h0 is not None, HAS_FINAL=want_final, T=T, BLOCK=_STATE_BLOCK, **launch_options(_STATE_BLOCK))
     return enter, final
 
 
@@ -645,7 +647,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     hpg = nh // g
     f32 = dict(device=x.device, dtype=torch.float32)
     dot = _dot_options(x, B, C)
-    enter = _entering_states(x, B, dtp, a, h0, d, dot)[0]  # the final state (b, h, p, n) freed at once
+    enter = _entering_states(x, B, dtp, a, h0, d, dot, want_final=False)[0]
     dS = torch.empty(b, c, nh, p, n, **f32)
     _chunk_scan_bwd_dstate[(b * c, nh)](
         dout, C, z if z is not None else x, a, dS, L, nh, c, hpg, p, n,
