@@ -18,3 +18,12 @@ def _fixed_seeds():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def isfinite_scans(monkeypatch):
+    """The shapes of the tensors ``torch.isfinite`` is called on during the test: each a scan for NaN / inf."""
+    scans = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: scans.append(tuple(t.shape)) or real(t))
+    return scans
