@@ -265,8 +265,9 @@ def _rmsnorm_gemv(
     # program 0: the others read x and h only). Every program of a row recomputes the row's 1/rms: K values, cheap
     # beside its (BJ, K) slice of W, and no program waits for another.
     # ONE_PASS (BK >= K): the W slice is loaded first, beside the row, so that the kernel is one round trip to
-    # memory (at batch 1 it is latency, not bandwidth: timed on an H200, two passes of two tiles each took ~5 us
-    # for in_proj's 2.2 MB). Else two loops over K: the sum of squares, then the products.
+    # memory (at batch 1 it is latency, not bandwidth: on an H200 the seed's in_proj, 2.2 MB, took 4.9 us in two
+    # passes of two tiles on 69 programs, 2.6 us in one on 274). Else two loops over K: the sum of squares, then the
+    # products.
     bi, pj = tl.program_id(0), tl.program_id(1)
     kk = tl.arange(0, BK)
     jj = pj * BJ + tl.arange(0, BJ)
@@ -325,7 +326,8 @@ def _mamba2_step_out(
     d_ssm = gs * ngroups
     zx = zx_ptr + bi * s_zx_b
     if pj == tl.num_programs(1) - 1:  # the row's last program only shifts the B and C windows (a load, a barrier
-        # and a store: on a GEMV program it would be a second round trip to memory)
+        # and a store: on a GEMV program it would be a second round trip to memory). With ONE_PASS, on an H200 at
+        # the seed: 2.5 us a layer, against 7.7 us for loops of 256 inputs on 64 programs, program 0 shifting
         for g in range(ngroups):
             _shift_bc_window(zx, cs_ptr + bi * s_cs_b, g, d_ssm, d_mlp, ngroups, n, s_zx_c, s_cs_c, s_cs_k, K, KP,
                              BN)
