@@ -53,13 +53,25 @@ def test_conv(device, bias, silu, programs, monkeypatch):
     # programs: the backward's target program count, so that a program's run of steps is one block of 16, two
     # (the row split in 2: 32 + 5 steps) or the whole row (3 blocks)
     monkeypatch.setattr(fused_module, "_CONV_BWD_PROGRAMS", programs)
+    check_conv(device, bias, silu, width=4)
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_conv_widths(device, width, monkeypatch):
+    # d_conv 2 and 3 (3: the taps padded to 4 and masked), whole rows per backward program
+    monkeypatch.setattr(fused_module, "_CONV_BWD_PROGRAMS", 1)
+    check_conv(device, True, True, width)
+
+
+def check_conv(device, bias, silu, width):
+    """causal_conv1d_silu_triton's output and gradients against causal_conv1d_ref in float64."""
     gen = torch.Generator().manual_seed(0)
     # x as a strided slice of a wider tensor, as the conv reads the xBC columns of the in_proj output
     wide = torch.randn(2, 37, 50, generator=gen, dtype=F64)
-    w = torch.randn(40, 1, 4, generator=gen, dtype=F64) * 0.5
+    w = torch.randn(40, 1, width, generator=gen, dtype=F64) * 0.5
     b = torch.randn(40, generator=gen, dtype=F64) if bias else None
     act = "silu" if silu else None
-    ref, g_ref = grads_of(lambda x, w, b: causal_conv1d_ref(x[..., 5:45], w.view(40, 4), b, act), (wide, w, b))
+    ref, g_ref = grads_of(lambda x, w, b: causal_conv1d_ref(x[..., 5:45], w.view(40, width), b, act), (wide, w, b))
     dev = [t.float().to(device) if t is not None else None for t in (wide, w, b)]
     out, g = grads_of(lambda x, w, b: causal_conv1d_silu_triton(x[..., 5:45], w, b, silu), dev)
     assert out.dtype == torch.float32 and out.is_contiguous()
