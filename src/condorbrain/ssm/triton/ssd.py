@@ -55,11 +55,14 @@ Chunk length: the kernels hold whole T x T, T x n and p x n tiles and tl.dot nee
 :func:`kernel_chunk_size`). Like ``chunk_size`` everywhere, it changes memory and speed only, never the result.
 p and n are padded (masked) to powers of two >= 16.
 
-Checked without a GPU: the tests run these kernels under the interpreter, and ``tests/ssm/test_triton_compile.py``
-compiles every one for sm_90 at the seed config (ptxas register / spill / shared-memory report printed there). Not
-yet timed on a GPU. Known from that report: no kernel spills at the seed sizes (d_state 64 and 128, z gated
-outside); with z in the scan ``_chunk_bwd_bc`` still spills 70-180 B per thread, ``_chunk_bwd_dx`` 50-90 B and
-``_chunk_scan_fwd`` 32 B at d_state 128.
+Checked: the tests run these kernels under the interpreter (and passed on an H200), and
+``tests/ssm/test_triton_compile.py`` compiles every one for sm_90 at the seed config (ptxas register / spill /
+shared-memory report printed there; with bf16 operands ``_chunk_bwd_dx`` spills 16-32 B per thread at the seed sizes,
+the others none). Timed on an H200 (2026-11-26, ``benchmarks/gpu_profile.py``, the seed's training step, per layer):
+``_chunk_bwd_dx`` 2.3 ms, ``_chunk_bwd_bc`` 1.2, ``_state_pass_bwd`` 0.97, ``_chunk_scan_fwd`` 0.77,
+``_state_pass_fwd`` 0.55, ``_chunk_state_fwd`` 0.29, ``_chunk_scan_bwd_dstate`` 0.34: the official layer's
+``_chunk_scan_chunk_state_bwd_dx_kernel`` alone takes 0.96 ms, so ``_chunk_bwd_dx`` (255 registers, one block per
+SM) is the first to rework (``benchmarks/results/h200-2026-11-26/NOTES.md``).
 """
 
 from __future__ import annotations
@@ -468,7 +471,7 @@ def _chunk_bwd_dx(
     Boff = B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n
     Coff = C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n
     CB = _mm(tl.load(Coff, mask=mtn, other=0.0).to(tl.float32),
-                tl.trans(tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)), BF16_DOT, PREC)  # (T, T)
+             tl.trans(tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)), BF16_DOT, PREC)  # (T, T)
     causal = t[:, None] >= t[None, :]
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):

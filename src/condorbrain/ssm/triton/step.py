@@ -54,9 +54,11 @@ rounded to a bf16 state's dtype; Mamba-1's softplus is float32, not the activati
 truncates float32 -> bfloat16 casts where a GPU rounds to nearest, so under it a bf16 state drifts from a float64
 step about twice as fast as the eager step's; the tests' half-precision tolerance allows for it.)
 
-Checked without a GPU: the tests run the kernels under the interpreter against the eager step, and
-``tests/ssm/test_triton_compile.py`` compiles them for sm_90 at the seed sizes (32-56 registers, no spills, <= 4 KB
-shared memory). Not yet timed on a GPU.
+Checked: the tests run the kernels under the interpreter against the eager step (and on a GPU where one is at
+hand: they passed on an H200), and ``tests/ssm/test_triton_compile.py`` compiles them for sm_90 at the seed sizes
+(32-72 registers, no spills, <= 8 KB shared memory). Timed on an H200 (2026-11-26, ``benchmarks/gpu.py`` case c): a
+24-layer pre-norm Mamba-2 step at batch 1 in a CUDA graph, three launches a layer, 0.278 ms (per layer:
+``_mamba2_step_ssm`` 4.5 us, ``_rmsnorm_gemv`` 2.6, ``_mamba2_step_out`` 2.5); the official layer 1.21 ms.
 """
 
 from __future__ import annotations
