@@ -14,11 +14,13 @@
 #      network and its peers first; no row starts in the last 150 s of the budget, the JSON is rewritten after each;
 #      then the A/B: the library's network again from another revision's source (.baseline/src, made by
 #      benchmarks/export_baseline.sh, carried) or under GPU_AB_ENV.
-#   3. (what is left) benchmarks/gpu_profile.py: where the time of a training step, an inference forward and a
+#   3. with GPU_SWEEP=1, benchmarks/gpu_sweep.py: the kernels' fixed settings (tile sizes, heads per program, bf16 or
+#      tf32 operands) tried side by side on 4 layers.
+#   4. (what is left) benchmarks/gpu_profile.py: where the time of a training step, an inference forward and a
 #      streaming step goes, kernel by kernel, ours and the official layer's (when exported, below).
 #
 # From the device tool, in the repository root (results come back from $OUT: gpu.txt, tests_cuda.log, gpu.log,
-# gpu.json, gpu_ab.log/.json, gpu_profile.log; GPU_MODELS picks gpu.py's rows):
+# gpu.json, gpu_ab.log/.json, gpu_sweep.log, gpu_profile.log; GPU_MODELS picks gpu.py's rows):
 #   run(command="bash benchmarks/gpu_checks.sh", timeout_s=600)
 # With the official mamba_ssm beside ours (its unfused Triton path; the fused one needs its CUDA extension built,
 # ~6 minutes): `bash benchmarks/export_anchors.sh <git dir from fetch state-spaces/mamba>` here, then
@@ -62,6 +64,14 @@ if [ -n "$ab_env" ]; then
     env $ab_env timeout $(($(left) - 50)) python3 benchmarks/gpu.py $smoke --quick --case a,b,c --models cb_m2n \
         --out "$out/gpu_ab.json" > "$out/gpu_ab.log" 2>&1
     echo "A/B: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
+fi
+
+# With GPU_SWEEP=1: the kernels' fixed settings tried side by side (benchmarks/gpu_sweep.py), before the profile
+if [ -n "${GPU_SWEEP:-}" ]; then
+    timeout $(($(left) - 40)) python3 benchmarks/gpu_sweep.py $smoke --deadline-s $(($(left) - 90)) \
+        --out "$out/gpu_sweep.json" > "$out/gpu_sweep.log" 2>&1
+    echo "sweep: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
+    rm -f "$out/gpu_sweep.json"  # at most 8 files come back; the log has the table
 fi
 
 timeout $(($(left) - 5)) python3 benchmarks/gpu_profile.py $smoke --out "$out/gpu_profile.json" \

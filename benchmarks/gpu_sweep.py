@@ -1,0 +1,159 @@
+"""The library's fixed kernel settings, tried side by side on one GPU in one process (issue 6): the next step after
+``gpu.py`` and ``gpu_profile.py`` have said which kernels the time goes to.
+
+The kernels have no autotuner (one fixed config each, so that the same host code runs under Triton's interpreter,
+see ``condorbrain.ssm.triton.ssd.launch_options``); their sizes are module constants. Each variant below sets some of
+them (or an environment variable), then times the library's network (``cb_m2n``, ``benchmarks/_gpu_models.py``) at
+the seed sizes with ``--layers`` layers (default 4: the per-layer kernels are the same, the run 6x shorter):
+
+  train   one training step (bf16 autocast, MSE on the last step, fused AdamW): ms per layer
+  infer   one inference forward: ms per layer
+  stream  one streaming step at batch 1, captured in a CUDA graph: us per layer
+
+The default variant runs first and again last: the spread between its two timings is the noise the other rows are
+read against. Rows print as they finish and the JSON is rewritten after each; ``--deadline-s`` starts no variant
+after that many seconds. A variant that fails (a kernel that does not compile at that size, out of memory) is
+recorded and the others still run.
+
+    python benchmarks/gpu_sweep.py --out $OUT/gpu_sweep.json                         # on the GPU machine
+    python benchmarks/gpu_sweep.py --variants ssd.HEADS_PER_PROGRAM=2 step._STATE_TILE=1024+step._GEMV_MAX_BK=512
+    python benchmarks/gpu_sweep.py --device cpu --tiny                               # smoke test of the harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu  # noqa: E402
+
+# Each variant: "+"-joined settings, each "module.NAME=value" (module in condorbrain.ssm.triton) or "env:NAME=value".
+DEFAULT_VARIANTS = (
+    "default",
+    "ssd.HEADS_PER_PROGRAM=2",
+    "ssd.HEADS_PER_PROGRAM=1",
+    "env:CONDORBRAIN_SSD_DOT=tf32",
+    "fused._CONV_BWD_BC=128",
+    "fused._BLOCK_ROWS=32",
+    "step._STATE_TILE=1024",
+    "step._STATE_TILE=512",
+    "step._GEMV_MAX_BK=512",
+    "default",
+)
+MODEL = "cb_m2n"
+
+
+def parse(variant: str) -> list[tuple[str, str, str]]:
+    """(kind, target, value) of each setting of a variant: kind "env" (target a variable) or a module name."""
+    if variant == "default":
+        return []
+    settings = []
+    for part in variant.split("+"):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"variant setting {part!r} is not NAME=value")
+        if key.startswith("env:"):
+            settings.append(("env", key[4:], value))
+        else:
+            module, dot, name = key.partition(".")
+            if not dot:
+                raise ValueError(f"variant setting {part!r}: expected module.NAME=value or env:NAME=value")
+            settings.append((module, name, value))
+    return settings
+
+
+@contextmanager
+def applied(variant: str) -> Iterator[None]:
+    """The variant's settings in force inside the block, the previous values restored after."""
+    undo = []
+    try:
+        for kind, target, value in parse(variant):
+            if kind == "env":
+                undo.append(lambda t=target, old=os.environ.get(target): os.environ.__setitem__(t, old)
+                            if old is not None else os.environ.pop(t, None))
+                os.environ[target] = value
+            else:
+                module = importlib.import_module(f"condorbrain.ssm.triton.{kind}")
+                if not hasattr(module, target):
+                    raise ValueError(f"condorbrain.ssm.triton.{kind} has no setting {target}")
+                old = getattr(module, target)
+                undo.append(lambda m=module, t=target, o=old: setattr(m, t, o))
+                setattr(module, target, type(old)(value))
+        yield
+    finally:
+        for restore in reversed(undo):
+            restore()
+
+
+def measure(variant: str, setup: gpu.Setup, timer: gpu.Timer) -> dict[str, Any]:
+    """The three timings of one variant, per layer."""
+    n = setup.layers
+    with applied(variant):
+        row: dict[str, Any] = {"variant": variant}
+        step, _ = gpu.train_step(MODEL, setup, setup.L, setup.batch, n)
+        sec, _ = timer(step, setup.warmup, setup.reps)
+        row["train_ms_per_layer"] = sec * 1e3 / n
+        del step
+        fwd, _ = gpu.infer_step(MODEL, setup)
+        sec, _ = timer(fwd, setup.warmup, setup.reps * 2)
+        row["infer_ms_per_layer"] = sec * 1e3 / n
+        del fwd
+        path = "cuda-graph" if setup.cuda else "eager"
+        stream, _ = gpu.stream_step(MODEL, setup, 1, path)
+        sec, _ = timer(stream, setup.stream_warmup, setup.stream_reps)
+        row["stream_us_per_layer"] = sec * 1e6 / n
+        row["stream_path"] = path
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke test of the harness)")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
+    ap.add_argument("--deadline-s", type=float, default=None)
+    ap.add_argument("--out", type=Path, default=Path("bench-results/gpu_sweep.json"))
+    args = ap.parse_args(argv)
+    for v in args.variants:
+        parse(v)  # a typo fails before any timing
+    setup = gpu.make_setup(args.device, args.tiny, quick=True)
+    if not args.tiny:
+        setup = dataclasses.replace(setup, layers=args.layers)
+    timer = gpu.Timer(torch.device(args.device))
+    env = gpu.environment(setup)
+    print("; ".join(f"{k} {v}" for k, v in env.items() if k != "mamba_ssm_fused"))
+    print(f"{MODEL}: d_model {setup.d}, {setup.layers} layers, lookback {setup.L}, batch {setup.batch} "
+          f"(streaming: batch 1); median of repeats; per layer")
+    head = f"{'variant':<48} {'train ms':>10} {'infer ms':>10} {'stream us':>10}"
+    print(head, flush=True)
+    start, rows = time.monotonic(), []
+    for v in args.variants:
+        if args.deadline_s is not None and time.monotonic() - start >= args.deadline_s:
+            row = {"variant": v, "skipped": f"time budget (--deadline-s {args.deadline_s:g}) spent"}
+        else:
+            row = {"variant": v, **gpu.guarded(measure, v, setup, timer)}
+        rows.append(row)
+        if "train_ms_per_layer" in row:
+            print(f"{v:<48} {row['train_ms_per_layer']:>10.3f} {row['infer_ms_per_layer']:>10.3f} "
+                  f"{row['stream_us_per_layer']:>10.2f}", flush=True)
+        else:
+            print(f"{v:<48} {row.get('error') or row.get('skipped')}", flush=True)
+        gpu.write_json(args.out, {"config": {**dataclasses.asdict(setup), **env, "model": MODEL}, "rows": rows})
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""benchmarks/gpu_sweep.py: variants parse, apply and are undone; a tiny CPU run records every variant, a failing one
+beside the others. (Timings are never asserted; the figures come from the GPU machine.)"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from _bench import benchmark_module
+
+from condorbrain.ssm.triton import ssd, step
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    with benchmark_module("gpu_sweep") as module:
+        yield module
+
+
+def test_variants_apply_and_are_undone(sweep, monkeypatch):
+    monkeypatch.delenv("CONDORBRAIN_SSD_DOT", raising=False)
+    before = (ssd.HEADS_PER_PROGRAM, step._STATE_TILE)
+    with sweep.applied("ssd.HEADS_PER_PROGRAM=2+step._STATE_TILE=512+env:CONDORBRAIN_SSD_DOT=tf32"):
+        assert (ssd.HEADS_PER_PROGRAM, step._STATE_TILE) == (2, 512)
+        assert os.environ["CONDORBRAIN_SSD_DOT"] == "tf32"
+    assert (ssd.HEADS_PER_PROGRAM, step._STATE_TILE) == before
+    assert "CONDORBRAIN_SSD_DOT" not in os.environ
+    assert sweep.parse("default") == []
+    with pytest.raises(ValueError, match="not NAME=value"):
+        sweep.parse("ssd.HEADS_PER_PROGRAM")
+    with pytest.raises(ValueError, match="has no setting NO_SUCH"), sweep.applied("ssd.NO_SUCH=1"):
+        pass
+
+
+def test_tiny_cpu_run_records_every_variant(sweep, tmp_path: Path):
+    out = tmp_path / "sweep.json"
+    variants = ["default", "ssd.HEADS_PER_PROGRAM=1+step._GEMV_MAX_BK=8", "step.NO_SUCH=1"]
+    assert sweep.main(["--device", "cpu", "--tiny", "--out", str(out), "--variants", *variants]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == variants
+    for r in rows[:2]:
+        for key in ("train_ms_per_layer", "infer_ms_per_layer", "stream_us_per_layer"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["variant"], key)
+    assert "has no setting NO_SUCH" in rows[2]["error"]
