@@ -64,6 +64,26 @@ def _pow2(n: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 @triton.jit
+def _conv_pre(
+    x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k,
+    HAS_BIAS: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+):
+    # The conv before its activation on a (BL, BC) tile of row bi (steps t, channels cc masked by mc), float32:
+    # bias[c] + sum_k w[c, k] x[t - K + 1 + k, c] (steps before 0 read as 0). The forward's and, recomputed, the
+    # backward's (_conv_bwd_gate).
+    acc = tl.zeros([BL, BC], dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cc, mask=mc, other=0.0).to(tl.float32)[None, :]
+    for k in tl.static_range(K):
+        src = t - (K - 1) + k
+        m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
+        xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
+        wk = tl.load(w_ptr + cc * s_w_c + k * s_w_k, mask=mc, other=0.0).to(tl.float32)
+        acc += xv.to(tl.float32) * wk[None, :]
+    return acc
+
+
+@triton.jit
 def _conv_fwd(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     L, C,
@@ -75,15 +95,7 @@ def _conv_fwd(
     t = pid_l * BL + tl.arange(0, BL)
     cc = pid_c * BC + tl.arange(0, BC)
     mc = cc < C
-    acc = tl.zeros([BL, BC], dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cc, mask=mc, other=0.0).to(tl.float32)[None, :]
-    for k in tl.static_range(K):
-        src = t - (K - 1) + k
-        m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
-        xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
-        wk = tl.load(w_ptr + cc * s_w_c + k * s_w_k, mask=mc, other=0.0).to(tl.float32)
-        acc += xv.to(tl.float32) * wk[None, :]
+    acc = _conv_pre(x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, HAS_BIAS, K, BL, BC)
     if SILU:
         acc = acc * tl.sigmoid(acc)
     tl.store(y_ptr + (bi * L + t[:, None]) * C + cc[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -106,14 +118,7 @@ def _conv_bwd_gate(
     mc = cc < C
     mt = (t[:, None] < L) & mc[None, :]
     g = tl.load(dy_ptr + bi * s_d_b + t[:, None] * s_d_l + cc[None, :] * s_d_c, mask=mt, other=0.0).to(tl.float32)
-    pre = tl.zeros([BL, BC], dtype=tl.float32)
-    if HAS_BIAS:
-        pre += tl.load(bias_ptr + cc, mask=mc, other=0.0).to(tl.float32)[None, :]
-    for k in tl.static_range(K):
-        src = t - (K - 1) + k
-        m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
-        xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
-        pre += xv.to(tl.float32) * tl.load(w_ptr + cc * s_w_c + k * s_w_k, mask=mc, other=0.0).to(tl.float32)[None, :]
+    pre = _conv_pre(x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, HAS_BIAS, K, BL, BC)
     sg = tl.sigmoid(pre)
     g = g * sg * (1.0 + pre * (1.0 - sg))
     tl.store(g_ptr + bi * s_g_b + t[:, None] * s_g_l + cc[None, :] * s_g_c, g, mask=mt)
