@@ -458,7 +458,8 @@ def _chunk_bwd_dx(
     # Never reads the entering states S: the carried state's part of da comes from _chunk_bwd_bc (daS, nbn partial
     # sums), and dz (which needs y) from _chunk_scan_fwd. A program holds CB, M, dL/dM (T, T), x, dy, dt x, M^T dy,
     # B G^T, dx (T, p), and G (p, n), B (T, n) as dot operands: at T 64 that is 255 registers with 4 warps (140 B
-    # of spills), 252 and none with 8. B, C are reloaded per head (L1/L2 hits) rather than kept live across heads.
+    # of spills), 252 and none with 8 (float32 operands; with bf16 ones, 255 and 16-32 B of spills). B, C are
+    # reloaded per head (L1/L2 hits) rather than kept live across heads.
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
