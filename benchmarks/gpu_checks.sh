@@ -20,7 +20,8 @@
 #      streaming step goes, kernel by kernel, ours and the official layer's (when exported, below).
 #
 # From the device tool, in the repository root (results come back from $OUT: gpu.txt, tests_cuda.log, gpu.log,
-# gpu.json, gpu_ab.log/.json, gpu_sweep.log, gpu_profile.log; GPU_MODELS picks gpu.py's rows):
+# gpu.json, gpu_ab.log/.json, gpu_sweep.log, gpu_profile.log; GPU_MODELS picks gpu.py's rows, GPU_PROFILE_MODELS the
+# profile's):
 #   run(command="bash benchmarks/gpu_checks.sh", timeout_s=600)
 # With the official mamba_ssm beside ours (its unfused Triton path; the fused one needs its CUDA extension built,
 # ~6 minutes): `bash benchmarks/export_anchors.sh <git dir from fetch state-spaces/mamba>` here, then
@@ -74,7 +75,8 @@ if [ -n "${GPU_SWEEP:-}" ]; then
     rm -f "$out/gpu_sweep.json"  # at most 8 files come back; the log has the table
 fi
 
-timeout $(($(left) - 5)) python3 benchmarks/gpu_profile.py $smoke --out "$out/gpu_profile.json" \
+timeout $(($(left) - 5)) python3 benchmarks/gpu_profile.py $smoke --models "${GPU_PROFILE_MODELS:-cb_m2n,ref_m2}" \
+    --out "$out/gpu_profile.json" \
     > "$out/gpu_profile.log" 2>&1
 rm -f "$out/gpu_profile.json"  # at most 8 files come back; the log has its tables
 echo "profile: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"

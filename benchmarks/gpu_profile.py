@@ -2,7 +2,9 @@
 times, at its sizes, so that a session with a GPU leaves a breakdown behind as well as the totals.
 
 For each model (default: ``cb_m2n``, the library's network, and the official ``ref_m2`` when importable) and each
-phase (a training step at the seed config, an inference forward, a streaming step at batch 1 in a CUDA graph), after
+phase (a training step at the seed config, an inference forward, a streaming step at batch 1 in a CUDA graph, and
+"long": a training step at case (d)'s longest length, L 32k at batch 8 on 4 layers, where the per-token cost bar is
+decided: what grows with the number of chunks shows beside the seed's "train"), after
 warm-up, ``--steps`` steps are profiled. Printed per phase: the device time per step, split into kinds (matmuls,
 this project's Triton kernels, other Triton kernels, elementwise/reductions, copies, optimizer, other), and the
 ``--top`` kernels with their calls and microseconds per step and their share. On the CPU (``--device cpu --tiny``,
@@ -28,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu  # the timed steps, built the same way
 
-PHASES = ("train", "infer", "stream")
+PHASES = ("train", "infer", "stream", "long")
 # Kinds of kernels, by name (first match wins), after this project's own (its Triton modules' kernels, by exact name:
 # the official kernels have similar ones).
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -72,6 +74,9 @@ def phase_fn(phase: str, model: str, setup: gpu.Setup) -> Callable[[], Any]:
         return gpu.train_step(model, setup, setup.L, setup.batch, setup.layers)[0]
     if phase == "infer":
         return gpu.infer_step(model, setup)[0]
+    if phase == "long":
+        L = setup.long_lengths[-1]
+        return gpu.train_step(model, setup, L, setup.long_tokens // L, setup.long_layers)[0]
     return gpu.stream_step(model, setup, 1, "cuda-graph" if setup.cuda else "eager")[0]
 
 

@@ -9,6 +9,9 @@ the seed sizes with ``--layers`` layers (default 4: the per-layer kernels are th
   train   one training step (bf16 autocast, MSE on the last step, fused AdamW): ms per layer
   infer   one inference forward: ms per layer
   stream  one streaming step at batch 1, captured in a CUDA graph: us per layer
+  long    (with --long, the default) a training step at the longest and the shortest of gpu.py's case (d) lengths
+          (L 32k at batch 8 and L 512 at batch 512: the same tokens), the ratio of the two: the bar's
+          per-token cost, which the state passing (a loop over chunks) moves and the seed's L 120 does not
 
 The default variant runs first and again last: the spread between its two timings is the noise the other rows are
 read against. Rows print as they finish and the JSON is rewritten after each; ``--deadline-s`` starts no variant
@@ -39,16 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu  # noqa: E402
 
 # Each variant: "+"-joined settings, each "module.NAME=value" (module in condorbrain.ssm.triton) or "env:NAME=value".
+# Tried on an H200 on 2026-11-26 (run 3, benchmarks/results/h200-2026-11-26/NOTES.md) and no better than the
+# defaults, so no longer in the list: ssd.HEADS_PER_PROGRAM=2 and 1, env:CONDORBRAIN_SSD_DOT=tf32, fused._BLOCK_ROWS=32,
+# step._STATE_TILE=1024 and 512 (noise), step._GEMV_MAX_BK=512; fused._CONV_BWD_BC=128 was faster and is the default.
 DEFAULT_VARIANTS = (
     "default",
-    "ssd.HEADS_PER_PROGRAM=2",
-    "ssd.HEADS_PER_PROGRAM=1",
-    "env:CONDORBRAIN_SSD_DOT=tf32",
-    "fused._CONV_BWD_BC=128",
-    "fused._BLOCK_ROWS=32",
-    "step._STATE_TILE=1024",
-    "step._STATE_TILE=512",
-    "step._GEMV_MAX_BK=512",
+    "step._PDL=0",
+    "ssd._STATE_PROGRAMS=1",
+    "ssd._STATE_PROGRAMS=8192",
+    "ssd.HEADS_PER_PROGRAM=8",
+    "fused._CONV_BWD_BC=64",
     "default",
 )
 MODEL = "cb_m2n"
@@ -73,6 +76,15 @@ def parse(variant: str) -> list[tuple[str, str, str]]:
     return settings
 
 
+def _convert(value: str, like: Any) -> Any:
+    """``value`` as the type of the setting it replaces (a bool from 0/1/true/false: bool("False") is True)."""
+    if isinstance(like, bool):
+        if value.lower() not in ("0", "1", "true", "false"):
+            raise ValueError(f"{value!r} is not a bool setting (0, 1, true, false)")
+        return value.lower() in ("1", "true")
+    return type(like)(value)
+
+
 @contextmanager
 def applied(variant: str) -> Iterator[None]:
     """The variant's settings in force inside the block, the previous values restored after."""
@@ -89,15 +101,15 @@ def applied(variant: str) -> Iterator[None]:
                     raise ValueError(f"condorbrain.ssm.triton.{kind} has no setting {target}")
                 old = getattr(module, target)
                 undo.append(lambda m=module, t=target, o=old: setattr(m, t, o))
-                setattr(module, target, type(old)(value))
+                setattr(module, target, _convert(value, old))
         yield
     finally:
         for restore in reversed(undo):
             restore()
 
 
-def measure(variant: str, setup: gpu.Setup, timer: gpu.Timer) -> dict[str, Any]:
-    """The three timings of one variant, per layer."""
+def measure(variant: str, setup: gpu.Setup, timer: gpu.Timer, long: bool = True) -> dict[str, Any]:
+    """The timings of one variant, per layer."""
     n = setup.layers
     with applied(variant):
         row: dict[str, Any] = {"variant": variant}
@@ -114,6 +126,15 @@ def measure(variant: str, setup: gpu.Setup, timer: gpu.Timer) -> dict[str, Any]:
         sec, _ = timer(stream, setup.stream_warmup, setup.stream_reps)
         row["stream_us_per_layer"] = sec * 1e6 / n
         row["stream_path"] = path
+        if long:
+            per_token = []
+            for L in (setup.long_lengths[-1], setup.long_lengths[0]):
+                step, _ = gpu.train_step(MODEL, setup, L, setup.long_tokens // L, setup.long_layers)
+                sec, _ = timer(step, setup.warmup, setup.long_reps)
+                per_token.append(sec / setup.long_tokens)
+                del step
+            row["long_cost_ratio"] = per_token[0] / per_token[1]
+            row["long_ms_per_layer"] = per_token[0] * setup.long_tokens * 1e3 / setup.long_layers
     return row
 
 
@@ -123,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke test of the harness)")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
+    ap.add_argument("--long", action=argparse.BooleanOptionalAction, default=True,
+                    help="also the (d) per-token cost ratio, longest / shortest length (two more training steps)")
     ap.add_argument("--deadline-s", type=float, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-results/gpu_sweep.json"))
     args = ap.parse_args(argv)
@@ -137,17 +160,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{MODEL}: d_model {setup.d}, {setup.layers} layers, lookback {setup.L}, batch {setup.batch} "
           f"(streaming: batch 1); median of repeats; per layer")
     head = f"{'variant':<48} {'train ms':>10} {'infer ms':>10} {'stream us':>10}"
+    if args.long:
+        head += f" {f'L{setup.long_lengths[-1]} ms':>10} {'cost/L0':>8}"
     print(head, flush=True)
     start, rows = time.monotonic(), []
     for v in args.variants:
         if args.deadline_s is not None and time.monotonic() - start >= args.deadline_s:
             row = {"variant": v, "skipped": f"time budget (--deadline-s {args.deadline_s:g}) spent"}
         else:
-            row = {"variant": v, **gpu.guarded(measure, v, setup, timer)}
+            row = {"variant": v, **gpu.guarded(measure, v, setup, timer, args.long)}
         rows.append(row)
         if "train_ms_per_layer" in row:
-            print(f"{v:<48} {row['train_ms_per_layer']:>10.3f} {row['infer_ms_per_layer']:>10.3f} "
-                  f"{row['stream_us_per_layer']:>10.2f}", flush=True)
+            line = (f"{v:<48} {row['train_ms_per_layer']:>10.3f} {row['infer_ms_per_layer']:>10.3f} "
+                    f"{row['stream_us_per_layer']:>10.2f}")
+            if "long_cost_ratio" in row:
+                line += f" {row['long_ms_per_layer']:>10.3f} {row['long_cost_ratio']:>8.3f}"
+            print(line, flush=True)
         else:
             print(f"{v:<48} {row.get('error') or row.get('skipped')}", flush=True)
         gpu.write_json(args.out, {"config": {**dataclasses.asdict(setup), **env, "model": MODEL}, "rows": rows})

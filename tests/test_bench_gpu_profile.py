@@ -51,8 +51,8 @@ def test_cpu_smoke_run(prof, tmp_path):
         torch.set_num_threads(threads)
     res = json.loads(out.read_text())
     assert res["models"]["ref_m2"] == {}  # CUDA only: no phase
-    assert set(res["models"]["cb_m2n"]) == {"train", "infer", "stream"}
-    assert set(res["models"]["attn"]) == {"train", "infer"}  # attention has no streaming step
+    assert set(res["models"]["cb_m2n"]) == {"train", "infer", "stream", "long"}
+    assert set(res["models"]["attn"]) == {"train", "infer", "long"}  # attention has no streaming step
     for model in ("cb_m2n", "attn"):
         for phase, r in res["models"][model].items():
             assert r["unit"] == "cpu us" and r["total_us_per_step"] > 0, (model, phase)
@@ -62,4 +62,5 @@ def test_cpu_smoke_run(prof, tmp_path):
             assert times == sorted(times, reverse=True) and all(0 < t["share"] <= 1 for t in r["top"])
     # a training step runs the optimizer; the forward does not
     assert "optimizer" in res["models"]["attn"]["train"]["by_kind"]
+    assert "optimizer" in res["models"]["attn"]["long"]["by_kind"]
     assert "optimizer" not in res["models"]["attn"]["infer"]["by_kind"]

@@ -28,6 +28,11 @@ def test_variants_apply_and_are_undone(sweep, monkeypatch):
         assert os.environ["CONDORBRAIN_SSD_DOT"] == "tf32"
     assert (ssd.HEADS_PER_PROGRAM, step._STATE_TILE) == before
     assert "CONDORBRAIN_SSD_DOT" not in os.environ
+    with sweep.applied("step._PDL=0"):
+        assert step._PDL is False  # a bool setting from "0" (bool("0") would be True)
+    assert step._PDL is True
+    with pytest.raises(ValueError, match="not a bool setting"), sweep.applied("step._PDL=off"):
+        pass
     assert sweep.parse("default") == []
     with pytest.raises(ValueError, match="not NAME=value"):
         sweep.parse("ssd.HEADS_PER_PROGRAM")
@@ -42,6 +47,7 @@ def test_tiny_cpu_run_records_every_variant(sweep, tmp_path: Path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["variant"] for r in rows] == variants
     for r in rows[:2]:
-        for key in ("train_ms_per_layer", "infer_ms_per_layer", "stream_us_per_layer"):
+        for key in ("train_ms_per_layer", "infer_ms_per_layer", "stream_us_per_layer", "long_ms_per_layer",
+                    "long_cost_ratio"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["variant"], key)
     assert "has no setting NO_SUCH" in rows[2]["error"]

@@ -254,8 +254,9 @@ def _step_cases():
 # The subprocess: record, specialise, compile
 # ----------------------------------------------------------------------------------------------------------------
 
-def _record(case) -> list:
-    """(kernel, args, kwargs) of every launch ``case()`` makes; nothing is launched."""
+def _record(case, pdl: bool = False) -> list:
+    """(kernel, args, kwargs) of every launch ``case()`` makes; nothing is launched. ``pdl``: the streaming kernels
+    as an sm_90 GPU launches them, with programmatic dependent launch (``step._pdl`` is False for CPU tensors)."""
     from unittest import mock
 
     import triton
@@ -272,6 +273,7 @@ def _record(case) -> list:
         for module in (ssd, fused, step):  # CPU tensors, no interpreter: the device checks would refuse them
             stack.enter_context(mock.patch.object(module, "on_device", lambda t: contextlib.nullcontext()))
         stack.enter_context(mock.patch.object(selective, "status", lambda device: (True, "recording")))
+        stack.enter_context(mock.patch.object(step, "_pdl", lambda t: pdl))
         case()
     return launches
 
@@ -366,7 +368,7 @@ def _compile_all(out_path: str) -> None:
     for module_name, module_cases in cases.items():
         module = importlib.import_module(f"condorbrain.ssm.triton.{module_name}")
         for case_name, case in module_cases.items():
-            launches = _record(case)
+            launches = _record(case, pdl="block step" in case_name)  # the streaming block: as on an H100
             n_rows = len(rows)
             for kernel, args, kwargs in launches:
                 name = kernel.fn.__name__

@@ -50,7 +50,9 @@ __all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_sil
            "rmsnorm_gated_triton", "rmsnorm_linear_triton"]
 
 _BLOCK_L = 16  # time steps per conv program
-_CONV_BWD_BL, _CONV_BWD_BC = 16, 64  # _conv_bwd's tile: three (K, BL, BC)-sized float32 arrays live, ~100 registers
+# _conv_bwd's tile: three (K, BL, BC)-sized float32 arrays live (252 registers, no spills at BC 128); BC 128 was 3%
+# faster than 64 on an H200 (benchmarks/gpu_sweep.py, 2026-11-26 run 3: 12.90 against 13.26 and 13.43 ms a layer)
+_CONV_BWD_BL, _CONV_BWD_BC = 16, 128
 _CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
 _BLOCK_ROWS = 16  # rows (batch * time) per RMSNorm program: the weight-gradient partials are per block of rows
 

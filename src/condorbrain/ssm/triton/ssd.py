@@ -14,31 +14,38 @@ with a_l = sum_{r<=l} dt_r A (the cumulative log-decay, float32)::
 
 Forward kernels (one launch each):
 
-1. ``_cumsum_fwd``:      dt <- softplus(dt + dt_bias), a = cumsum(dt A) per chunk, both float32 (b, h, c, T).
-2. ``_chunk_state_fwd``: each chunk's own end state from its inputs alone (one tl.dot), (b, c, h, p, n).
-3. ``_state_pass_fwd``:  the sequential part, a loop over chunks (not time steps): the state entering each chunk.
-4. ``_chunk_scan_fwd``:  C.B^T, the decay mask, the intra-chunk matmul, + C.S_c, + D x, times silu(z) (the
+1. ``_cumsum_fwd``:     dt <- softplus(dt + dt_bias), a = cumsum(dt A) per chunk, both float32 (b, h, c, T).
+2. ``_state_fwd``:      the sequential part, a loop over chunks (not time steps) per head (or block of its state
+   rows): each chunk's own end state (one tl.dot, kept in registers) folded into the carried state, the state
+   entering each chunk stored, (b, c, h, p, n). The official code has two kernels here (``chunk_state``, then
+   ``state_passing`` over the (b, c, h, p, n) float32 states it wrote): one round trip of p n floats per chunk
+   and head less, and the last chunk's own end state is not formed at all unless the final state is wanted (the
+   seed: L 120 is 2 chunks, so only chunk 0's).
+3. ``_chunk_scan_fwd``: C.B^T, the decay mask, the intra-chunk matmul, + C.S_c, + D x, times silu(z) (the
    official code's separate ``bmm`` kernel is folded in here: C.B^T never goes to memory).
 
-Forward saves only its inputs and the float32 dt and a (O(L) per head). Backward reruns kernels 2 and 3 for the
-entering states S_c (as the official code does: saving them would cost p n / T floats per step and head, several
-times the activations) and recomputes everything inside a chunk from them (no T x T tensor is stored), in four
-more kernels:
+Without an initial state, chunk 0's entering state is 0: it is neither stored nor read (the readers mask it out by
+``first_state``). Forward saves only its inputs and the float32 dt and a (O(L) per head). Backward reruns kernel 2
+for the entering states S_c (as the official code does: saving them would cost p n / T floats per step and head,
+several times the activations) and recomputes everything inside a chunk from them (no T x T tensor is stored), in
+three more kernels:
 
-1. ``_chunk_scan_bwd_dstate``: dL/dS_c through the chunk's own outputs: sum_l exp(a_l) dy_l C_l^T.
-2. ``_state_pass_bwd``:  the reverse loop over chunks: dL/d(states of chunk c), dL/da_T, dL/d(initial_states).
-3. ``_chunk_bwd_bc``:    dB, dC of one chunk (per block of 64 state columns), and the carried state's part of
+1. ``_state_bwd``:      the reverse loop over chunks: dL/dS_c through the chunk's own outputs (sum_l exp(a_l) dy_l
+   C_l^T, a tl.dot in registers) folded into the carried gradient; stores dL/d(chunk c's own end state), dL/da_T
+   and dL/d(initial_states). The last chunk's end-state gradient is 0 without one for the final state: neither
+   stored nor read (``last_g``).
+2. ``_chunk_bwd_bc``:   dB, dC of one chunk (per block of 64 state columns), and the carried state's part of
    dL/da (exp(a_l) C_l . (dy S)_l, which needs dy S, formed here for dC anyway).
-4. ``_chunk_bwd_dx``:    the other per-step gradients of one chunk: dx, ddt, dz, partial dD and dA, and the reverse
+3. ``_chunk_bwd_dx``:   the other per-step gradients of one chunk: dx, ddt, dz, partial dD and dA, and the reverse
    cumsum that turns dL/da into dL/d(dt A).
 
-3. and 4. were one kernel, which held every tile of both halves at once: ptxas spilled 2-3 KB per thread at the seed
+2. and 3. were one kernel, which held every tile of both halves at once: ptxas spilled 2-3 KB per thread at the seed
 sizes (headdim 64, d_state 64, T 64) and, at d_state 128 (T 32), gave up on allocation (32 registers, ~15 KB of
 stack: its -O1 still reaches 255 registers and 3 KB). Split, with 8 warps (_BIG_TILE_WARPS), neither spills at the
 seed sizes. The price: both read x, dout (and z), dt, a, B, C and the end-state gradients G; the entering states
 S are read by 3., and by 4. only with z (for y, which dz needs): the seed layer gates in its RMSNorm instead.
 
-Heads of a group share B and C: the chunk kernels (forward 4., backward 3. and 4.) take up to
+Heads of a group share B and C: the chunk kernels (forward 3., backward 2. and 3.) take up to
 ``HEADS_PER_PROGRAM`` heads of one group per program, compute C.B^T once for them (``_chunk_bwd_bc`` needs none)
 and, backward, sum their dB, dC in registers; the few partial sums left (one per program of a group and state
 block), and the per-chunk partials of dA, dD and dt_bias, are reduced on the host.
@@ -58,11 +65,12 @@ p and n are padded (masked) to powers of two >= 16.
 Checked: the tests run these kernels under the interpreter (and passed on an H200), and
 ``tests/ssm/test_triton_compile.py`` compiles every one for sm_90 at the seed config (ptxas register / spill /
 shared-memory report printed there; with bf16 operands ``_chunk_bwd_dx`` spills 16-32 B per thread at the seed sizes,
-the others none). Timed on an H200 (2026-11-26, ``benchmarks/gpu_profile.py``, the seed's training step, per layer):
-``_chunk_bwd_dx`` 2.3 ms, ``_chunk_bwd_bc`` 1.2, ``_state_pass_bwd`` 0.97, ``_chunk_scan_fwd`` 0.77,
-``_state_pass_fwd`` 0.55, ``_chunk_state_fwd`` 0.29, ``_chunk_scan_bwd_dstate`` 0.34: the official layer's
-``_chunk_scan_chunk_state_bwd_dx_kernel`` alone takes 0.96 ms, so ``_chunk_bwd_dx`` (255 registers, one block per
-SM) is the first to rework (``benchmarks/results/h200-2026-11-26/NOTES.md``).
+``_chunk_bwd_bc`` with z 68 B, the others none). Timed on an H200 (2026-11-26, ``benchmarks/gpu_profile.py``, the
+seed's training step, per layer, before kernels 2 and 1. above replaced four): ``_chunk_bwd_dx`` 2.3 ms,
+``_chunk_bwd_bc`` 1.2, the state passing backward 0.97 and forward 0.4 (twice), ``_chunk_scan_fwd`` 0.77, the
+chunks' own states 0.29 (twice), dL/dS_c 0.34: the official layer's ``_chunk_scan_chunk_state_bwd_dx_kernel`` alone
+takes 0.96 ms, so ``_chunk_bwd_dx`` (255 registers, one block per SM) is the next to rework
+(``benchmarks/results/h200-2026-11-26/NOTES.md``).
 """
 
 from __future__ import annotations
@@ -81,7 +89,7 @@ __all__ = ["kernel_chunk_size", "launch_options", "on_device", "ssd_scan_triton"
 
 _MIN_BLOCK = 16  # tl.dot needs every dimension >= 16 (on GPUs and in the interpreter)
 _MAX_CHUNK = 64  # a T x T float32 tile per program: 64 keeps it (and the T x n, T x p tiles) in registers
-_STATE_BLOCK = 1024  # state elements per program in the state-passing loops
+_STATE_PROGRAMS = 1024  # programs of _state_fwd / _state_bwd below which a head's state rows are split (_state_rows)
 HEADS_PER_PROGRAM = 4  # heads of one group per program in the chunk-scan kernels (see _head_split)
 _BWD_STATE_BLOCK = 64  # state columns per program of _chunk_bwd_bc (d_state 128: 2 programs, see that kernel)
 # Warps of the kernels that hold several (T, 64)-or-larger float32 tiles and T x T ones at once (_chunk_scan_fwd,
@@ -183,64 +191,54 @@ def _cumsum_fwd(
 
 
 @triton.jit
-def _chunk_state_fwd(
-    x_ptr, B_ptr, dtp_ptr, a_ptr, st_ptr,
-    L, nh, nchunks, hpg, p, n,
+def _state_fwd(
+    x_ptr, B_ptr, dtp_ptr, a_ptr, h0_ptr, enter_ptr, final_ptr,
+    L, nh, nchunks, nrun, hpg, p, n,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
-    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr,
+    T: tl.constexpr, BPS: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
-    # grid (b * c, h). states[b, c, h] = sum_s exp(a_T - a_s) dt_s x_s B_s^T, (p, n) float32.
-    pid_bc, hd = tl.program_id(0), tl.program_id(1)
-    bi, ci = pid_bc // nchunks, pid_bc % nchunks
+    # grid (b, h, cdiv(p, BPS)): the states entering the chunks, rows ip of a head's (p, n) state. A loop over
+    # the first nrun chunks (all, or all but the last when its end state, the final one, is not wanted):
+    #   S_{c+1} = exp(a_T) S_c + sum_s exp(a_T - a_s) dt_s x_s B_s^T,   S_0 = h0 (or 0),
+    # each chunk's own end state a tl.dot here, never stored. enter[c] = S_c for c >= 1, and for c = 0 only with
+    # an initial state: without one it is zero, which the readers know (first_state, see _forward), so not stored.
+    bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = hd // hpg
     t = tl.arange(0, T)
-    ip, jn = tl.arange(0, BP), tl.arange(0, BN)
-    pos = ci * T + t
-    mt = pos < L
-    x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
-                mask=mt[:, None] & (ip[None, :] < p), other=0.0).to(tl.float32)  # (T, BP)
-    Bm = tl.load(B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n,
-                 mask=mt[:, None] & (jn[None, :] < n), other=0.0).to(tl.float32)  # (T, BN)
-    base = ((bi * nh + hd) * nchunks + ci) * T
-    dt = tl.load(dtp_ptr + base + t)
-    a = tl.load(a_ptr + base + t)
-    a_end = tl.load(a_ptr + base + T - 1)
-    w = tl.exp(a_end - a) * dt  # (T,)
-    st = _mm(tl.trans(x * w[:, None]), Bm, BF16_DOT, PREC)  # (BP, BN)
-    out = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
-    tl.store(st_ptr + out, st, mask=(ip[:, None] < p) & (jn[None, :] < n))
-
-
-@triton.jit
-def _state_pass_fwd(
-    st_ptr, a_ptr, h0_ptr, enter_ptr, final_ptr,
-    nh, nchunks, pn,
-    HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, T: tl.constexpr, BLOCK: tl.constexpr,
-):
-    # grid (b, h, cdiv(p*n, BLOCK)): S_0 = h0; enter[c] = S_c; S_{c+1} = exp(a_T of chunk c) S_c + states[c].
-    # enter may be the states buffer itself (overwritten in place). The final state stored only with HAS_FINAL.
-    bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    k = pid * BLOCK + tl.arange(0, BLOCK)
-    mk = k < pn
+    ip, jn = pid * BPS + tl.arange(0, BPS), tl.arange(0, BN)
+    mpn = (ip[:, None] < p) & (jn[None, :] < n)
+    soff = ip[:, None] * n + jn[None, :]  # within one (p, n) state
     if HAS_H0:
-        s = tl.load(h0_ptr + (bi * nh + hd) * pn + k, mask=mk, other=0.0).to(tl.float32)
+        s = tl.load(h0_ptr + (bi * nh + hd) * p * n + soff, mask=mpn, other=0.0).to(tl.float32)
+        tl.store(enter_ptr + (bi * nchunks * nh + hd) * p * n + soff, s.to(enter_ptr.dtype.element_ty), mask=mpn)
     else:
-        s = tl.zeros([BLOCK], dtype=tl.float32)
-    for ci in range(nchunks):
-        off = ((bi * nchunks + ci) * nh + hd) * pn + k
-        st = tl.load(st_ptr + off, mask=mk, other=0.0)  # loaded before the store: enter may be st, in place
-        tl.store(enter_ptr + off, s.to(enter_ptr.dtype.element_ty), mask=mk)  # the carried sum stays float32
-        decay = tl.exp(tl.load(a_ptr + ((bi * nh + hd) * nchunks + ci) * T + T - 1))
-        s = decay * s + st
+        s = tl.zeros([BPS, BN], dtype=tl.float32)
+    for ci in range(nrun):
+        pos = ci * T + t
+        mt = pos < L
+        x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
+                    mask=mt[:, None] & (ip[None, :] < p), other=0.0).to(tl.float32)  # (T, BPS)
+        Bm = tl.load(B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n,
+                     mask=mt[:, None] & (jn[None, :] < n), other=0.0).to(tl.float32)  # (T, BN)
+        base = ((bi * nh + hd) * nchunks + ci) * T
+        a = tl.load(a_ptr + base + t)
+        a_end = tl.load(a_ptr + base + T - 1)
+        w = tl.exp(a_end - a) * tl.load(dtp_ptr + base + t)  # (T,)
+        s = tl.exp(a_end) * s + _mm(tl.trans(x * w[:, None]), Bm, BF16_DOT, PREC)  # (BPS, BN)
+        # the carried sum stays float32. The chunk's condition as a row limit (p, or 0), here and in the kernels
+        # below: Triton's interpreter rejects a tensor mask and-ed with a Python bool
+        tl.store(enter_ptr + ((bi * nchunks + ci + 1) * nh + hd) * p * n + soff, s.to(enter_ptr.dtype.element_ty),
+                 mask=(ip[:, None] < p * (ci + 1 < nchunks)) & (jn[None, :] < n))
     if HAS_FINAL:
-        tl.store(final_ptr + (bi * nh + hd) * pn + k, s, mask=mk)
+        tl.store(final_ptr + (bi * nh + hd) * p * n + soff, s, mask=mpn)
 
 
 @triton.jit
 def _chunk_scan_fwd(
     x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr,
-    L, nh, nchunks, hpg, hpp, p, n,
+    L, nh, nchunks, hpg, hpp, p, n, first_state,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     s_C_b, s_C_l, s_C_g, s_C_n,
@@ -253,7 +251,8 @@ def _chunk_scan_fwd(
 ):
     # grid (b * c, g, cdiv(hpg, hpp)): the outputs (T, p) of one chunk for up to hpp heads of one group, which
     # share B and C, so C.B^T is computed once for all of them. With DZ (backward, z given): the gate's gradient
-    # dz = dout y silu'(z) in place of the output y silu(z) (dout strides s_d_*; unused otherwise).
+    # dz = dout y silu'(z) in place of the output y silu(z) (dout strides s_d_*; unused otherwise). The entering
+    # state S_c is read from chunk first_state on (before it, it is 0 and was not stored: see _state_fwd).
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
@@ -275,12 +274,13 @@ def _chunk_scan_fwd(
         base = ((bi * nh + hd) * nchunks + ci) * T
         dt = tl.load(dtp_ptr + base + t)
         a = tl.load(a_ptr + base + t)
-        S = tl.load(enter_ptr + (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :],
-                    mask=(ip[:, None] < p) & (jn[None, :] < n), other=0.0).to(tl.float32)  # (BP, BN)
         # -inf above the diagonal before exp: exp(a_l - a_s) for s > l would overflow (a decreases with l)
         decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
         y = _mm(CB * decay, x * dt[:, None], BF16_DOT, PREC)  # (T, BP)
-        y += tl.exp(a)[:, None] * _mm(Cm, tl.trans(S), BF16_DOT, PREC)
+        if ci >= first_state:  # the carried state (0 in chunk 0 without an initial state: not stored, no matmul)
+            S = tl.load(enter_ptr + (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :],
+                        mask=(ip[:, None] < p) & (jn[None, :] < n), other=0.0).to(tl.float32)  # (BP, BN)
+            y += tl.exp(a)[:, None] * _mm(Cm, tl.trans(S), BF16_DOT, PREC)
         if HAS_D:
             Dv = tl.load(D_ptr + hd * s_D_h + ip * s_D_p, mask=ip < p, other=0.0).to(tl.float32)
             y += x * Dv[None, :]
@@ -303,71 +303,65 @@ def _chunk_scan_fwd(
 # ----------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _chunk_scan_bwd_dstate(
-    dout_ptr, C_ptr, z_ptr, a_ptr, dS_ptr,
-    L, nh, nchunks, hpg, p, n,
+def _state_bwd(
+    dout_ptr, C_ptr, z_ptr, a_ptr, enter_ptr, dfinal_ptr, dst_ptr, dalast_ptr, dh0_ptr,
+    L, nh, nchunks, hpg, p, n, first_state, last_g, dS_lo,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_C_b, s_C_l, s_C_g, s_C_n,
     s_z_b, s_z_l, s_z_h, s_z_p,
-    HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_DH0: tl.constexpr,
+    T: tl.constexpr, BPS: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
-    # grid (b * c, h): dS[b, c, h] = sum_l exp(a_l) dy_l C_l^T, dy = dout * silu(z): (p, n) float32.
-    pid_bc, hd = tl.program_id(0), tl.program_id(1)
-    bi, ci = pid_bc // nchunks, pid_bc % nchunks
+    # grid (b, h, nblocks = cdiv(p, BPS)): the reverse of _state_fwd, rows ip of a head's state. gS = dL/dS_{c+1}
+    # (the state after chunk c) while at chunk c, from the final state's gradient (or 0):
+    #   dst[c] = gS                                  (dL/d(chunk c's own end state); stored for c < last_g only:
+    #                                                 the last chunk's is 0 without dfinal, and its readers know)
+    #   dalast[c] = exp(a_T) sum(gS * S_c)           (dL/da_T, partial over the row blocks; S_c = enter[c])
+    #   gS <- exp(a_T) gS + sum_l exp(a_l) dy_l C_l^T  (+ dL/dS_c through chunk c's outputs: a tl.dot here,
+    #                                                 skipped at c = 0 unless dL/dh0 is wanted)
+    bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = hd // hpg
     t = tl.arange(0, T)
-    ip, jn = tl.arange(0, BP), tl.arange(0, BN)
-    pos = ci * T + t
-    mt = pos < L
-    mtp = mt[:, None] & (ip[None, :] < p)
-    dy = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
-                 mask=mtp, other=0.0).to(tl.float32)
-    if HAS_Z:
-        z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
-                    mask=mtp, other=0.0).to(tl.float32)
-        dy = dy * z * tl.sigmoid(z)
-    Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
-                 mask=mt[:, None] & (jn[None, :] < n), other=0.0).to(tl.float32)
-    a = tl.load(a_ptr + ((bi * nh + hd) * nchunks + ci) * T + t)
-    dS = _mm(tl.trans(dy * tl.exp(a)[:, None]), Cm, BF16_DOT, PREC)  # (BP, BN)
-    out = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
-    tl.store(dS_ptr + out, dS, mask=(ip[:, None] < p) & (jn[None, :] < n))
-
-
-@triton.jit
-def _state_pass_bwd(
-    dS_ptr, enter_ptr, a_ptr, dfinal_ptr, dst_ptr, dalast_ptr, dh0_ptr,
-    nh, nchunks, pn, nblocks,
-    HAS_DFINAL: tl.constexpr, HAS_DH0: tl.constexpr, T: tl.constexpr, BLOCK: tl.constexpr,
-):
-    # grid (b, h, nblocks). Reverse of _state_pass_fwd; gS = dL/dS_{c+1} while at chunk c. dL/d(initial state)
-    # stored only when there was one (HAS_DH0): else it is (b, h, p, n) float32 nobody reads.
-    #   dstates[c] = gS;  dL/da_T(c) += exp(a_T) sum(gS * S_c);  dL/dS_c = exp(a_T) gS + dS[c] (through outputs)
-    bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    k = pid * BLOCK + tl.arange(0, BLOCK)
-    mk = k < pn
+    ip, jn = pid * BPS + tl.arange(0, BPS), tl.arange(0, BN)
+    mpn = (ip[:, None] < p) & (jn[None, :] < n)
+    soff = ip[:, None] * n + jn[None, :]
     if HAS_DFINAL:
-        gS = tl.load(dfinal_ptr + (bi * nh + hd) * pn + k, mask=mk, other=0.0).to(tl.float32)
+        gS = tl.load(dfinal_ptr + (bi * nh + hd) * p * n + soff, mask=mpn, other=0.0).to(tl.float32)
     else:
-        gS = tl.zeros([BLOCK], dtype=tl.float32)
+        gS = tl.zeros([BPS, BN], dtype=tl.float32)
     for i in range(nchunks):
         ci = nchunks - 1 - i
-        off = ((bi * nchunks + ci) * nh + hd) * pn + k
-        dS = tl.load(dS_ptr + off, mask=mk, other=0.0)  # loaded before the store: dst may be dS, in place
-        tl.store(dst_ptr + off, gS, mask=mk)
-        decay = tl.exp(tl.load(a_ptr + ((bi * nh + hd) * nchunks + ci) * T + T - 1))
-        S = tl.load(enter_ptr + off, mask=mk, other=0.0)
-        tl.store(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + pid, decay * tl.sum(gS * S))
-        gS = decay * gS + dS
+        off = ((bi * nchunks + ci) * nh + hd) * p * n + soff
+        tl.store(dst_ptr + off, gS, mask=(ip[:, None] < p * (ci < last_g)) & (jn[None, :] < n))
+        base = ((bi * nh + hd) * nchunks + ci) * T
+        decay = tl.exp(tl.load(a_ptr + base + T - 1))
+        # S_c is 0 before the first stored state, gS is 0 at the last chunk without dfinal: nothing to load
+        S = tl.load(enter_ptr + off, mask=(ip[:, None] < p * ((ci >= first_state) & (ci < last_g))) & (jn[None, :] < n),
+                    other=0.0)
+        tl.store(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * tl.num_programs(2) + pid, decay * tl.sum(gS * S))
+        if ci >= dS_lo:
+            pos = ci * T + t
+            mt = pos < L
+            mtp = mt[:, None] & (ip[None, :] < p)
+            dy = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
+                         mask=mtp, other=0.0).to(tl.float32)  # (T, BPS)
+            if HAS_Z:
+                z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
+                            mask=mtp, other=0.0).to(tl.float32)
+                dy = dy * z * tl.sigmoid(z)
+            Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
+                         mask=mt[:, None] & (jn[None, :] < n), other=0.0).to(tl.float32)  # (T, BN)
+            a = tl.load(a_ptr + base + t)
+            gS = decay * gS + _mm(tl.trans(dy * tl.exp(a)[:, None]), Cm, BF16_DOT, PREC)  # (BPS, BN)
     if HAS_DH0:
-        tl.store(dh0_ptr + (bi * nh + hd) * pn + k, gS, mask=mk)
+        tl.store(dh0_ptr + (bi * nh + hd) * p * n + soff, gS, mask=mpn)
 
 
 @triton.jit
 def _chunk_bwd_bc(
     x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, dtp_ptr, a_ptr, enter_ptr, dst_ptr,
     dB_ptr, dC_ptr, daS_ptr,
-    L, nh, ng, nchunks, hpg, hpp, p, n,
+    L, nh, ng, nchunks, hpg, hpp, p, n, first_state, last_g,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     s_C_b, s_C_l, s_C_g, s_C_n,
@@ -381,7 +375,8 @@ def _chunk_bwd_bc(
     # sums (strides s_o_*, the same for dB and dC: with nsplit 1, e.g. columns of the fused layer's dxBC). Also
     # daS (b, h, c, NB, T): dL/da_l through the carried state, exp(a_l) sum_n C_ln (dy S)_ln, partial over the
     # state blocks (the state term of da needs dy S, which only this kernel forms; _chunk_bwd_dx adds it).
-    # Needs no C.B^T: dL/d(C.B^T) = (dy . (dt x)^T) * decay.
+    # Needs no C.B^T: dL/d(C.B^T) = (dy . (dt x)^T) * decay. S and G are read only where _state_fwd and
+    # _state_bwd stored them (chunks >= first_state, < last_g): elsewhere they are 0.
     pid_bc, g, pid_sn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     nblk = tl.cdiv(n, BN)
@@ -421,15 +416,20 @@ def _chunk_bwd_bc(
         dCB = _mm(dy, tl.trans(x * dt[:, None]), BF16_DOT, PREC) * decay  # (T, T)
         dC += _mm(dCB, Bm, BF16_DOT, PREC)
         dB += _mm(tl.trans(dCB), Cm, BF16_DOT, PREC)
-        # carried state: y_l += exp(a_l) S C_l
-        S = tl.load(enter_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) state entering the chunk
-        dyS = ea[:, None] * _mm(dy, S, BF16_DOT, PREC)  # (T, BN)
-        dC += dyS
-        tl.store(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nblk + pid_n) * T + t, tl.sum(Cm * dyS, axis=1))
-        # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, upstream gradient G
-        G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN)
-        w = tl.exp(a_end - a) * dt
-        dB += w[:, None] * _mm(x, G, BF16_DOT, PREC)
+        # carried state: y_l += exp(a_l) S C_l (S is 0 in chunk 0 without an initial state: not stored)
+        daS = a * 0.0  # (T,)
+        if ci >= first_state:
+            S = tl.load(enter_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) entering state
+            dyS = ea[:, None] * _mm(dy, S, BF16_DOT, PREC)  # (T, BN)
+            dC += dyS
+            daS = tl.sum(Cm * dyS, axis=1)
+        tl.store(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nblk + pid_n) * T + t, daS)
+        # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, upstream gradient G (none in the last chunk
+        # without one for the final state: not stored)
+        if ci < last_g:
+            G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN)
+            w = tl.exp(a_end - a) * dt
+            dB += w[:, None] * _mm(x, G, BF16_DOT, PREC)
     out = bi * s_o_b + pos[:, None] * s_o_l + g * s_o_g + pid_s * s_o_s + jn[None, :] * s_o_n
     tl.store(dB_ptr + out, dB, mask=mtn)
     tl.store(dC_ptr + out, dC, mask=mtn)
@@ -440,7 +440,7 @@ def _chunk_bwd_dx(
     x_ptr, dtraw_ptr, A_ptr, bias_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dout_ptr,
     dtp_ptr, a_ptr, dst_ptr, dalast_ptr, daS_ptr,
     dx_ptr, ddt_ptr, dDp_ptr, dAp_ptr,
-    L, nh, nchunks, hpg, hpp, p, n, nblocks, nbn,
+    L, nh, nchunks, hpg, hpp, p, n, nblocks, nbn, last_g,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_dt_b, s_dt_l, s_dt_h,
     s_B_b, s_B_l, s_B_g, s_B_n,
@@ -510,15 +510,17 @@ def _chunk_bwd_dx(
         for j in range(nbn):
             da += tl.load(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nbn + j) * T + t)  # (b, h, c, nbn, T)
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G
-        G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) dL/d(this chunk's own end state)
-        Bm = tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
-        BG = _mm(Bm, tl.trans(G), BF16_DOT, PREC)  # (T, BP): B_s . G[p, :]
-        w = wend * dt
-        dx += w[:, None] * BG
-        xBG = tl.sum(x * BG, axis=1)  # (T,)
-        ddt += wend * xBG
-        dend = tl.sum(w * xBG)  # dL/da_T through the end state, and minus this per step:
-        da -= w * xBG
+        dend = a_end * 0.0  # dL/da_T through the end state
+        if ci < last_g:  # (the last chunk's end state has no gradient without one for the final state)
+            G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) dL/d(this chunk's own end state)
+            Bm = tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
+            BG = _mm(Bm, tl.trans(G), BF16_DOT, PREC)  # (T, BP): B_s . G[p, :]
+            w = wend * dt
+            dx += w[:, None] * BG
+            xBG = tl.sum(x * BG, axis=1)  # (T,)
+            ddt += wend * xBG
+            dend = tl.sum(w * xBG)  # and minus this per step:
+            da -= w * xBG
         for j in range(nblocks):  # through the passing to the next chunk (partial sums over state blocks)
             dend += tl.load(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + j)
         da += tl.where(t == T - 1, dend, 0.0)
@@ -578,26 +580,27 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True):
     dot = _dot_options(x, B, C)
     dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
     # the entering states in C's dtype when that is half precision, as the official forward keeps them (its
-    # _state_passing_fwd(out_dtype=C.dtype)): kernel 4 reads half the bytes, the largest read of the forward (p n
+    # _state_passing_fwd(out_dtype=C.dtype)): kernel 3 reads half the bytes, the largest read of the forward (p n
     # per head and chunk); the sum carried from chunk to chunk stays float32, and the backward recomputes them in
     # float32
     half = C.dtype in (torch.bfloat16, torch.float16)
     enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32,
                                     want_final=want_final)
     out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
-    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot)
+    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None)
     return out, final, dtp, a
 
 
-def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot):
-    """Kernel 4: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead."""
+def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0):
+    """Kernel 3: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead.
+    ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``)."""
     hpg = d["nh"] // d["g"]
     hpp, nsplit = _head_split(hpg)
     _chunk_scan_fwd[(d["b"] * d["c"], d["g"], nsplit)](
         x, B, C, z if z is not None else x, D2 if D2 is not None else x, dtp, a, enter,
         dout if dout is not None else x, out,
-        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], *x.stride(), *B.stride(), *C.stride(),
-        *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
+        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, *x.stride(), *B.stride(),
+        *C.stride(), *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
         HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
         **dot, **launch_options(num_warps=_BIG_TILE_WARPS))
 
@@ -616,23 +619,29 @@ def _dt_cumsum(dt, A, dt_bias, d, softplus):
     return dtp, a
 
 
+def _state_rows(d: dict) -> int:
+    """Rows of a head's state per program of _state_fwd / _state_bwd: the whole head (p padded) where batch x heads
+    gives _STATE_PROGRAMS programs (the seed: 16k), else halved down to 16 (long sequences of a few rows: L 32k at
+    batch 8 is 128 heads in all, each a loop over 512 chunks) so that more of them run side by side."""
+    rows = d["BP"]
+    while rows > _MIN_BLOCK and d["b"] * d["nh"] * (d["BP"] // rows) < _STATE_PROGRAMS:
+        rows //= 2
+    return rows
+
+
 def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32, want_final=True):
-    """Kernels 2 and 3: the state entering each chunk (b, c, h, p, n) in ``enter_dtype`` and the final state (b, h,
-    p, n) in float32. Run by the forward and again by the backward (float32), so that only dt and a (O(L), not
-    O(L p n / T)) are saved."""
-    b, L, nh, p, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "n", "T", "c", "BP", "BN"))
-    f32 = dict(device=x.device, dtype=torch.float32)
-    states = torch.empty(b, c, nh, p, n, **f32)
-    _chunk_state_fwd[(b * c, nh)](
-        x, B, dtp, a, states, L, nh, c, nh // d["g"], p, n, *x.stride(), *B.stride(),
-        T=T, BP=BP, BN=BN, **dot, **launch_options(BP, BN))
-    final = torch.empty(b, nh, p, n, **f32) if want_final else None  # (b, h, p, n) float32: 268 MB per seed layer
-    # float32: overwritten in place; else a buffer of its own (the float32 states are freed on return)
-    enter = states if enter_dtype == torch.float32 else torch.empty(b, c, nh, p, n, device=x.device,
-                                                                    dtype=enter_dtype)
-    _state_pass_fwd[(b, nh, triton.cdiv(p * n, _STATE_BLOCK))](
-        states, a, h0 if h0 is not None else states, enter, final if want_final else states, nh, c, p * n,
-        HAS_H0=h0 is not None, HAS_FINAL=want_final, T=T, BLOCK=_STATE_BLOCK, **launch_options(_STATE_BLOCK))
+    """Kernel 2: the state entering each chunk (b, c, h, p, n) in ``enter_dtype`` (chunk 0's only with an initial
+    state ``h0``: else it is 0 and left unwritten) and, if wanted, the final state (b, h, p, n) in float32. Run by
+    the forward and again by the backward (float32), so that only dt and a (O(L), not O(L p n / T)) are saved."""
+    b, L, nh, p, n, T, c, BN = (d[k] for k in ("b", "L", "nh", "p", "n", "T", "c", "BN"))
+    enter = torch.empty(b, c, nh, p, n, device=x.device, dtype=enter_dtype)
+    final = torch.empty(b, nh, p, n, device=x.device, dtype=torch.float32) if want_final else None
+    rows = _state_rows(d)
+    # the last chunk's own end state only makes the final state: without it, c - 1 chunks (none when c is 1)
+    _state_fwd[(b, nh, triton.cdiv(p, rows))](
+        x, B, dtp, a, h0 if h0 is not None else x, enter, final if want_final else enter,
+        L, nh, c, c if want_final else c - 1, nh // d["g"], p, n, *x.stride(), *B.stride(),
+        HAS_H0=h0 is not None, HAS_FINAL=want_final, T=T, BPS=rows, BN=BN, **dot, **launch_options(rows, BN))
     return enter, final
 
 
@@ -652,19 +661,20 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     f32 = dict(device=x.device, dtype=torch.float32)
     dot = _dot_options(x, B, C)
     enter = _entering_states(x, B, dtp, a, h0, d, dot, want_final=False)[0]
-    dS = torch.empty(b, c, nh, p, n, **f32)
-    _chunk_scan_bwd_dstate[(b * c, nh)](
-        dout, C, z if z is not None else x, a, dS, L, nh, c, hpg, p, n,
-        *dout.stride(), *C.stride(), *_strides(z, 4),
-        HAS_Z=z is not None, T=T, BP=BP, BN=BN, **dot, **launch_options(BP, BN))
-    nblocks = triton.cdiv(p * n, _STATE_BLOCK)
-    dst = dS  # overwritten in place: dL/dS_c through the outputs -> dL/d(chunk c's own end state)
+    # chunks whose entering state was stored (0 before: no initial state), and those whose own end state has a
+    # gradient (the last one's is 0 without one for the final state): the kernels below read them only there
+    first_state, last_g = (0 if h0 is not None else 1), (c if dfinal is not None else c - 1)
+    rows = _state_rows(d)
+    nblocks = triton.cdiv(p, rows)
+    dst = torch.empty(b, c, nh, p, n, **f32)  # dL/d(chunk c's own end state)
     dalast = torch.empty(b, nh, c, nblocks, **f32)
     dh0 = torch.empty(b, nh, p, n, **f32) if h0 is not None else None  # no initial state: no gradient for it
-    _state_pass_bwd[(b, nh, nblocks)](
-        dS, enter, a, dfinal if dfinal is not None else dS, dst, dalast, dh0 if dh0 is not None else dalast,
-        nh, c, p * n, nblocks, HAS_DFINAL=dfinal is not None, HAS_DH0=dh0 is not None, T=T, BLOCK=_STATE_BLOCK,
-        **launch_options(_STATE_BLOCK))
+    _state_bwd[(b, nh, nblocks)](
+        dout, C, z if z is not None else x, a, enter, dfinal if dfinal is not None else dst, dst, dalast,
+        dh0 if dh0 is not None else dalast, L, nh, c, hpg, p, n, first_state, last_g, 0 if h0 is not None else 1,
+        *dout.stride(), *C.stride(), *_strides(z, 4),
+        HAS_Z=z is not None, HAS_DFINAL=dfinal is not None, HAS_DH0=h0 is not None,
+        T=T, BPS=rows, BN=BN, **dot, **launch_options(rows, BN))
     hpp, nsplit = _head_split(hpg)
     BNb = min(BN, _BWD_STATE_BLOCK)
     nbn = triton.cdiv(n, BNb)
@@ -679,7 +689,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     daS = torch.empty(b, nh, c, nbn, T, **f32)
     _chunk_bwd_bc[(b * c, g, nsplit * nbn)](
         x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dBp, dCp, daS,
-        L, nh, g, c, hpg, hpp, p, n,
+        L, nh, g, c, hpg, hpp, p, n, first_state, last_g,
         *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(), *dBp.stride(),
         HAS_Z=z is not None, T=T, BP=BP, BN=BNb, **dot,
         **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=2))
@@ -705,14 +715,14 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         x, dt, A, dt_bias if dt_bias is not None else A, B, C, z if z is not None else x,
         D2 if D2 is not None else x, dout, dtp, a, dst, dalast, daS,
         dx, ddt, dDp if dDp is not None else dAp, dAp,
-        L, nh, c, hpg, hpp, p, n, nblocks, nbn,
+        L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
         *dx.stride(), HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
         T=T, BP=BP, BN=BN, **dot, **launch_options(num_warps=_BIG_TILE_WARPS))
-    del dS, dst, dalast, daS  # (b, c, h, p, n) float32, as large as dx: not alive beside dz below
-    if z is not None:  # dz = dout y silu'(z): the forward's kernel 4 again, for y (in _chunk_bwd_dx, y's tiles
+    del dst, dalast, daS  # (b, c, h, p, n) float32, as large as dx: not alive beside dz below
+    if z is not None:  # dz = dout y silu'(z): the forward's kernel 3 again, for y (in _chunk_bwd_dx, y's tiles
         # and S spilled 660-790 B per thread at T 64)
-        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot)
+        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None)
         del enter
     dD2 = dDp.sum((0, 1)) if dDp is not None else None  # (h, p)
     return dx, ddt, dAp.sum((0, 1)), dB, dC, dD2, dz, dh0

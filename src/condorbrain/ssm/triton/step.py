@@ -63,6 +63,8 @@ hand: they passed on an H200), and ``tests/ssm/test_triton_compile.py`` compiles
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -72,16 +74,58 @@ from torch import Tensor
 from condorbrain.ssm.triton import interpreting
 from condorbrain.ssm.triton.ssd import launch_options, on_device
 
+try:  # Triton >= 3.4 (the GPU image's 3.6 has them)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - older Triton: no programmatic dependent launch
+    gdc_launch_dependents = gdc_wait = None
+
 __all__ = ["mamba2_step_triton", "mamba_step_triton", "rmsnorm_gemv_triton", "step_block_p"]
 
 _STATE_TILE = 2048  # state elements per program (BP x BN): small tiles, many programs, for batch 1
 # Inputs per pass of a GEMV program (_rmsnorm_gemv, _mamba2_step_out): the seed's in_proj (512) and out_proj (1024)
 # rows in one pass; wider rows loop.
 _GEMV_MAX_BK = 1024
+# Programmatic dependent launch (Hopper and later) for the three kernels of a streaming layer step; see _pdl
+_PDL = True
 
 
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def _pdl(t: Tensor) -> bool:
+    """Whether the streaming kernels launch with programmatic dependent launch (PDL) on ``t``'s device: compute
+    capability 9.0 or later, a Triton that has it, not interpreting, and ``_PDL`` set.
+
+    Why: a batch-1 step is a chain of small kernels, each a few microseconds, most of it latency (the launch, then
+    a round trip to memory for weights that do not depend on the previous kernel at all). With PDL a kernel may
+    start while the previous one still runs: it loads what does not depend on it (weights, this layer's own states,
+    written one step back), then ``gdc_wait`` (until the previous kernel has finished and its writes are visible),
+    and only then reads the previous kernel's outputs and stores anything; right after the wait it lets the next
+    kernel start (``gdc_launch_dependents``), so at most one kernel's prologue overlaps the one before it. Every
+    store comes after the wait: buffers the allocator hands out again (in stream order) are never written early.
+    Inside a CUDA graph the dependency is captured as a programmatic edge."""
+    if not _PDL or gdc_wait is None or interpreting() or not t.is_cuda:
+        return False
+    return _capability(t.device.index if t.device.index is not None else torch.cuda.current_device())[0] >= 9
+
+
+def _pdl_options(pdl: bool) -> dict:
+    """The kernel's PDL constexpr and, when set, Triton's launch option."""
+    return {"PDL": True, "launch_pdl": True} if pdl else {"PDL": False}
+
+
+@triton.jit
+def _pdl_wait(PDL: tl.constexpr):
+    # With PDL: wait for the previous kernel (its writes visible after this), then let the next one launch
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 def step_block_p(headdim: int, d_state: int) -> int:
@@ -98,27 +142,52 @@ def step_block_p(headdim: int, d_state: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 @triton.jit
+def _conv_window(
+    win_ptr, w_ptr, bias_ptr, ch, mask, s_win_c, s_win_k, s_w_c, s_w_k,
+    HAS_BIAS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+):
+    # For channels ch (masked), what a conv step needs that is not the new column (so it may be loaded before a
+    # PDL wait, see _pdl): the old window's last K - 1 taps moved to taps 0 .. K - 2 (tap K - 1 zero, in the window's
+    # dtype), the weights (BLOCK, KP) and the bias (BLOCK,) in float32
+    kk = tl.arange(0, KP)
+    old = tl.load(win_ptr + ch[:, None] * s_win_c + (kk[None, :] + 1) * s_win_k,
+                  mask=mask[:, None] & (kk[None, :] < K - 1), other=0.0)
+    w = tl.load(w_ptr + ch[:, None] * s_w_c + kk[None, :] * s_w_k, mask=mask[:, None] & (kk[None, :] < K),
+                other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=mask, other=0.0).to(tl.float32)
+    else:
+        bias = ch.to(tl.float32) * 0.0
+    return old, w, bias
+
+
+@triton.jit
+def _conv_finish(
+    new_ptr, win_ptr, old, w, bias, ch, mask, s_new_c, s_win_c, s_win_k,
+    SHIFT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+):
+    # The window after the step, old[1:] + [new] (new rounded to the window's dtype, as the eager
+    # ``conv_state[:, :, -1] = xBC`` does), and silu(bias + sum_k w[k] window[k]) in float32. With SHIFT, the window
+    # is also stored back in place (loaded in full first, then a barrier, then stored).
+    kk = tl.arange(0, KP)
+    new = tl.load(new_ptr + ch * s_new_c, mask=mask, other=0.0).to(win_ptr.dtype.element_ty)
+    win = tl.where(kk[None, :] == K - 1, new[:, None], old)  # (BLOCK, KP) in the window's dtype
+    acc = tl.sum(win.to(tl.float32) * w, axis=1) + bias
+    if SHIFT:
+        tl.debug_barrier()
+        tl.store(win_ptr + ch[:, None] * s_win_c + kk[None, :] * s_win_k, win,
+                 mask=mask[:, None] & (kk[None, :] < K))
+    return acc * tl.sigmoid(acc)
+
+
+@triton.jit
 def _conv_step(
     new_ptr, win_ptr, w_ptr, bias_ptr, ch, mask, s_new_c, s_win_c, s_win_k, s_w_c, s_w_k,
     HAS_BIAS: tl.constexpr, SHIFT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
 ):
-    # For channels ch (masked): the window after the step, old[1:] + [new] (new rounded to the window's dtype, as
-    # the eager ``conv_state[:, :, -1] = xBC`` does), and silu(bias + sum_k w[k] window[k]) in float32. With SHIFT,
-    # the window is also stored back in place (loaded in full first, then a barrier, then stored).
-    kk = tl.arange(0, KP)
-    m2 = mask[:, None] & (kk[None, :] < K)
-    old = tl.load(win_ptr + ch[:, None] * s_win_c + (kk[None, :] + 1) * s_win_k,
-                  mask=mask[:, None] & (kk[None, :] < K - 1), other=0.0)
-    new = tl.load(new_ptr + ch * s_new_c, mask=mask, other=0.0).to(win_ptr.dtype.element_ty)
-    win = tl.where(kk[None, :] == K - 1, new[:, None], old)  # (BLOCK, KP) in the window's dtype
-    w = tl.load(w_ptr + ch[:, None] * s_w_c + kk[None, :] * s_w_k, mask=m2, other=0.0).to(tl.float32)
-    acc = tl.sum(win.to(tl.float32) * w, axis=1)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + ch, mask=mask, other=0.0).to(tl.float32)
-    if SHIFT:
-        tl.debug_barrier()
-        tl.store(win_ptr + ch[:, None] * s_win_c + kk[None, :] * s_win_k, win, mask=m2)
-    return acc * tl.sigmoid(acc)
+    # One conv step of channels ch: _conv_window then _conv_finish
+    old, w, bias = _conv_window(win_ptr, w_ptr, bias_ptr, ch, mask, s_win_c, s_win_k, s_w_c, s_w_k, HAS_BIAS, K, KP)
+    return _conv_finish(new_ptr, win_ptr, old, w, bias, ch, mask, s_new_c, s_win_c, s_win_k, SHIFT, K, KP)
 
 
 @triton.jit
@@ -137,7 +206,7 @@ def _mamba2_step_ssm(
     p, n, hpg, ngroups, d_mlp, dt_min, dt_max,
     s_zx_b, s_zx_c, s_cs_b, s_cs_c, s_cs_k, s_st_b, s_st_h, s_st_p, s_st_n, s_cw_c, s_cw_k, s_out_b,
     HAS_BIAS: tl.constexpr, D_HAS_HDIM: tl.constexpr, DT_LIMIT: tl.constexpr, GATE: tl.constexpr,
-    K: tl.constexpr, KP: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PDL: tl.constexpr,
 ):
     # grid (B, nheads, cdiv(p, BP)). zxbcdt columns: z0 [0, d_mlp), x0 [d_mlp, 2 d_mlp), z [2 d_mlp, +d_ssm),
     # xBC [2 d_mlp + d_ssm, +conv_dim) = x (d_ssm), B (ngroups n), C (ngroups n), dt [.., +nheads).
@@ -152,36 +221,42 @@ def _mamba2_step_ssm(
     zx = zx_ptr + bi * s_zx_b
     xbc = zx + (2 * d_mlp + d_ssm) * s_zx_c  # the conv's new column, channel c at xbc + c * s_zx_c
     cs = cs_ptr + bi * s_cs_b
-    # conv + SiLU of this program's x channels (window shifted in place: they are this program's alone) and of the
-    # group's B and C channels (window only read: kernel 2 shifts it); rounded to the activation dtype. (The x conv
-    # first: issuing the other loads before its window's barrier instead was slower on an H200, 4.1 -> 4.5 us per
-    # layer at batch 1 and 3.2 -> 3.6 ms for 24 layers at batch 1024.)
+    # everything that does not depend on in_proj's output (the previous kernel) first: the conv windows, weights
+    # and biases of this program's x channels and of the group's B and C channels, the head's dt bias, A and D, the
+    # state tile; then (with PDL) the wait, and the new column
     cx = h * p + pp
-    x = _conv_step(xbc, cs, cw_ptr, cb_ptr, cx, mp, s_zx_c, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, True, K, KP)
-    x = x.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BP,)
     cB = d_ssm + g * n + nn
-    Bv = _conv_step(xbc, cs, cw_ptr, cb_ptr, cB, mn, s_zx_c, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, False, K, KP)
-    Bv = Bv.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BN,)
     cC = cB + ngroups * n
-    Cv = _conv_step(xbc, cs, cw_ptr, cb_ptr, cC, mn, s_zx_c, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, False, K, KP)
-    Cv = Cv.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BN,)
-    # dt and the decay of this head
-    dt = tl.load(xbc + (d_ssm + 2 * ngroups * n + h) * s_zx_c).to(tl.float32)
-    dt = _softplus(dt + tl.load(dtb_ptr + h).to(tl.float32))
-    if DT_LIMIT:
-        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
-    dA = tl.exp(-tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * dt)
-    # the state tile (BP, BN), in place
+    ox, wx, bx = _conv_window(cs, cw_ptr, cb_ptr, cx, mp, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, K, KP)
+    oB, wB, bB = _conv_window(cs, cw_ptr, cb_ptr, cB, mn, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, K, KP)
+    oC, wC, bC = _conv_window(cs, cw_ptr, cb_ptr, cC, mn, s_cs_c, s_cs_k, s_cw_c, s_cw_k, HAS_BIAS, K, KP)
+    dtb = tl.load(dtb_ptr + h).to(tl.float32)
+    A = -tl.exp(tl.load(alog_ptr + h).to(tl.float32))
+    if D_HAS_HDIM:
+        Dv = tl.load(D_ptr + cx, mask=mp, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.load(D_ptr + h).to(tl.float32)
     st_ptrs = st_ptr + bi * s_st_b + h * s_st_h + pp[:, None] * s_st_p + nn[None, :] * s_st_n
     ms = mp[:, None] & mn[None, :]
-    state = tl.load(st_ptrs, mask=ms, other=0.0).to(tl.float32)
+    state = tl.load(st_ptrs, mask=ms, other=0.0).to(tl.float32)  # (BP, BN)
+    _pdl_wait(PDL)
+    # conv + SiLU: this program's x channels (window shifted in place: they are this program's alone), the group's
+    # B and C channels (window only read: the finishing kernel shifts it); rounded to the activation dtype
+    x = _conv_finish(xbc, cs, ox, wx, bx, cx, mp, s_zx_c, s_cs_c, s_cs_k, True, K, KP)
+    x = x.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BP,)
+    Bv = _conv_finish(xbc, cs, oB, wB, bB, cB, mn, s_zx_c, s_cs_c, s_cs_k, False, K, KP)
+    Bv = Bv.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BN,)
+    Cv = _conv_finish(xbc, cs, oC, wC, bC, cC, mn, s_zx_c, s_cs_c, s_cs_k, False, K, KP)
+    Cv = Cv.to(out_ptr.dtype.element_ty).to(tl.float32)  # (BN,)
+    # dt and the decay of this head
+    dt = _softplus(tl.load(xbc + (d_ssm + 2 * ngroups * n + h) * s_zx_c).to(tl.float32) + dtb)
+    if DT_LIMIT:
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    dA = tl.exp(A * dt)
+    # the state tile, in place
     state = state * dA + (dt * x)[:, None] * Bv[None, :]
     tl.store(st_ptrs, state.to(st_ptr.dtype.element_ty), mask=ms)
-    y = tl.sum(state * Cv[None, :], axis=1)  # (BP,)
-    if D_HAS_HDIM:
-        y += tl.load(D_ptr + cx, mask=mp, other=0.0).to(tl.float32) * x
-    else:
-        y += tl.load(D_ptr + h).to(tl.float32) * x
+    y = tl.sum(state * Cv[None, :], axis=1) + Dv * x  # (BP,)
     if GATE:  # rmsnorm=False: y * silu(z)
         z = tl.load(zx + (2 * d_mlp + cx) * s_zx_c, mask=mp, other=0.0).to(tl.float32)
         y = y * z * tl.sigmoid(z)
@@ -261,6 +336,7 @@ def _rmsnorm_gemv(
     K, N, eps,
     s_x_b, s_h_b, s_res_b, s_w_n, s_w_k, s_out_b,
     HAS_ADD: tl.constexpr, HAS_BIAS: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, ONE_PASS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # grid (B, cdiv(N, BJ)): out[b, j] = bias[j] + sum_k W[j, k] u[b, k] for the BJ outputs j of this program, with
     # u = rmsnorm(v) * nw rounded to x's dtype and v = x (+ h, rounded to x's dtype, stored into res by the row's
@@ -269,24 +345,28 @@ def _rmsnorm_gemv(
     # ONE_PASS (BK >= K): the W slice is loaded first, beside the row, so that the kernel is one round trip to
     # memory (at batch 1 it is latency, not bandwidth: on an H200 the seed's in_proj, 2.2 MB, took 4.9 us in two
     # passes of two tiles on 69 programs, 2.6 us in one on 274). Else two loops over K: the sum of squares, then the
-    # products.
+    # products. With PDL (see _pdl), the one-pass form loads W, the norm weight and the bias before the wait.
     bi, pj = tl.program_id(0), tl.program_id(1)
     kk = tl.arange(0, BK)
     jj = pj * BJ + tl.arange(0, BJ)
     mj = jj < N
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + jj, mask=mj, other=0.0).to(tl.float32)
     if ONE_PASS:
         mk = kk < K
         w = tl.load(w_ptr + jj[:, None] * s_w_n + kk[None, :] * s_w_k, mask=mj[:, None] & mk[None, :], other=0.0)
+        nw = tl.load(nw_ptr + kk, mask=mk, other=0.0).to(tl.float32)
+        _pdl_wait(PDL)
         v = _residual_slice(x_ptr + bi * s_x_b + kk, h_ptr + bi * s_h_b + kk, mk, HAS_ADD)
         if HAS_ADD:  # noqa: SIM102  (a constexpr test, then a runtime one: not joined by 'and' in a kernel)
             if pj == 0:
                 tl.store(res_ptr + bi * s_res_b + kk, v, mask=mk)
         v = v.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / K + eps)
-        u = v * rstd * tl.load(nw_ptr + kk, mask=mk, other=0.0).to(tl.float32)
-        u = u.to(x_ptr.dtype.element_ty).to(tl.float32)  # the norm's output, in the activation dtype
+        u = (v * rstd * nw).to(x_ptr.dtype.element_ty).to(tl.float32)  # the norm's output, in the activation dtype
         acc = tl.sum(w.to(tl.float32) * u[None, :], axis=1)
     else:
+        _pdl_wait(PDL)
         ss = tl.zeros([BK], dtype=tl.float32)
         for k0 in range(0, K, BK):
             mk = k0 + kk < K
@@ -307,7 +387,7 @@ def _rmsnorm_gemv(
                         other=0.0).to(tl.float32)  # (BJ, BK)
             acc += tl.sum(w * u[None, :], axis=1)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + jj, mask=mj, other=0.0).to(tl.float32)
+        acc += bias
     tl.store(out_ptr + bi * s_out_b + jj, acc.to(out_ptr.dtype.element_ty), mask=mj)
 
 
@@ -318,15 +398,29 @@ def _mamba2_step_out(
     s_y_b, s_zx_b, s_zx_c, s_cs_b, s_cs_c, s_cs_k, s_w_n, s_w_k, s_out_b,
     NORM: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_BIAS: tl.constexpr, K: tl.constexpr,
     KP: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, ONE_PASS: tl.constexpr,
+    W_FIRST: tl.constexpr, PDL: tl.constexpr,
 ):
     # grid (B, cdiv(N, BJ) + 1), after _mamba2_step_ssm: what _mamba2_step_finish does, then out_proj, for BJ of the N
     # outputs per program: out[b, j] = bias[j] + sum_k W[j, k] v[b, k] over out_proj's input v = [silu(z0) * x0,
     # gated-norm(y, z)] (each rounded to the activation dtype as the two-kernel step stores it), recomputed by every
     # program of the row from y and zxbcdt (the group's 1/rms first, group by group), so no program waits for
     # another. The row's last program shifts every group's B and C conv windows in place (kernel 1 only read them).
+    # W_FIRST (one pass, one group, no d_mlp: the seed): the W slice, the norm weight and the bias are loaded before
+    # the PDL wait (see _pdl), everything else after it.
     bi, pj = tl.program_id(0), tl.program_id(1)
     d_ssm = gs * ngroups
     zx = zx_ptr + bi * s_zx_b
+    jj = pj * BJ + tl.arange(0, BJ)
+    mj = jj < N  # none on the row's last program
+    kk = tl.arange(0, BK)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + jj, mask=mj, other=0.0).to(tl.float32)
+    if W_FIRST:
+        w_first = tl.load(w_ptr + jj[:, None] * s_w_n + kk[None, :] * s_w_k, mask=mj[:, None] & (kk[None, :] < gs),
+                          other=0.0)
+        if NORM:
+            nw_first = tl.load(nw_ptr + kk, mask=kk < gs, other=0.0).to(tl.float32)
+    _pdl_wait(PDL)
     if pj == tl.num_programs(1) - 1:  # the row's last program only shifts the B and C windows (a load, a barrier
         # and a store: on a GEMV program it would be a second round trip to memory). With ONE_PASS, on an H200 at
         # the seed: 2.5 us a layer, against 7.7 us for loops of 256 inputs on 64 programs, program 0 shifting
@@ -334,9 +428,6 @@ def _mamba2_step_out(
             _shift_bc_window(zx, cs_ptr + bi * s_cs_b, g, d_ssm, d_mlp, ngroups, n, s_zx_c, s_cs_c, s_cs_k, K, KP,
                              BN)
     else:
-        jj = pj * BJ + tl.arange(0, BJ)
-        mj = jj < N
-        kk = tl.arange(0, BK)
         acc = tl.zeros([BJ], dtype=tl.float32)
         for k0 in range(0, d_mlp, BK):  # the gated-MLP branch: out_proj's input columns [0, d_mlp)
             mk = k0 + kk < d_mlp
@@ -351,8 +442,11 @@ def _mamba2_step_out(
             c0 = g * gs
             if ONE_PASS:  # BK >= gs: the W slice loaded first, beside y and z (one round trip, as in _rmsnorm_gemv)
                 mk = kk < gs
-                w = tl.load(w_ptr + jj[:, None] * s_w_n + (d_mlp + c0 + kk)[None, :] * s_w_k,
-                            mask=mj[:, None] & mk[None, :], other=0.0)
+                if W_FIRST:
+                    w = w_first
+                else:
+                    w = tl.load(w_ptr + jj[:, None] * s_w_n + (d_mlp + c0 + kk)[None, :] * s_w_k,
+                                mask=mj[:, None] & mk[None, :], other=0.0)
                 v = tl.load(y_row + c0 + kk, mask=mk, other=0.0).to(tl.float32)
                 if NORM:
                     z = tl.load(zx + (2 * d_mlp + c0 + kk) * s_zx_c, mask=mk, other=0.0).to(tl.float32)
@@ -360,7 +454,11 @@ def _mamba2_step_out(
                     if not NORM_BEFORE_GATE:
                         v = v * gate
                     rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / gs + eps)
-                    v = v * rstd * tl.load(nw_ptr + c0 + kk, mask=mk, other=0.0).to(tl.float32)
+                    if W_FIRST:
+                        nwv = nw_first
+                    else:
+                        nwv = tl.load(nw_ptr + c0 + kk, mask=mk, other=0.0).to(tl.float32)
+                    v = v * rstd * nwv
                     if NORM_BEFORE_GATE:
                         v = v * gate
                     v = v.to(out_ptr.dtype.element_ty).to(tl.float32)
@@ -393,7 +491,7 @@ def _mamba2_step_out(
                                 mask=mj[:, None] & mk[None, :], other=0.0).to(tl.float32)
                     acc += tl.sum(w * v[None, :], axis=1)
         if HAS_BIAS:
-            acc += tl.load(b_ptr + jj, mask=mj, other=0.0).to(tl.float32)
+            acc += bias
         tl.store(out_ptr + bi * s_out_b + jj, acc.to(out_ptr.dtype.element_ty), mask=mj)
 
 
@@ -438,7 +536,7 @@ def rmsnorm_gemv_triton(x: Tensor, h: Tensor | None, norm_weight: Tensor, eps: f
             x, h if h is not None else x, res, norm_weight, weight, bias if bias is not None else weight, out,
             k_in, n_out, eps, x.stride(0), h.stride(0) if h is not None else 0, res.stride(0), *weight.stride(),
             out.stride(0), HAS_ADD=h is not None, HAS_BIAS=bias is not None, BJ=BJ, BK=BK, ONE_PASS=BK >= k_in,
-            **launch_options(BJ * BK))
+            **_pdl_options(_pdl(x)), **launch_options(BJ * BK))
     return res, out
 
 
@@ -509,13 +607,15 @@ def mamba2_step_triton(
     out = torch.empty(batch, d_ssm + d_mlp, device=zxbcdt.device, dtype=out_dtype or zxbcdt.dtype)
     BP, BN, KP = step_block_p(headdim, d_state), _pow2(d_state), triton.next_power_of_2(K)
     hpg = nheads // ngroups
+    # PDL only with out_proj inside (the streaming block's three kernels): _mamba2_step_finish waits as usual
+    pdl = out_proj_weight is not None and _pdl(zxbcdt)
     with on_device(zxbcdt):
         _mamba2_step_ssm[(batch, nheads, triton.cdiv(headdim, BP))](
             zxbcdt, conv_state, ssm_state, w, conv_bias if conv_bias is not None else w, dt_bias, A_log, D, out,
             headdim, d_state, hpg, ngroups, d_mlp, float(dt_limit[0]), float(dt_limit[1]),
             *zxbcdt.stride(), *conv_state.stride(), *ssm_state.stride(), *w.stride(), out.stride(0),
             HAS_BIAS=conv_bias is not None, D_HAS_HDIM=D.numel() != nheads, DT_LIMIT=not unlimited,
-            GATE=norm_weight is None, K=K, KP=KP, BP=BP, BN=BN, **launch_options(BP * BN))
+            GATE=norm_weight is None, K=K, KP=KP, BP=BP, BN=BN, **_pdl_options(pdl), **launch_options(BP * BN))
         gs = d_ssm // ngroups
         if out_proj_weight is not None:
             n_out = out_proj_weight.shape[0]
@@ -530,7 +630,8 @@ def mamba2_step_triton(
                 d_state, gs, ngroups, d_mlp, n_out, eps,
                 out.stride(0), *zxbcdt.stride(), *conv_state.stride(), *out_proj_weight.stride(), proj.stride(0),
                 NORM=norm_weight is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_BIAS=out_proj_bias is not None,
-                K=K, KP=KP, BN=BN, BJ=BJ, BK=BK, ONE_PASS=BK >= gs, **launch_options(BJ * BK))
+                K=K, KP=KP, BN=BN, BJ=BJ, BK=BK, ONE_PASS=BK >= gs, W_FIRST=BK >= gs and ngroups == 1 and d_mlp == 0,
+                **_pdl_options(pdl), **launch_options(BJ * BK))
             return proj
         mlp_per_group = triton.cdiv(d_mlp, ngroups)
         BG = _pow2(gs) if norm_weight is not None else 0
