@@ -45,13 +45,15 @@ import gpu  # noqa: E402
 # Tried on an H200 on 2026-11-26 (run 3, benchmarks/results/h200-2026-11-26/NOTES.md) and no better than the
 # defaults, so no longer in the list: ssd.HEADS_PER_PROGRAM=2 and 1, env:CONDORBRAIN_SSD_DOT=tf32, fused._BLOCK_ROWS=32,
 # step._STATE_TILE=1024 and 512 (noise), step._GEMV_MAX_BK=512; fused._CONV_BWD_BC=128 was faster and is the default.
-DEFAULT_VARIANTS = (
+DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
     "step._PDL=0",
     "ssd._STATE_PROGRAMS=1",
-    "ssd._STATE_PROGRAMS=8192",
     "ssd.HEADS_PER_PROGRAM=8",
+    "ssd._SCAN_FWD_STAGES=2",
+    "ssd._DX_STAGES=2",
     "fused._CONV_BWD_BC=64",
+    "ssd._STATE_PROGRAMS=8192",
     "default",
 )
 MODEL = "cb_m2n"

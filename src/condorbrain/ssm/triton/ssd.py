@@ -98,6 +98,10 @@ _BWD_STATE_BLOCK = 64  # state columns per program of _chunk_bwd_bc (d_state 128
 # thread, the two backward kernels 140-200 B); with 8 (16 per tile) none spills. 16 warps cap a thread at 128
 # registers and spill again (0.3-3 KB).
 _BIG_TILE_WARPS = 8
+# Software-pipelining stages of the loops over heads (Triton's default on sm_90 is 3; _chunk_bwd_bc runs with 2, which
+# ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
+_SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
+_DX_STAGES = 3  # _chunk_bwd_dx
 
 
 def _pow2(n: int) -> int:
@@ -602,7 +606,7 @@ def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0):
         d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, *x.stride(), *B.stride(),
         *C.stride(), *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
         HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
-        **dot, **launch_options(num_warps=_BIG_TILE_WARPS))
+        **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES))
 
 
 def _dt_cumsum(dt, A, dt_bias, d, softplus):
@@ -718,7 +722,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
         *dx.stride(), HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-        T=T, BP=BP, BN=BN, **dot, **launch_options(num_warps=_BIG_TILE_WARPS))
+        T=T, BP=BP, BN=BN, **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_DX_STAGES))
     del dst, dalast, daS  # (b, c, h, p, n) float32, as large as dx: not alive beside dz below
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 3 again, for y (in _chunk_bwd_dx, y's tiles
         # and S spilled 660-790 B per thread at T 64)
