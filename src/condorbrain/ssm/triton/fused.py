@@ -201,8 +201,9 @@ def _conv_backward(
 
     Two kernels: the SiLU's derivative (``_conv_bwd_gate``: the pre-activation recomputed once per element, into
     float32 g; 0.47 ms per seed layer on an H200), then dx, dweight and dbias from g (``_conv_bwd``, each program
-    over a run of steps with no reduction inside its loop: not yet timed on a GPU; the version that reduced per 16
-    steps took 2.0 ms). dy_scratch: dy is float32 and the caller's to overwrite (g is written over it); else g gets
+    over a run of steps with no reduction inside its loop: 1.13 ms per seed layer with 64 channels a program, 0.66
+    ms with 128 (H200, runs 3 and 5 in benchmarks/results/h200-2026-11-26/); the version that reduced per 16 steps
+    took 2.0 ms). dy_scratch: dy is float32 and the caller's to overwrite (g is written over it); else g gets
     a buffer of its own."""
     b, L, C = x.shape
     w = weight.reshape(C, -1)

@@ -65,11 +65,12 @@ p and n are padded (masked) to powers of two >= 16.
 Checked: the tests run these kernels under the interpreter (and passed on an H200), and
 ``tests/ssm/test_triton_compile.py`` compiles every one for sm_90 at the seed config (ptxas register / spill /
 shared-memory report printed there; with bf16 operands ``_chunk_bwd_dx`` spills 16-32 B per thread at the seed sizes,
-``_chunk_bwd_bc`` with z 68 B, the others none). Timed on an H200 (2026-11-26, ``benchmarks/gpu_profile.py``, the
-seed's training step, per layer, before kernels 2 and 1. above replaced four): ``_chunk_bwd_dx`` 2.3 ms,
-``_chunk_bwd_bc`` 1.2, the state passing backward 0.97 and forward 0.4 (twice), ``_chunk_scan_fwd`` 0.77, the
-chunks' own states 0.29 (twice), dL/dS_c 0.34: the official layer's ``_chunk_scan_chunk_state_bwd_dx_kernel`` alone
-takes 0.96 ms, so ``_chunk_bwd_dx`` (255 registers, one block per SM) is the next to rework
+``_chunk_bwd_bc`` with z 20-28 B, the others none). Timed on an H200 (2026-11-26, ``benchmarks/gpu_profile.py``,
+the seed's training step, per layer; run 5 against run 3, which had four kernels where 2. and 1. above are):
+``_chunk_bwd_dx`` 2.09 ms (2.30), ``_chunk_bwd_bc`` 1.06 (1.20), ``_chunk_scan_fwd`` 0.71 (0.77), the backward's
+state pass 0.24 (0.97 + 0.34 for dL/dS_c), the forward's 0.11 a call (0.40 + 0.29): the SSD's share of the step
+went from 167 to 104 ms. The official layer's ``_chunk_scan_chunk_state_bwd_dx_kernel`` alone takes 0.96 ms, so
+``_chunk_bwd_dx`` (255 registers, one block per SM) is the next to rework
 (``benchmarks/results/h200-2026-11-26/NOTES.md``).
 """
 

@@ -56,9 +56,11 @@ step about twice as fast as the eager step's; the tests' half-precision toleranc
 
 Checked: the tests run the kernels under the interpreter against the eager step (and on a GPU where one is at
 hand: they passed on an H200), and ``tests/ssm/test_triton_compile.py`` compiles them for sm_90 at the seed sizes
-(32-72 registers, no spills, <= 8 KB shared memory). Timed on an H200 (2026-11-26, ``benchmarks/gpu.py`` case c): a
-24-layer pre-norm Mamba-2 step at batch 1 in a CUDA graph, three launches a layer, 0.278 ms (per layer:
-``_mamba2_step_ssm`` 4.5 us, ``_rmsnorm_gemv`` 2.6, ``_mamba2_step_out`` 2.5); the official layer 1.21 ms.
+(32-72 registers, no spills, <= 8 KB shared memory), with and without PDL. Timed on an H200 (2026-11-26,
+``benchmarks/gpu.py`` case c): a 24-layer pre-norm Mamba-2 step at batch 1 in a CUDA graph, three launches a layer,
+0.158 ms with programmatic dependent launch (see :func:`_pdl`), 0.266 ms without it and the loads in their previous
+order (the session's starting commit, same call); the official layer 1.12 ms. Side by side on 4 layers
+(``benchmarks/gpu_sweep.py``): 10.3 us a layer with PDL, 12.4 without.
 """
 
 from __future__ import annotations
