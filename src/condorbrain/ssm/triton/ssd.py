@@ -34,8 +34,9 @@ three more kernels:
    C_l^T, a tl.dot in registers) folded into the carried gradient; stores dL/d(chunk c's own end state), dL/da_T
    and dL/d(initial_states). The last chunk's end-state gradient is 0 without one for the final state: neither
    stored nor read (``last_g``).
-2. ``_chunk_bwd_bc``:   dB, dC of one chunk (per block of 64 state columns), and the carried state's part of
-   dL/da (exp(a_l) C_l . (dy S)_l, which needs dy S, formed here for dC anyway).
+2. ``_chunk_bwd_bc``:   dB, dC of one chunk (per block of 64 state columns), and what it has what it takes to form
+   of dL/da: the carried state's part (exp(a_l) C_l . (dy S)_l, which needs dy S, formed here for dC anyway) and
+   the intra-chunk decays' (row minus column sums of dL/d(C.B^T) * C.B^T, the first formed here for dB and dC).
 3. ``_chunk_bwd_dx``:   the other per-step gradients of one chunk: dx, ddt, dz, partial dD and dA, and the reverse
    cumsum that turns dL/da into dL/d(dt A).
 
@@ -64,13 +65,14 @@ p and n are padded (masked) to powers of two >= 16.
 
 Checked: the tests run these kernels under the interpreter (and passed on an H200), and
 ``tests/ssm/test_triton_compile.py`` compiles every one for sm_90 at the seed config (ptxas register / spill /
-shared-memory report printed there; with bf16 operands ``_chunk_bwd_dx`` spills 16-32 B per thread at the seed sizes,
-``_chunk_bwd_bc`` with z 20-28 B, the others none). Timed on an H200 (2026-11-26, ``benchmarks/gpu_profile.py``,
+shared-memory report printed there: no spills at the seed sizes; with z in the scan, ``_chunk_bwd_bc`` spills up to
+64 B per thread at d_state 64, ``_chunk_bwd_dx`` 4 B). Timed on an H200 (2026-11-26, ``benchmarks/gpu_profile.py``,
 the seed's training step, per layer; run 5 against run 3, which had four kernels where 2. and 1. above are):
 ``_chunk_bwd_dx`` 2.09 ms (2.30), ``_chunk_bwd_bc`` 1.06 (1.20), ``_chunk_scan_fwd`` 0.71 (0.77), the backward's
 state pass 0.24 (0.97 + 0.34 for dL/dS_c), the forward's 0.11 a call (0.40 + 0.29): the SSD's share of the step
-went from 167 to 104 ms. The official layer's ``_chunk_scan_chunk_state_bwd_dx_kernel`` alone takes 0.96 ms, so
-``_chunk_bwd_dx`` (255 registers, one block per SM) is the next to rework
+went from 167 to 104 ms. The official layer's ``_chunk_scan_chunk_state_bwd_dx_kernel`` alone takes 0.96 ms: since
+run 5, dL/dM (a T x T matmul and two reductions per head) moved from ``_chunk_bwd_dx`` to ``_chunk_bwd_bc``, which
+forms its first factor anyway (255 -> 223 registers, 16 B of spills -> none; 219 -> 232 registers): not yet timed
 (``benchmarks/results/h200-2026-11-26/NOTES.md``).
 """
 
@@ -378,9 +380,12 @@ def _chunk_bwd_bc(
     # grid (b * c, g, nsplit * NB): dB, dC of one chunk for up to hpp heads of one group and one block of BN state
     # columns (NB = cdiv(n, BN) blocks), summed over those heads in registers: (b, L, g, nsplit, n) float32 partial
     # sums (strides s_o_*, the same for dB and dC: with nsplit 1, e.g. columns of the fused layer's dxBC). Also
-    # daS (b, h, c, NB, T): dL/da_l through the carried state, exp(a_l) sum_n C_ln (dy S)_ln, partial over the
-    # state blocks (the state term of da needs dy S, which only this kernel forms; _chunk_bwd_dx adds it).
-    # Needs no C.B^T: dL/d(C.B^T) = (dy . (dt x)^T) * decay. S and G are read only where _state_fwd and
+    # daS (b, h, c, NB, T): the parts of dL/da_l this kernel has what it takes to form, partial over the state
+    # blocks (_chunk_bwd_dx sums the blocks): through the carried state, exp(a_l) sum_n C_ln (dy S)_ln (which
+    # needs dy S, formed here for dC anyway), and through the intra-chunk decays exp(a_l - a_s), the row sums
+    # minus the column sums of dL/dM = dL/d(C.B^T) * C.B^T (M the masked decay times C.B^T), where this block's
+    # columns give a partial C.B^T (one T x T matmul a program, shared by its heads; dL/d(C.B^T) =
+    # (dy . (dt x)^T) * decay, formed here for dB and dC anyway). S and G are read only where _state_fwd and
     # _state_bwd stored them (chunks >= first_state, < last_g): elsewhere they are 0.
     pid_bc, g, pid_sn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
@@ -398,6 +403,7 @@ def _chunk_bwd_bc(
     Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
                  mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
     causal = t[:, None] >= t[None, :]
+    CBp = _mm(Cm, tl.trans(Bm), BF16_DOT, PREC)  # (T, T): this block's columns' part of C.B^T
     dB = tl.zeros([T, BN], dtype=tl.float32)
     dC = tl.zeros([T, BN], dtype=tl.float32)
     h_lo = g * hpg + pid_s * hpp
@@ -421,13 +427,14 @@ def _chunk_bwd_bc(
         dCB = _mm(dy, tl.trans(x * dt[:, None]), BF16_DOT, PREC) * decay  # (T, T)
         dC += _mm(dCB, Bm, BF16_DOT, PREC)
         dB += _mm(tl.trans(dCB), Cm, BF16_DOT, PREC)
+        dMM = dCB * CBp  # (T, T): dL/dM[l, s], this block's part
+        daS = tl.sum(dMM, axis=1) - tl.sum(dMM, axis=0)  # (T,): through exp(a_l - a_s)
         # carried state: y_l += exp(a_l) S C_l (S is 0 in chunk 0 without an initial state: not stored)
-        daS = a * 0.0  # (T,)
         if ci >= first_state:
             S = tl.load(enter_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) entering state
             dyS = ea[:, None] * _mm(dy, S, BF16_DOT, PREC)  # (T, BN)
             dC += dyS
-            daS = tl.sum(Cm * dyS, axis=1)
+            daS += tl.sum(Cm * dyS, axis=1)
         tl.store(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nblk + pid_n) * T + t, daS)
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, upstream gradient G (none in the last chunk
         # without one for the final state: not stored)
@@ -460,11 +467,12 @@ def _chunk_bwd_dx(
     # grid (b * c, g, nsplit): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T once):
     # dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the fused layer's dxBC) and ddt (b, L, h) float32,
     # ddt w.r.t. the raw dt; partial dD (b, c, h, p) and dA (b, c, h).
-    # Never reads the entering states S: the carried state's part of da comes from _chunk_bwd_bc (daS, nbn partial
-    # sums), and dz (which needs y) from _chunk_scan_fwd. A program holds CB, M, dL/dM (T, T), x, dy, dt x, M^T dy,
-    # B G^T, dx (T, p), and G (p, n), B (T, n) as dot operands: at T 64 that is 255 registers with 4 warps (140 B
-    # of spills), 252 and none with 8 (float32 operands; with bf16 ones, 255 and 16-32 B of spills). B, C are
-    # reloaded per head (L1/L2 hits) rather than kept live across heads.
+    # Never reads the entering states S: dL/da through the carried state and through the intra-chunk decays comes
+    # from _chunk_bwd_bc (daS, nbn partial sums: it forms dL/d(C.B^T) for dB, dC anyway), and dz (which needs y)
+    # from _chunk_scan_fwd. A program holds CB, M (T, T), x, dy, M^T dy, B G^T, dx (T, p), and G (p, n), B (T, n)
+    # as dot operands: at the seed sizes (T 64, bf16 operands, 8 warps) 223 registers and no spills (with dL/dM
+    # formed here too, as in the kernel the H200's run 5 timed: 255 and 16-32 B of spills). B, C are reloaded per head
+    # (L1/L2 hits) rather than kept live across heads.
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
@@ -501,19 +509,17 @@ def _chunk_bwd_dx(
             dy = dout * z * tl.sigmoid(z)
         # recompute the forward quantities of the chunk
         M = CB * tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T) masked decay
-        xdt = x * dt[:, None]
         if HAS_D:
             tl.store(dDp_ptr + ((bi * nchunks + ci) * nh + hd) * p + ip, tl.sum(dy * x, axis=0), mask=ip < p)
 
         # intra-chunk term y_l = sum_s M[l, s] dt_s x_s
-        dMM = _mm(dy, tl.trans(xdt), BF16_DOT, PREC) * M  # (T, T): (dy_l . dt_s x_s) M[l, s]
-        da = tl.sum(dMM, axis=1) - tl.sum(dMM, axis=0)  # (T,): dL/da_l through exp(a_l - a_s)
         MtDy = _mm(tl.trans(M), dy, BF16_DOT, PREC)  # (T, BP)
         ddt = tl.sum(MtDy * x, axis=1)
         dx = MtDy * dt[:, None]
-        # carried-state term (from _chunk_bwd_bc)
-        for j in range(nbn):
-            da += tl.load(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nbn + j) * T + t)  # (b, h, c, nbn, T)
+        # dL/da through the intra-chunk decays and the carried state: _chunk_bwd_bc's, per block of state columns
+        da = tl.load(daS_ptr + ((bi * nh + hd) * nchunks + ci) * nbn * T + t)  # (b, h, c, nbn, T)
+        for j in range(1, nbn):
+            da += tl.load(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nbn + j) * T + t)
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G
         dend = a_end * 0.0  # dL/da_T through the end state
         if ci < last_g:  # (the last chunk's end state has no gradient without one for the final state)
