@@ -47,6 +47,7 @@ import gpu  # noqa: E402
 # step._STATE_TILE=1024 and 512 (noise), step._GEMV_MAX_BK=512; fused._CONV_BWD_BC=128 was faster and is the default.
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
+    "fused._CONV_IN_SSD=0",
     "step._PDL=0",
     "ssd._STATE_PROGRAMS=1",
     "ssd.HEADS_PER_PROGRAM=8",

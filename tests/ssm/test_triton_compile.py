@@ -373,14 +373,14 @@ def _compile_all(out_path: str) -> None:
             for kernel, args, kwargs in launches:
                 name = kernel.fn.__name__
                 launched.add((kernel.fn.__module__, name))
-                if kernel.fn.__module__ != module.__name__:
-                    continue  # e.g. the SSD kernels of the fused layer: the ssd cases compile those
+                # kernels of other modules too (the SSD kernels the fused layer launches, with the conv applied
+                # inside its forward's): each distinct specialisation once, whichever case launches it
                 signature, constexprs, attrs, options = _specialise(kernel, args, kwargs)
                 key = repr((name, signature, constexprs, sorted(attrs.items()), sorted(options.items())))
                 if key in seen:
                     continue
                 seen.add(key)
-                row = {"module": module_name, "kernel": name, "case": case_name,
+                row = {"module": kernel.fn.__module__.rsplit(".", 1)[-1], "kernel": name, "case": case_name,
                        "config": _describe(kernel, constexprs, options)}
                 t0 = time.perf_counter()
                 try:

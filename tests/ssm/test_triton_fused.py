@@ -129,6 +129,8 @@ LAYERS = {
     # 8 heads in one group: more than a program takes (HEADS_PER_PROGRAM), so dB, dC are per-split partial sums,
     # summed into the conv's gradient buffer (the seed config's case: 16 heads per group)
     "8_heads_split": dict(headdim=8),
+    # the forward's SSD kernels apply the conv to what they load (ssd._load_in): 3 taps, across chunk boundaries
+    "d_conv_3": dict(d_conv=3),
 }
 
 
@@ -164,6 +166,24 @@ def layer_grads(m, u, forward):
 def triton_backend(monkeypatch):
     """Mamba2.forward takes the fused path (on the CPU too, under the interpreter)."""
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
+
+
+@pytest.mark.parametrize("conv_in_ssd", [True, False], ids=["conv_in_ssd", "conv_first"])
+def test_forward_conv_inside_the_ssd_kernels(device, conv_in_ssd, monkeypatch):
+    # the forward with the conv applied inside the SSD kernels' loads (the default) or by its own kernel first:
+    # the same values (both round the conv's output to the activation dtype before the scan)
+    monkeypatch.setattr(fused_module, "_CONV_IN_SSD", conv_in_ssd)
+    torch.manual_seed(0)
+    m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16).to(device)
+    u = torch.randn(2, 37, 32, device=device)
+    with torch.no_grad():
+        y = fused_layer(m, u)[1]
+        monkeypatch.setattr(fused_module, "_CONV_IN_SSD", not conv_in_ssd)
+        y_other = fused_layer(m, u)[1]
+    torch.testing.assert_close(y, y_other, rtol=1e-6, atol=1e-6)
+    ref = copy.deepcopy(m).cpu().double()
+    y_ref = layer_grads(ref, u.cpu().double(), lambda m, u: m(u))[1]
+    assert_close("out_proj input", y, y_ref)
 
 
 @pytest.mark.parametrize("out_proj_inside", [False, True], ids=["out_proj_outside", "out_proj_inside"])

@@ -55,6 +55,9 @@ _BLOCK_L = 16  # time steps per conv program
 _CONV_BWD_BL, _CONV_BWD_BC = 16, 128
 _CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
 _BLOCK_ROWS = 16  # rows (batch * time) per RMSNorm program: the weight-gradient partials are per block of rows
+# The layer's forward applies the conv inside the SSD kernels' loads (ssd._load_in) rather than in _conv_fwd first:
+# the conv's output, (B, L, conv_dim), is neither written nor read back (benchmarks/gpu_sweep.py tries both)
+_CONV_IN_SSD = True
 
 
 def _pow2(n: int) -> int:
@@ -606,12 +609,19 @@ class _LayerCfg:
 
 
 def _scan_inputs(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, dt_bias: Tensor, A_log: Tensor,
-                 D: Tensor, use_z: bool, cfg: _LayerCfg) -> dict:
-    """The conv output and everything the SSD kernels take, from zxbcdt (run by the forward and again by the
-    backward, which keeps none of it): x, B, C as views of the conv output, dt as a view of zxbcdt (or, with a
-    dt_limit, the clamped softplus(dt + dt_bias) in float32, which has no kernel), and the SSD's size dict."""
+                 D: Tensor, use_z: bool, cfg: _LayerCfg, run_conv: bool = True) -> dict:
+    """The conv output and everything the SSD kernels take, from zxbcdt (run by the backward, which keeps none of
+    it): x, B, C as views of the conv output, dt as a view of zxbcdt (or, with a dt_limit, the clamped
+    softplus(dt + dt_bias) in float32, which has no kernel), and the SSD's size dict. Without ``run_conv`` (the
+    forward, whose SSD kernels apply the conv to what they load, see ``ssd._load_in``): x, B, C are views of the
+    conv's input in zxbcdt and "conv" holds what the kernels need for it; the conv's output is never written."""
     _, _, z, xBC, dt = cfg.split(zxbcdt)
-    xBC = _conv_forward(xBC, conv_weight, conv_bias, silu=True)  # (B, L, conv_dim)
+    conv = None
+    if run_conv:
+        xBC = _conv_forward(xBC, conv_weight, conv_bias, silu=True)  # (B, L, conv_dim)
+    else:
+        gn = cfg.ngroups * cfg.d_state
+        conv = (conv_weight.reshape(xBC.shape[-1], -1), conv_bias, cfg.d_ssm, cfg.d_ssm + gn)
     x, B, C = torch.split(xBC, [cfg.d_ssm, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], dim=-1)
     x = x.unflatten(-1, (cfg.nheads, cfg.headdim))  # (B, L, h, p)
     B = B.unflatten(-1, (cfg.ngroups, cfg.d_state))  # (B, L, g, n)
@@ -625,7 +635,7 @@ def _scan_inputs(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, 
         xBC=xBC, x=x, B=B, C=C, A=-torch.exp(A_log.float()),  # A: (nheads,)
         D2=D[:, None].expand(cfg.nheads, cfg.headdim) if D.dim() == 1 else D,
         z=z.unflatten(-1, (cfg.nheads, cfg.headdim)) if use_z else None,
-        d=ssd._dims(x, B, cfg.chunk_size), **dt_args)
+        d=ssd._dims(x, B, cfg.chunk_size), conv=conv, **dt_args)
 
 
 class _Mamba2Fused(torch.autograd.Function):
@@ -643,10 +653,12 @@ class _Mamba2Fused(torch.autograd.Function):
         dev = zxbcdt.device
         with torch.autocast(dev.type, enabled=False), on_device(zxbcdt):
             z0, x0, z, _, _ = cfg.split(zxbcdt)
-            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
+            # the conv applied inside the SSD kernels (_CONV_IN_SSD): its output (B, L, conv_dim) is never written
+            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg,
+                             run_conv=not _CONV_IN_SSD)
             y = ssd._forward(s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None,
-                             s["d"], s["softplus"], want_final=False)[0].flatten(-2)  # (B, L, d_ssm)
-            del s  # the conv output is not kept
+                             s["d"], s["softplus"], want_final=False, conv=s["conv"])[0].flatten(-2)  # (B, L, d_ssm)
+            del s
             out = y
             if norm_weight is not None:
                 out = _rmsnorm_forward(y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups, cfg.norm_before_gate)[0]

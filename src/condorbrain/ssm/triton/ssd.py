@@ -24,6 +24,10 @@ Forward kernels (one launch each):
 3. ``_chunk_scan_fwd``: C.B^T, the decay mask, the intra-chunk matmul, + C.S_c, + D x, times silu(z) (the
    official code's separate ``bmm`` kernel is folded in here: C.B^T never goes to memory).
 
+The fused Mamba-2 layer's forward (``fused._CONV_IN_SSD``) passes x, B, C as views of the conv's input and the conv's
+weights: kernels 2 and 3 then apply the causal conv and its SiLU to what they load (``_load_in``: K shifted loads,
+L1/L2 hits, rounded to the activation dtype as the conv kernel stores it), and the conv's output is never written.
+
 Without an initial state, chunk 0's entering state is 0: it is neither stored nor read (the readers mask it out by
 ``first_state``). Forward saves only its inputs and the float32 dt and a (O(L) per head). Backward reruns kernel 2
 for the entering states S_c (as the official code does: saving them would cost p n / T floats per step and head,
@@ -198,12 +202,39 @@ def _cumsum_fwd(
 
 
 @triton.jit
+def _load_in(
+    ptr, cols, chan, pos, mrow, mcol, s_l, s_c, w_ptr, cb_ptr, s_w_c, s_w_k,
+    CONV: tl.constexpr, HAS_CB: tl.constexpr, K: tl.constexpr,
+):
+    # A (R, BC) tile of an SSD input (x, B or C) as float32: rows = steps pos (masked by mrow), columns cols
+    # (mcol), at ptr + pos * s_l + cols * s_c. With CONV, ptr is the conv's input instead (the fused layer's
+    # forward, which then never writes the conv's output): the tile is silu(bias + sum_k w[chan, k] u[pos - K + 1 +
+    # k]) for the conv channels chan of the columns (steps before 0 read as 0), computed as _conv_fwd computes it
+    # and rounded to the input's dtype, as _conv_fwd stores it: the same values the unfused path loads.
+    m = mrow[:, None] & mcol[None, :]
+    if CONV:
+        acc = tl.zeros(m.shape, dtype=tl.float32)
+        if HAS_CB:
+            acc += tl.load(cb_ptr + chan, mask=mcol, other=0.0).to(tl.float32)[None, :]
+        for k in tl.static_range(K):
+            src = pos - (K - 1) + k
+            u = tl.load(ptr + src[:, None] * s_l + cols[None, :] * s_c, mask=m & (src[:, None] >= 0), other=0.0)
+            wk = tl.load(w_ptr + chan * s_w_c + k * s_w_k, mask=mcol, other=0.0).to(tl.float32)
+            acc += u.to(tl.float32) * wk[None, :]
+        acc = acc * tl.sigmoid(acc)
+        return tl.where(m, acc.to(ptr.dtype.element_ty).to(tl.float32), 0.0)
+    else:
+        return tl.load(ptr + pos[:, None] * s_l + cols[None, :] * s_c, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _state_fwd(
-    x_ptr, B_ptr, dtp_ptr, a_ptr, h0_ptr, enter_ptr, final_ptr,
-    L, nh, nchunks, nrun, hpg, p, n,
+    x_ptr, B_ptr, dtp_ptr, a_ptr, h0_ptr, enter_ptr, final_ptr, w_ptr, cb_ptr,
+    L, nh, nchunks, nrun, hpg, p, n, cB0, cC0,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
-    HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr,
+    s_w_c, s_w_k,
+    HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, CONV: tl.constexpr, HAS_CB: tl.constexpr, K: tl.constexpr,
     T: tl.constexpr, BPS: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b, h, cdiv(p, BPS)): the states entering the chunks, rows ip of a head's (p, n) state. A loop over
@@ -211,6 +242,8 @@ def _state_fwd(
     #   S_{c+1} = exp(a_T) S_c + sum_s exp(a_T - a_s) dt_s x_s B_s^T,   S_0 = h0 (or 0),
     # each chunk's own end state a tl.dot here, never stored. enter[c] = S_c for c >= 1, and for c = 0 only with
     # an initial state: without one it is zero, which the readers know (first_state, see _forward), so not stored.
+    # CONV: x and B are computed from the conv's input (see _load_in; cB0, cC0 the conv channels of B's and C's
+    # first column).
     bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = hd // hpg
     t = tl.arange(0, T)
@@ -225,10 +258,10 @@ def _state_fwd(
     for ci in range(nrun):
         pos = ci * T + t
         mt = pos < L
-        x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
-                    mask=mt[:, None] & (ip[None, :] < p), other=0.0).to(tl.float32)  # (T, BPS)
-        Bm = tl.load(B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n,
-                     mask=mt[:, None] & (jn[None, :] < n), other=0.0).to(tl.float32)  # (T, BN)
+        x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
+                     w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BPS)
+        Bm = _load_in(B_ptr + bi * s_B_b + g * s_B_g, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
+                      w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
         base = ((bi * nh + hd) * nchunks + ci) * T
         a = tl.load(a_ptr + base + t)
         a_end = tl.load(a_ptr + base + T - 1)
@@ -244,8 +277,8 @@ def _state_fwd(
 
 @triton.jit
 def _chunk_scan_fwd(
-    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr,
-    L, nh, nchunks, hpg, hpp, p, n, first_state,
+    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr, w_ptr, cb_ptr,
+    L, nh, nchunks, hpg, hpp, p, n, first_state, cB0, cC0,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     s_C_b, s_C_l, s_C_g, s_C_n,
@@ -253,13 +286,15 @@ def _chunk_scan_fwd(
     s_D_h, s_D_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr,
-    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    s_w_c, s_w_k,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr, CONV: tl.constexpr, HAS_CB: tl.constexpr,
+    K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, cdiv(hpg, hpp)): the outputs (T, p) of one chunk for up to hpp heads of one group, which
     # share B and C, so C.B^T is computed once for all of them. With DZ (backward, z given): the gate's gradient
     # dz = dout y silu'(z) in place of the output y silu(z) (dout strides s_d_*; unused otherwise). The entering
-    # state S_c is read from chunk first_state on (before it, it is 0 and was not stored: see _state_fwd).
+    # state S_c is read from chunk first_state on (before it, it is 0 and was not stored: see _state_fwd). CONV:
+    # x, B, C computed from the conv's input, as in _state_fwd.
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
@@ -267,17 +302,16 @@ def _chunk_scan_fwd(
     pos = ci * T + t
     mt = pos < L
     mtp = mt[:, None] & (ip[None, :] < p)
-    mtn = mt[:, None] & (jn[None, :] < n)
-    Bm = tl.load(B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n,
-                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
-    Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
-                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
+    Bm = _load_in(B_ptr + bi * s_B_b + g * s_B_g, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
+                  w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
+    Cm = _load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
+                  w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
     CB = _mm(Cm, tl.trans(Bm), BF16_DOT, PREC)  # (T, T)
     causal = t[:, None] >= t[None, :]
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
-        x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
-                    mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
+        x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
+                     w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
         base = ((bi * nh + hd) * nchunks + ci) * T
         dt = tl.load(dtp_ptr + base + t)
         a = tl.load(a_ptr + base + t)
@@ -587,7 +621,19 @@ def _dims(x: Tensor, B: Tensor, chunk_size: int) -> dict:
     return dict(b=b, L=L, nh=nh, p=p, g=g, n=n, T=T, c=triton.cdiv(L, T), BP=_pow2(p), BN=_pow2(n))
 
 
-def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True):
+def _conv_args(conv: tuple | None, like: Tensor) -> tuple[tuple, dict]:
+    """The kernels' conv arguments (w_ptr, cb_ptr, cB0, cC0, s_w_c, s_w_k) and constexprs (CONV, HAS_CB, K) for
+    ``conv`` = (weight (conv_dim, K), bias (conv_dim,) or None, cB0, cC0): x, B, C given as the conv's input, the
+    kernels apply it (see _load_in); None: they are the conv's output (or no conv), loaded as they are."""
+    if conv is None:
+        return (like, like, 0, 0, 0, 0), {"CONV": False, "HAS_CB": False, "K": 1}
+    w, bias, cB0, cC0 = conv
+    return ((w, bias if bias is not None else w, cB0, cC0, *w.stride()),
+            {"CONV": True, "HAS_CB": bias is not None, "K": w.shape[1]})
+
+
+def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, conv=None):
+    # conv: see _conv_args (the fused layer's forward: x, B, C are then views of the conv's input)
     dot = _dot_options(x, B, C)
     dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
     # the entering states in C's dtype when that is half precision, as the official forward keeps them (its
@@ -596,23 +642,25 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True):
     # float32
     half = C.dtype in (torch.bfloat16, torch.float16)
     enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32,
-                                    want_final=want_final)
+                                    want_final=want_final, conv=conv)
     out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
-    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None)
+    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, conv=conv)
     return out, final, dtp, a
 
 
-def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0):
+def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=None):
     """Kernel 3: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead.
-    ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``)."""
+    ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``); conv: see _conv_args."""
     hpg = d["nh"] // d["g"]
     hpp, nsplit = _head_split(hpg)
+    (w, cb, cB0, cC0, *s_w), conv_flags = _conv_args(conv, x)
     _chunk_scan_fwd[(d["b"] * d["c"], d["g"], nsplit)](
         x, B, C, z if z is not None else x, D2 if D2 is not None else x, dtp, a, enter,
-        dout if dout is not None else x, out,
-        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, *x.stride(), *B.stride(),
-        *C.stride(), *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
-        HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
+        dout if dout is not None else x, out, w, cb,
+        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0, cC0, *x.stride(), *B.stride(),
+        *C.stride(), *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(), *s_w,
+        HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, **conv_flags, T=d["T"], BP=d["BP"],
+        BN=d["BN"],
         **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES))
 
 
@@ -640,19 +688,22 @@ def _state_rows(d: dict) -> int:
     return rows
 
 
-def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32, want_final=True):
+def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32, want_final=True, conv=None):
     """Kernel 2: the state entering each chunk (b, c, h, p, n) in ``enter_dtype`` (chunk 0's only with an initial
     state ``h0``: else it is 0 and left unwritten) and, if wanted, the final state (b, h, p, n) in float32. Run by
-    the forward and again by the backward (float32), so that only dt and a (O(L), not O(L p n / T)) are saved."""
+    the forward and again by the backward (float32), so that only dt and a (O(L), not O(L p n / T)) are saved.
+    conv: see _conv_args."""
     b, L, nh, p, n, T, c, BN = (d[k] for k in ("b", "L", "nh", "p", "n", "T", "c", "BN"))
     enter = torch.empty(b, c, nh, p, n, device=x.device, dtype=enter_dtype)
     final = torch.empty(b, nh, p, n, device=x.device, dtype=torch.float32) if want_final else None
     rows = _state_rows(d)
+    (w, cb, cB0, cC0, *s_w), conv_flags = _conv_args(conv, x)
     # the last chunk's own end state only makes the final state: without it, c - 1 chunks (none when c is 1)
     _state_fwd[(b, nh, triton.cdiv(p, rows))](
-        x, B, dtp, a, h0 if h0 is not None else x, enter, final if want_final else enter,
-        L, nh, c, c if want_final else c - 1, nh // d["g"], p, n, *x.stride(), *B.stride(),
-        HAS_H0=h0 is not None, HAS_FINAL=want_final, T=T, BPS=rows, BN=BN, **dot, **launch_options(rows, BN))
+        x, B, dtp, a, h0 if h0 is not None else x, enter, final if want_final else enter, w, cb,
+        L, nh, c, c if want_final else c - 1, nh // d["g"], p, n, cB0, cC0, *x.stride(), *B.stride(), *s_w,
+        HAS_H0=h0 is not None, HAS_FINAL=want_final, **conv_flags, T=T, BPS=rows, BN=BN, **dot,
+        **launch_options(rows, BN))
     return enter, final
 
 
