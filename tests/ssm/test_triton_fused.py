@@ -130,7 +130,7 @@ LAYERS = {
     # summed into the conv's gradient buffer (the seed config's case: 16 heads per group)
     "8_heads_split": dict(headdim=8),
     # the forward's SSD kernels apply the conv to what they load (ssd._load_in): 3 taps, across chunk boundaries
-    "d_conv_3": dict(d_conv=3),
+    "d_conv_3": {"d_conv": 3},
 }
 
 
