@@ -42,18 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu  # noqa: E402
 
 # Each variant: "+"-joined settings, each "module.NAME=value" (module in condorbrain.ssm.triton) or "env:NAME=value".
-# Tried on an H200 on 2026-11-26 (run 3, benchmarks/results/h200-2026-11-26/NOTES.md) and no better than the
-# defaults, so no longer in the list: ssd.HEADS_PER_PROGRAM=2 and 1, env:CONDORBRAIN_SSD_DOT=tf32, fused._BLOCK_ROWS=32,
-# step._STATE_TILE=1024 and 512 (noise), step._GEMV_MAX_BK=512; fused._CONV_BWD_BC=128 was faster and is the default.
+# Tried on an H200 on 2026-11-26 (benchmarks/results/h200-2026-11-26/NOTES.md) and settled, so no longer in the list:
+# run 3: ssd.HEADS_PER_PROGRAM=2 and 1, env:CONDORBRAIN_SSD_DOT=tf32, fused._BLOCK_ROWS=32 (slower),
+# step._STATE_TILE=1024 and 512, step._GEMV_MAX_BK=512 (noise or slower), fused._CONV_BWD_BC=128 (faster: now the
+# default); run 4: step._PDL=0 (12.4 against 10.3 us a layer: PDL stays on), ssd._STATE_PROGRAMS=1 (noise).
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
     "fused._CONV_IN_SSD=0",
-    "step._PDL=0",
-    "ssd._STATE_PROGRAMS=1",
-    "ssd.HEADS_PER_PROGRAM=8",
     "ssd._SCAN_FWD_STAGES=2",
     "ssd._DX_STAGES=2",
-    "fused._CONV_BWD_BC=64",
+    "ssd.HEADS_PER_PROGRAM=8",
     "ssd._STATE_PROGRAMS=8192",
     "default",
 )
