@@ -131,6 +131,9 @@ LAYERS = {
     "8_heads_split": dict(headdim=8),
     # the forward's SSD kernels apply the conv to what they load (ssd._load_in): 3 taps, across chunk boundaries
     "d_conv_3": {"d_conv": 3},
+    # headdim 32: _chunk_bwd_dx takes each head's channels in two blocks of 16 (ssd._DX_CHANNEL_BLOCKS), its dx
+    # written over dy (the norm's) in place, block by block
+    "headdim_32": {"headdim": 32},
 }
 
 

@@ -76,7 +76,8 @@ the seed's training step, per layer; run 5 against run 3, which had four kernels
 state pass 0.24 (0.97 + 0.34 for dL/dS_c), the forward's 0.11 a call (0.40 + 0.29): the SSD's share of the step
 went from 167 to 104 ms. The official layer's ``_chunk_scan_chunk_state_bwd_dx_kernel`` alone takes 0.96 ms: since
 run 5, dL/dM (a T x T matmul and two reductions per head) moved from ``_chunk_bwd_dx`` to ``_chunk_bwd_bc``, which
-forms its first factor anyway (255 -> 223 registers, 16 B of spills -> none; 219 -> 232 registers): not yet timed
+forms its first factor anyway (255 -> 223 registers, 16 B of spills -> none; 219 -> 232 registers), and
+``_chunk_bwd_dx`` takes a head's channels in two blocks on 4 warps (_DX_CHANNEL_BLOCKS): not yet timed
 (``benchmarks/results/h200-2026-11-26/NOTES.md``).
 """
 
@@ -109,6 +110,13 @@ _BIG_TILE_WARPS = 8
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
 _DX_STAGES = 3  # _chunk_bwd_dx
+# _chunk_bwd_dx: the head's p channels in _DX_CHANNEL_BLOCKS blocks (_dx_channel_blocks), on _DX_WARPS warps. ptxas at
+# the seed sizes: 1 block on 8 warps 223 registers (one 8-warp block per SM: as run 5 timed it, with dL/dM still
+# there, 255); 2 blocks of 32 on 8 warps 233 (no better: ptxas takes what the cap allows; capped at 128, 224 B of
+# spills); 2 blocks on 4 warps 242 and no spills: two 4-warp blocks per SM, twice the programs, the T x T decay
+# recomputed by both halves. Not yet timed: benchmarks/gpu_sweep.py tries 1 block on 8 warps beside it.
+_DX_CHANNEL_BLOCKS = 2
+_DX_WARPS = 4
 
 
 def _pow2(n: int) -> int:
@@ -486,7 +494,7 @@ def _chunk_bwd_dx(
     x_ptr, dtraw_ptr, A_ptr, bias_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dout_ptr,
     dtp_ptr, a_ptr, dst_ptr, dalast_ptr, daS_ptr,
     dx_ptr, ddt_ptr, dDp_ptr, dAp_ptr,
-    L, nh, nchunks, hpg, hpp, p, n, nblocks, nbn, last_g,
+    L, nh, nchunks, hpg, hpp, p, n, nblocks, nbn, last_g, nps,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_dt_b, s_dt_l, s_dt_h,
     s_B_b, s_B_l, s_B_g, s_B_n,
@@ -498,19 +506,22 @@ def _chunk_bwd_dx(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
-    # grid (b * c, g, nsplit): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T once):
-    # dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the fused layer's dxBC) and ddt (b, L, h) float32,
-    # ddt w.r.t. the raw dt; partial dD (b, c, h, p) and dA (b, c, h).
+    # grid (b * c, g, nsplit * nps): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T
+    # once) and one of nps blocks of BP head channels: dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the
+    # fused layer's dxBC), ddt (b, L, h, nps) float32 w.r.t. the raw dt, partial over the channel blocks (every
+    # per-step gradient here is a sum over the head's channels plus terms from other kernels, which the block-0
+    # program adds), and partial dD (b, c, h, p) and dA (b, c, h, nps).
     # Never reads the entering states S: dL/da through the carried state and through the intra-chunk decays comes
     # from _chunk_bwd_bc (daS, nbn partial sums: it forms dL/d(C.B^T) for dB, dC anyway), and dz (which needs y)
     # from _chunk_scan_fwd. A program holds CB, M (T, T), x, dy, M^T dy, B G^T, dx (T, p), and G (p, n), B (T, n)
-    # as dot operands: at the seed sizes (T 64, bf16 operands, 8 warps) 223 registers and no spills (with dL/dM
-    # formed here too, as in the kernel the H200's run 5 timed: 255 and 16-32 B of spills). B, C are reloaded per head
-    # (L1/L2 hits) rather than kept live across heads.
-    pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # as dot operands (registers: see _DX_CHANNEL_BLOCKS). B, C are reloaded per head (L1/L2 hits) rather than
+    # kept live across heads.
+    pid_bc, g, pid_sq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
+    pid_s, pid_q = pid_sq // nps, pid_sq % nps
+    own = (pid_q == 0).to(tl.float32)  # 1 on the channel block that adds the other kernels' terms of dL/da
     t = tl.arange(0, T)
-    ip, jn = tl.arange(0, BP), tl.arange(0, BN)
+    ip, jn = pid_q * BP + tl.arange(0, BP), tl.arange(0, BN)
     pos = ci * T + t
     mt = pos < L
     mtp = mt[:, None] & (ip[None, :] < p)
@@ -554,6 +565,7 @@ def _chunk_bwd_dx(
         da = tl.load(daS_ptr + ((bi * nh + hd) * nchunks + ci) * nbn * T + t)  # (b, h, c, nbn, T)
         for j in range(1, nbn):
             da += tl.load(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nbn + j) * T + t)
+        da = da * own
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G
         dend = a_end * 0.0  # dL/da_T through the end state
         if ci < last_g:  # (the last chunk's end state has no gradient without one for the final state)
@@ -567,7 +579,7 @@ def _chunk_bwd_dx(
             dend = tl.sum(w * xBG)  # and minus this per step:
             da -= w * xBG
         for j in range(nblocks):  # through the passing to the next chunk (partial sums over state blocks)
-            dend += tl.load(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + j)
+            dend += own * tl.load(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + j)
         da += tl.where(t == T - 1, dend, 0.0)
         if HAS_D:
             dx += dy * Dv[None, :]
@@ -575,14 +587,14 @@ def _chunk_bwd_dx(
         dAdt = tl.sum(da, axis=0) - tl.cumsum(da, axis=0) + da
         A = tl.load(A_ptr + hd).to(tl.float32)
         ddt += A * dAdt
-        tl.store(dAp_ptr + (bi * nchunks + ci) * nh + hd, tl.sum(tl.where(mt, dAdt * dt, 0.0)))
+        tl.store(dAp_ptr + ((bi * nchunks + ci) * nh + hd) * nps + pid_q, tl.sum(tl.where(mt, dAdt * dt, 0.0)))
         if SOFTPLUS:
             raw = tl.load(dtraw_ptr + bi * s_dt_b + pos * s_dt_l + hd * s_dt_h, mask=mt, other=0.0)
             raw = raw.to(tl.float32)
             if HAS_BIAS:
                 raw += tl.load(bias_ptr + hd).to(tl.float32)
             ddt = ddt * tl.sigmoid(raw)
-        tl.store(ddt_ptr + (bi * L + pos) * nh + hd, ddt, mask=mt)
+        tl.store(ddt_ptr + ((bi * L + pos) * nh + hd) * nps + pid_q, ddt, mask=mt)
         tl.store(dx_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p, dx, mask=mtp)
 
 
@@ -605,6 +617,12 @@ def _dot_options(*ts: Tensor) -> dict:
     if all(t.dtype == torch.float32 for t in ts) and not torch.backends.cuda.matmul.allow_tf32:
         return {"PREC": "ieee", "BF16_DOT": 0}
     return {"PREC": "tf32", "BF16_DOT": (2 if interpreting() else 1) if bf16 else 0}
+
+
+def _dx_channel_blocks(BP: int) -> int:
+    """Blocks of a head's channels that _chunk_bwd_dx splits them into: _DX_CHANNEL_BLOCKS (each >= 16 wide, for
+    tl.dot), so that a program holds half the (T, p) tiles and more of them share an SM."""
+    return max(1, min(_DX_CHANNEL_BLOCKS, BP // _MIN_BLOCK))
 
 
 def _head_split(hpg: int) -> tuple[int, int]:
@@ -769,25 +787,27 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         if dx.untyped_storage().data_ptr() == dout.untyped_storage().data_ptr() and (
                 z is not None or dx.data_ptr() != dout.data_ptr() or dx.stride() != dout.stride()):
             raise ValueError("dx: apart from dout, or dout itself (the same view, and no z)")
-    ddt = torch.empty(b, L, nh, **f32)
+    nps = _dx_channel_blocks(BP)
+    ddt = torch.empty(b, L, nh, nps, **f32)  # partial over the channel blocks: summed below
     dz = torch.empty(b, L, nh, p, **f32) if z is not None else None
     dDp = torch.empty(b, c, nh, p, **f32) if D2 is not None else None
-    dAp = torch.empty(b, c, nh, **f32)
-    _chunk_bwd_dx[(b * c, g, nsplit)](
+    dAp = torch.empty(b, c, nh, nps, **f32)
+    _chunk_bwd_dx[(b * c, g, nsplit * nps)](
         x, dt, A, dt_bias if dt_bias is not None else A, B, C, z if z is not None else x,
         D2 if D2 is not None else x, dout, dtp, a, dst, dalast, daS,
         dx, ddt, dDp if dDp is not None else dAp, dAp,
-        L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g,
+        L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g, nps,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
         *dx.stride(), HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-        T=T, BP=BP, BN=BN, **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_DX_STAGES))
+        T=T, BP=BP // nps, BN=BN, **dot, **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
+    ddt = ddt[..., 0] if nps == 1 else ddt.sum(-1)  # (b, L, h)
     del dst, dalast, daS  # (b, c, h, p, n) float32, as large as dx: not alive beside dz below
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 3 again, for y (in _chunk_bwd_dx, y's tiles
         # and S spilled 660-790 B per thread at T 64)
         _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None)
         del enter
     dD2 = dDp.sum((0, 1)) if dDp is not None else None  # (h, p)
-    return dx, ddt, dAp.sum((0, 1)), dB, dC, dD2, dz, dh0
+    return dx, ddt, dAp.sum((0, 1, 3)), dB, dC, dD2, dz, dh0
 
 
 class _SSDScan(torch.autograd.Function):
