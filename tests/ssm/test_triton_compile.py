@@ -273,7 +273,7 @@ def _record(case, pdl: bool = False) -> list:
         for module in (ssd, fused, step):  # CPU tensors, no interpreter: the device checks would refuse them
             stack.enter_context(mock.patch.object(module, "on_device", lambda t: contextlib.nullcontext()))
         stack.enter_context(mock.patch.object(selective, "status", lambda device: (True, "recording")))
-        stack.enter_context(mock.patch.object(step, "_pdl", lambda t: pdl))
+        stack.enter_context(mock.patch.object(step, "_pdl", lambda t, asked=True: pdl and asked))
         case()
     return launches
 

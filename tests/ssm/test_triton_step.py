@@ -237,6 +237,29 @@ def test_block_step_falls_back_where_gemvs_do_not_pay(device, monkeypatch):
     assert out.requires_grad  # the eager step, differentiable
 
 
+def test_pdl_only_where_asked_and_the_kernel_before_is_known(device, monkeypatch):
+    """Programmatic dependent launch (a kernel reads its weights and states before waiting for the one before it):
+    never on the CPU or unasked; in a block's step, asked for the state update and the gated norm + out_proj (their
+    kernel before is this step's) and for add + norm + in_proj only with a pending add (the kernel before is then
+    the previous block's out_proj: the first block's could be anything, e.g. a write of its weights)."""
+    assert not step_module._pdl(torch.zeros(1), True)
+    assert not step_module._pdl(torch.zeros(1), False)
+    asked = []
+    monkeypatch.setattr(step_module, "_pdl", lambda t, ask=True: asked.append(ask) or False)
+    m = Mamba2(**SMALL).to(device).eval()
+    cache = m.allocate_inference_cache(1)
+    x = torch.randn(1, 1, 16, device=device)
+    with torch.no_grad():
+        m.step_prenormed(x, None, torch.ones(16, device=device), 1e-6, *cache)
+        assert asked == [False, True]
+        asked.clear()
+        m.step_prenormed(x, torch.randn_like(x), torch.ones(16, device=device), 1e-6, *cache)
+        assert asked == [True, True]
+        asked.clear()
+        m.step(x, *cache)  # the layer's own two-kernel step: never
+    assert asked == []
+
+
 def test_gemv_tiles():
     """On a GPU: a row's inputs in one pass up to 1024, <= 4096 weights and about 128 or more programs per row at
     the seed's projections; the fewest programs under the interpreter."""

@@ -414,14 +414,17 @@ class Mamba2(nn.Module):
         self._checked_state((conv_state, ssm_state), x.shape[0])
         from condorbrain.ssm.triton.step import mamba2_step_triton, rmsnorm_gemv_triton
 
+        # programmatic dependent launch (Hopper): each kernel loads its weights (and the states) while the one
+        # before finishes; that kernel is this step's, or with a pending add the previous block's out_proj
         res, zxbcdt = rmsnorm_gemv_triton(x[:, 0], None if pending is None else pending[:, 0], norm_weight, eps,
-                                          self.in_proj.weight, self.in_proj.bias)  # (B, d_model), (B, d_in_proj)
+                                          self.in_proj.weight, self.in_proj.bias,
+                                          pdl=pending is not None)  # (B, d_model), (B, d_in_proj)
         out = mamba2_step_triton(
             zxbcdt, conv_state, ssm_state, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log,
             self._D(), self.norm.weight if self.rmsnorm else None, headdim=self.headdim, d_state=self.d_state,
             ngroups=self.ngroups, norm_before_gate=self.norm_before_gate,
             eps=self.norm.eps if self.rmsnorm else 1e-5, dt_limit=self.dt_limit, out_dtype=x.dtype,
-            out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias)  # (B, d_model)
+            out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias, pdl=True)  # (B, d_model)
         return (x if pending is None else res.unsqueeze(1)), out.unsqueeze(1)
 
     def _fused_step_path(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> bool:

@@ -100,9 +100,9 @@ def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-def _pdl(t: Tensor) -> bool:
-    """Whether the streaming kernels launch with programmatic dependent launch (PDL) on ``t``'s device: compute
-    capability 9.0 or later, a Triton that has it, not interpreting, and ``_PDL`` set.
+def _pdl(t: Tensor, asked: bool = True) -> bool:
+    """Whether the streaming kernels launch with programmatic dependent launch (PDL) on ``t``'s device: the caller
+    asked (``pdl=True``), compute capability 9.0 or later, a Triton that has it, not interpreting, ``_PDL`` set.
 
     Why: a batch-1 step is a chain of small kernels, each a few microseconds, most of it latency (the launch, then
     a round trip to memory for weights that do not depend on the previous kernel at all). With PDL a kernel may
@@ -111,8 +111,10 @@ def _pdl(t: Tensor) -> bool:
     and only then reads the previous kernel's outputs and stores anything; right after the wait it lets the next
     kernel start (``gdc_launch_dependents``), so at most one kernel's prologue overlaps the one before it. Every
     store comes after the wait: buffers the allocator hands out again (in stream order) are never written early.
-    Inside a CUDA graph the dependency is captured as a programmatic edge."""
-    if not _PDL or gdc_wait is None or interpreting() or not t.is_cuda:
+    Inside a CUDA graph the dependency is captured as a programmatic edge. What is read before the wait must not be
+    written by the kernel launched just before, which is why callers ask for it (``pdl=True``) only where they know
+    that kernel: ``Mamba2.step_prenormed``, whose kernels follow each other and the previous block's."""
+    if not (asked and _PDL) or gdc_wait is None or interpreting() or not t.is_cuda:
         return False
     return _capability(t.device.index if t.device.index is not None else torch.cuda.current_device())[0] >= 9
 
@@ -510,7 +512,7 @@ def _gemv_tiles(n_out: int, n_in: int) -> tuple[int, int]:
 
 
 def rmsnorm_gemv_triton(x: Tensor, h: Tensor | None, norm_weight: Tensor, eps: float, weight: Tensor,
-                        bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                        bias: Tensor | None = None, pdl: bool = False) -> tuple[Tensor, Tensor]:
     """(x + h, F.linear(rmsnorm(x + h) * norm_weight, weight, bias)) for a few rows in one launch: a streaming step's
     residual add, the next block's norm and its in_proj (``Mamba2.step_prenormed``). h None: nothing to add (x
     itself is returned). The sum and the norm's output are rounded to x's dtype, as the eager ops round them; the
@@ -518,6 +520,8 @@ def rmsnorm_gemv_triton(x: Tensor, h: Tensor | None, norm_weight: Tensor, eps: f
 
     Args:
         x, h: (B, K) with unit channel stride, h in x's dtype. norm_weight: (K,). weight: (N, K). bias: (N,) or None.
+        pdl: launch with programmatic dependent launch on Hopper or later (see :func:`_pdl`): the weights are then
+            read while the kernel before still runs, so only where that kernel does not write them.
 
     Returns:
         (B, K) the residual sum (a new tensor, or x when h is None) and (B, N) the projection, both in x's dtype.
@@ -538,7 +542,7 @@ def rmsnorm_gemv_triton(x: Tensor, h: Tensor | None, norm_weight: Tensor, eps: f
             x, h if h is not None else x, res, norm_weight, weight, bias if bias is not None else weight, out,
             k_in, n_out, eps, x.stride(0), h.stride(0) if h is not None else 0, res.stride(0), *weight.stride(),
             out.stride(0), HAS_ADD=h is not None, HAS_BIAS=bias is not None, BJ=BJ, BK=BK, ONE_PASS=BK >= k_in,
-            **_pdl_options(_pdl(x)), **launch_options(BJ * BK))
+            **_pdl_options(_pdl(x, pdl)), **launch_options(BJ * BK))
     return res, out
 
 
@@ -562,6 +566,7 @@ def mamba2_step_triton(
     out_dtype: torch.dtype | None = None,
     out_proj_weight: Tensor | None = None,
     out_proj_bias: Tensor | None = None,
+    pdl: bool = False,
 ) -> Tensor:
     """One step of :class:`condorbrain.ssm.mamba2.Mamba2` after in_proj, as its eager step, in two launches (see
     the module docstring). The states advance in place; nothing is read back to the host (CUDA-graph safe). With
@@ -580,6 +585,9 @@ def mamba2_step_triton(
         headdim, d_state, ngroups, norm_before_gate, eps, dt_limit: the layer's settings.
         out_dtype: dtype of the result (the layer's activation dtype); None = zxbcdt's.
         out_proj_weight: (d_model, d_inner), out_proj_bias: (d_model,) or None: out_proj, applied inside.
+        pdl: with out_proj inside, both launches with programmatic dependent launch on Hopper or later (see
+            :func:`_pdl`): the states and weights are then read while the kernel before still runs, so only where
+            that kernel does not write them.
 
     Returns:
         (B, d_inner) contiguous: out_proj's input, cat(silu(z0) * x0, norm(y, z)); with ``out_proj_weight``,
@@ -609,8 +617,8 @@ def mamba2_step_triton(
     out = torch.empty(batch, d_ssm + d_mlp, device=zxbcdt.device, dtype=out_dtype or zxbcdt.dtype)
     BP, BN, KP = step_block_p(headdim, d_state), _pow2(d_state), triton.next_power_of_2(K)
     hpg = nheads // ngroups
-    # PDL only with out_proj inside (the streaming block's three kernels): _mamba2_step_finish waits as usual
-    pdl = out_proj_weight is not None and _pdl(zxbcdt)
+    # PDL only with out_proj inside (the streaming block's kernels): _mamba2_step_finish waits as usual
+    pdl = out_proj_weight is not None and _pdl(zxbcdt, pdl)
     with on_device(zxbcdt):
         _mamba2_step_ssm[(batch, nheads, triton.cdiv(headdim, BP))](
             zxbcdt, conv_state, ssm_state, w, conv_bias if conv_bias is not None else w, dt_bias, A_log, D, out,
