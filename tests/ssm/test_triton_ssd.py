@@ -155,11 +155,13 @@ def test_state_rows_split(device, monkeypatch, h0):
 
 
 @pytest.mark.parametrize("h0", [True, False])
-def test_output_only(device, h0):
+@pytest.mark.parametrize("L", [40, 10])
+def test_output_only(device, h0, L):
     # without return_final_states: no gradient flows into the final state (the HAS_DFINAL=False path: the last
     # chunk's end state is neither formed nor given a gradient); without an initial state too, as the layers call
-    # it (the first chunk's entering state is never stored, its readers take it as 0)
-    inputs = make_inputs(1, 40, 2, 16, 1, 16, h0=h0)
+    # it (the first chunk's entering state is never stored, its readers take it as 0); L 10 is one chunk, where
+    # without either no state is formed at all
+    inputs = make_inputs(1, L, 2, 16, 1, 16, h0=h0)
     f32 = {k: v.float().to(device).requires_grad_() if v is not None else None for k, v in inputs.items()}
     f64 = {k: v.clone().requires_grad_() if v is not None else None for k, v in inputs.items()}
     names = ("x", "dt", "A", "B", "C")
