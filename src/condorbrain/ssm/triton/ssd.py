@@ -250,8 +250,8 @@ def _state_fwd(
     #   S_{c+1} = exp(a_T) S_c + sum_s exp(a_T - a_s) dt_s x_s B_s^T,   S_0 = h0 (or 0),
     # each chunk's own end state a tl.dot here, never stored. enter[c] = S_c for c >= 1, and for c = 0 only with
     # an initial state: without one it is zero, which the readers know (first_state, see _forward), so not stored.
-    # CONV: x and B are computed from the conv's input (see _load_in; cB0, cC0 the conv channels of B's and C's
-    # first column).
+    # CONV: x and B are computed from the conv's input (see _load_in; cB0 the conv channel of B's first column,
+    # cC0 C's: unused here, the argument list is _chunk_scan_fwd's).
     bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = hd // hpg
     t = tl.arange(0, T)
