@@ -49,6 +49,7 @@ import gpu  # noqa: E402
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
     "fused._CONV_IN_SSD=0",
+    "fused._NORM_IN_SSD=0",
     "ssd._DX_CHANNEL_BLOCKS=1+ssd._DX_WARPS=8",
     "ssd._SCAN_FWD_STAGES=2",
     "ssd._DX_STAGES=2",

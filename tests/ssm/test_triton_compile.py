@@ -114,13 +114,18 @@ def _mamba2_zxbcdt(d_state: int):
     return zxbcdt, m.conv1d.weight, m.conv1d.bias, m.dt_bias, m.A_log, m._D(), m.norm.weight
 
 
-def _fused_layer(d_state: int, chunk_size: int, norm_weight: bool = True, dt_limit=(0.0, float("inf"))):
+def _fused_layer(d_state: int, chunk_size: int, norm_weight: bool = True, dt_limit=(0.0, float("inf")),
+                 inference: bool = False):
+    import torch
+
     from condorbrain.ssm.triton.fused import mamba2_fused_forward
 
     zxbcdt, w, bias, dt_bias, A_log, D, norm = _mamba2_zxbcdt(d_state)
-    y = mamba2_fused_forward(zxbcdt, w, bias, dt_bias, A_log, D, norm if norm_weight else None, headdim=64,
-                             d_state=d_state, chunk_size=chunk_size, dt_limit=dt_limit)
-    _backward(y)
+    with torch.set_grad_enabled(not inference):  # inference: the gated norm inside the SSD's last kernel
+        y = mamba2_fused_forward(zxbcdt, w, bias, dt_bias, A_log, D, norm if norm_weight else None, headdim=64,
+                                 d_state=d_state, chunk_size=chunk_size, dt_limit=dt_limit)
+    if not inference:
+        _backward(y)
 
 
 def _ssd_cases():
@@ -151,6 +156,8 @@ def _ssd_cases():
             cases[f"mamba2 d_state {n} chunk {chunk}"] = lambda n=n, chunk=chunk: _fused_layer(n, chunk)
         cases[f"z, D (h,p), h0, final grad, d_state {n}"] = lambda n=n: direct(n)
     cases["mamba2 d_state 64, rmsnorm=False, dt_limit"] = lambda: _fused_layer(64, 64, False, (0.001, 0.1))
+    for n in (64, 128):
+        cases[f"mamba2 inference d_state {n}"] = lambda n=n: _fused_layer(n, 64, inference=True)
     return cases
 
 

@@ -189,6 +189,39 @@ def test_forward_conv_inside_the_ssd_kernels(device, conv_in_ssd, monkeypatch):
     assert_close("out_proj input", y, y_ref)
 
 
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_inference_norm_inside_the_scan(device, name, monkeypatch):
+    # no gradient wanted: the gated RMSNorm runs in the SSD's last kernel (fused._NORM_IN_SSD, a program per group
+    # and chunk, two passes over its outputs); against the float64 reference and the norm's own kernel
+    torch.manual_seed(0)
+    m = Mamba2(d_model=32, **{"d_state": 16, "headdim": 16, "chunk_size": 16, **LAYERS[name]}).to(device)
+    u = torch.randn(2, 37, 32, device=device)
+    calls = []
+    real = fused_module.ssd._forward
+    monkeypatch.setattr(fused_module.ssd, "_forward", lambda *a, **k: calls.append(k.get("norm")) or real(*a, **k))
+    with torch.no_grad():
+        y = fused_layer(m, u)[1]
+        monkeypatch.setattr(fused_module, "_NORM_IN_SSD", False)
+        y_apart = fused_layer(m, u)[1]
+    assert [c is not None for c in calls] == [m.rmsnorm, False]
+    torch.testing.assert_close(y, y_apart, rtol=1e-5, atol=1e-5)
+    y_ref = layer_grads(copy.deepcopy(m).cpu().double(), u.cpu().double(), lambda m, u: m(u))[1]
+    assert_close("out_proj input", y, y_ref)
+
+
+def test_inference_norm_inside_the_scan_bfloat16(device, monkeypatch):
+    # bf16 activations: y rounded to bf16 before the norm in both (the same numbers up to the sums' order)
+    torch.manual_seed(0)
+    m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16).to(device=device, dtype=torch.bfloat16)
+    u = torch.randn(1, 24, 32, device=device, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y = fused_layer(m, u)[1]
+        monkeypatch.setattr(fused_module, "_NORM_IN_SSD", False)
+        y_apart = fused_layer(m, u)[1]
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_apart.float(), rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("out_proj_inside", [False, True], ids=["out_proj_outside", "out_proj_inside"])
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_layer_matches_mamba2(device, name, out_proj_inside, monkeypatch):

@@ -58,6 +58,9 @@ _BLOCK_ROWS = 16  # rows (batch * time) per RMSNorm program: the weight-gradient
 # The layer's forward applies the conv inside the SSD kernels' loads (ssd._load_in) rather than in _conv_fwd first:
 # the conv's output, (B, L, conv_dim), is neither written nor read back (benchmarks/gpu_sweep.py tries both)
 _CONV_IN_SSD = True
+# Where no gradient is wanted (inference), the gated RMSNorm runs inside the SSD's last kernel (ssd._chunk_scan,
+# norm=...): y, which only the backward needs, is never written apart (benchmarks/gpu_sweep.py tries both)
+_NORM_IN_SSD = True
 
 
 def _pow2(n: int) -> int:
@@ -597,6 +600,7 @@ class _LayerCfg:
     d_mlp: int
     nheads: int
     out_dtype: torch.dtype  # out_proj's compute dtype: the autocast dtype under autocast, else zxbcdt's
+    norm_in_scan: bool = False  # the gated norm inside the SSD's last kernel (no gradient wanted: y is not kept)
 
     @property
     def d_ssm(self) -> int:
@@ -656,11 +660,16 @@ class _Mamba2Fused(torch.autograd.Function):
             # the conv applied inside the SSD kernels (_CONV_IN_SSD): its output (B, L, conv_dim) is never written
             s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg,
                              run_conv=not _CONV_IN_SSD)
+            norm = None
+            if cfg.norm_in_scan:  # then the scan's output is the norm's, and y (which only a backward needs) is
+                # never written apart
+                norm = (z.unflatten(-1, (cfg.nheads, cfg.headdim)), norm_weight, cfg.eps, cfg.norm_before_gate)
             y = ssd._forward(s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None,
-                             s["d"], s["softplus"], want_final=False, conv=s["conv"])[0].flatten(-2)  # (B, L, d_ssm)
+                             s["d"], s["softplus"], want_final=False, conv=s["conv"],
+                             norm=norm)[0].flatten(-2)  # (B, L, d_ssm)
             del s
             out = y
-            if norm_weight is not None:
+            if norm_weight is not None and not cfg.norm_in_scan:
                 out = _rmsnorm_forward(y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups, cfg.norm_before_gate)[0]
             if cfg.d_mlp > 0:
                 out = torch.cat([F.silu(z0) * x0, out], dim=-1)  # (B, L, d_inner)
@@ -814,8 +823,11 @@ def mamba2_fused_forward(
         raise ValueError("out_proj_bias given without out_proj_weight")
     if zxbcdt.stride(-1) != 1:  # the norm kernel reads z with unit channel stride
         zxbcdt = zxbcdt.contiguous()
+    params = (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight, out_proj_bias)
+    grad_wanted = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
     cfg = _LayerCfg(headdim=headdim, d_state=d_state, ngroups=ngroups, chunk_size=chunk_size,
                     norm_before_gate=norm_before_gate, eps=eps, dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
-                    d_mlp=d_mlp, nheads=nheads, out_dtype=_mm_dtype(zxbcdt))
+                    d_mlp=d_mlp, nheads=nheads, out_dtype=_mm_dtype(zxbcdt),
+                    norm_in_scan=_NORM_IN_SSD and norm_weight is not None and not grad_wanted)
     return _Mamba2Fused.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight,
                               out_proj_bias, cfg)

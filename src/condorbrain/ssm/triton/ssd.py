@@ -27,6 +27,8 @@ Forward kernels (one launch each):
 The fused Mamba-2 layer's forward (``fused._CONV_IN_SSD``) passes x, B, C as views of the conv's input and the conv's
 weights: kernels 2 and 3 then apply the causal conv and its SiLU to what they load (``_load_in``: K shifted loads,
 L1/L2 hits, rounded to the activation dtype as the conv kernel stores it), and the conv's output is never written.
+Where no gradient is wanted (``fused._NORM_IN_SSD``), kernel 3 also applies the layer's gated RMSNorm (a program
+takes all heads of its group: y is stored, read back and normalised in place), so y never goes to memory apart.
 
 Without an initial state, chunk 0's entering state is 0: it is neither stored nor read (the readers mask it out by
 ``first_state``). Forward saves only its inputs and the float32 dt and a (O(L) per head). Backward reruns kernel 2
@@ -285,8 +287,8 @@ def _state_fwd(
 
 @triton.jit
 def _chunk_scan_fwd(
-    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr, w_ptr, cb_ptr,
-    L, nh, nchunks, hpg, hpp, p, n, first_state, cB0, cC0,
+    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr, w_ptr, cb_ptr, nw_ptr,
+    L, nh, nchunks, hpg, hpp, p, n, first_state, cB0, cC0, eps,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     s_C_b, s_C_l, s_C_g, s_C_n,
@@ -296,13 +298,17 @@ def _chunk_scan_fwd(
     s_o_b, s_o_l, s_o_h, s_o_p,
     s_w_c, s_w_k,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr, CONV: tl.constexpr, HAS_CB: tl.constexpr,
-    K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    NORM: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, cdiv(hpg, hpp)): the outputs (T, p) of one chunk for up to hpp heads of one group, which
     # share B and C, so C.B^T is computed once for all of them. With DZ (backward, z given): the gate's gradient
     # dz = dout y silu'(z) in place of the output y silu(z) (dout strides s_d_*; unused otherwise). The entering
     # state S_c is read from chunk first_state on (before it, it is 0 and was not stored: see _state_fwd). CONV:
-    # x, B, C computed from the conv's input, as in _state_fwd.
+    # x, B, C computed from the conv's input, as in _state_fwd. NORM (a program takes all heads of its group,
+    # hpp = hpg): the gated RMSNorm of the group's outputs (z at z_ptr, its weight at nw_ptr) into out in place of
+    # y: y rounded to out's dtype is stored and its row sums of squares (after the gate, unless NORM_BEFORE_GATE)
+    # kept per head, then a second pass over the group reads it back (this program's own stores, L2 hits) and
+    # normalises: what _rmsnorm_fwd does to the stored y, without y's round trip to memory and a launch.
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
@@ -317,7 +323,9 @@ def _chunk_scan_fwd(
     CB = _mm(Cm, tl.trans(Bm), BF16_DOT, PREC)  # (T, T)
     causal = t[:, None] >= t[None, :]
     h_lo = g * hpg + pid_s * hpp
-    for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
+    h_hi = tl.minimum(h_lo + hpp, (g + 1) * hpg)
+    ss = tl.zeros([T], dtype=tl.float32)  # NORM: the rows' sums of squares over the group
+    for hd in range(h_lo, h_hi):
         x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
                      w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
         base = ((bi * nh + hd) * nchunks + ci) * T
@@ -343,8 +351,31 @@ def _chunk_scan_fwd(
                 y = dout * y * sz * (1.0 + z * (1.0 - sz))
             else:
                 y = y * z * tl.sigmoid(z)
-        tl.store(out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p,
-                 y.to(out_ptr.dtype.element_ty), mask=mtp)
+        y = y.to(out_ptr.dtype.element_ty)
+        if NORM:
+            v = y.to(tl.float32)
+            if not NORM_BEFORE_GATE:
+                z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
+                            mask=mtp, other=0.0).to(tl.float32)
+                v = v * z * tl.sigmoid(z)
+            ss += tl.sum(v * v, axis=1)
+        tl.store(out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p, y, mask=mtp)
+    if NORM:
+        rstd = 1.0 / tl.sqrt(ss / ((h_hi - h_lo) * p) + eps)  # (T,)
+        tl.debug_barrier()  # every thread's y stored before any reads another's back
+        for hd in range(h_lo, h_hi):
+            optr = out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p
+            v = tl.load(optr, mask=mtp, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
+                        mask=mtp, other=0.0).to(tl.float32)
+            gate = z * tl.sigmoid(z)
+            if not NORM_BEFORE_GATE:
+                v = v * gate
+            v = v * rstd[:, None] * tl.load(nw_ptr + hd * p + ip, mask=ip < p, other=0.0).to(tl.float32)[None, :]
+            if NORM_BEFORE_GATE:
+                v = v * gate
+            tl.debug_barrier()  # (the loads above are of this program's own stores: all done before any overwrite)
+            tl.store(optr, v.to(out_ptr.dtype.element_ty), mask=mtp)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -650,8 +681,9 @@ def _conv_args(conv: tuple | None, like: Tensor) -> tuple[tuple, dict]:
             {"CONV": True, "HAS_CB": bias is not None, "K": w.shape[1]})
 
 
-def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, conv=None):
-    # conv: see _conv_args (the fused layer's forward: x, B, C are then views of the conv's input)
+def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, conv=None, norm=None):
+    # conv: see _conv_args (the fused layer's forward: x, B, C are then views of the conv's input); norm: see
+    # _chunk_scan (the output is then the gated RMSNorm's, not y)
     dot = _dot_options(x, B, C)
     dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
     # the entering states in C's dtype when that is half precision, as the official forward keeps them (its
@@ -662,22 +694,28 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, c
     enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32,
                                     want_final=want_final, conv=conv)
     out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
-    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, conv=conv)
+    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, conv=conv, norm=norm)
     return out, final, dtp, a
 
 
-def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=None):
+def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=None, norm=None):
     """Kernel 3: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead.
-    ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``); conv: see _conv_args."""
+    ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``); conv: see _conv_args.
+    norm = (z (b, L, h, p), weight (h * p,), eps, norm_before_gate), with z None: the gated RMSNorm over each
+    group's h / g heads of y (Mamba2's norm, one group per B/C group) into ``out`` instead of y, one program per
+    group and chunk."""
     hpg = d["nh"] // d["g"]
-    hpp, nsplit = _head_split(hpg)
+    hpp, nsplit = _head_split(hpg) if norm is None else (hpg, 1)
+    zn, nw, eps, nbg = norm if norm is not None else (None, x, 0.0, False)
+    zp = z if z is not None else zn
     (w, cb, cB0, cC0, *s_w), conv_flags = _conv_args(conv, x)
     _chunk_scan_fwd[(d["b"] * d["c"], d["g"], nsplit)](
-        x, B, C, z if z is not None else x, D2 if D2 is not None else x, dtp, a, enter,
-        dout if dout is not None else x, out, w, cb,
-        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0, cC0, *x.stride(), *B.stride(),
-        *C.stride(), *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(), *s_w,
-        HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, **conv_flags, T=d["T"], BP=d["BP"],
+        x, B, C, zp if zp is not None else x, D2 if D2 is not None else x, dtp, a, enter,
+        dout if dout is not None else x, out, w, cb, nw,
+        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0, cC0, eps, *x.stride(),
+        *B.stride(), *C.stride(), *_strides(zp, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(), *s_w,
+        HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, **conv_flags, NORM=norm is not None,
+        NORM_BEFORE_GATE=nbg, T=d["T"], BP=d["BP"],
         BN=d["BN"],
         **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES))
 
