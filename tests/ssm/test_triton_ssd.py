@@ -136,13 +136,15 @@ def test_many_heads_per_group(device, h, g):
     check(make_inputs(1, 20, h, 16, g, 16), device)
 
 
-@pytest.mark.parametrize("D,z", [("head", True), (None, False)])
-def test_backward_split_over_state_columns(device, monkeypatch, D, z):
+@pytest.mark.parametrize("D,z,p", [("head", True, 16), (None, False, 16), ("channel", False, 40)])
+def test_backward_split_over_state_columns(device, monkeypatch, D, z, p):
     # _chunk_bwd_bc takes the state's n columns _BWD_STATE_BLOCK at a time (64 in production, so d_state 128 runs
     # as 2 blocks); 16 here: n = 40 gives 3 blocks, the last one half masked; 6 heads, 1 group: 2 programs of heads
-    # per block; the carried-state term of da is summed over the blocks in _chunk_bwd_dx
+    # per block; its terms of da (carried state, intra-chunk decays) are summed over the blocks in _chunk_bwd_dx.
+    # p = 40: _chunk_bwd_dx also takes each head's channels in two blocks (of 32, the second mostly masked), the
+    # first of which adds those terms
     monkeypatch.setattr(ssd_module, "_BWD_STATE_BLOCK", 16)
-    check(make_inputs(1, 37, 6, 16, 1, 40, D=D, z=z), device)
+    check(make_inputs(1, 37, 6, p, 1, 40, D=D, z=z), device)
 
 
 @pytest.mark.parametrize("h0", [True, False])
