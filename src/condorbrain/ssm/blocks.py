@@ -374,11 +374,7 @@ class Block(nn.Module):
         inside the Mamba-2 in_proj's node on the fused path). x, pending, x', h: (B, L, D); pending None = nothing
         to add."""
         x, h = norm_then_mix(self.norm, self.mixer, x, pending)  # x += pending; h = mixer(norm(x))
-        h = self.drop_path(h)
-        if self.mlp is not None:
-            x, u = self.norm2.add_forward(x, h)
-            h = self.drop_path(self.mlp(u))
-        return x, h
+        return self._mlp_pending(x, self.drop_path(h))
 
     def step(self, x: Tensor, cache: LayerState) -> Tensor:
         """x: (B, 1, D) -> (B, 1, D), advancing the mixer's ``cache`` in place."""
@@ -392,11 +388,15 @@ class Block(nn.Module):
         on the Triton path), so a stack of blocks streams with one kernel fewer per residual branch. x, pending,
         x', h: (B, 1, D); pending None = nothing to add."""
         x, h = norm_then_step(self.norm, self.mixer, x, pending, cache)  # x += pending; h = mixer(norm(x))
-        h = self.drop_path(h)  # (B, 1, D)
-        if self.mlp is not None:
-            x, u = self.norm2.add_forward(x, h)
-            h = self.drop_path(self.mlp(u))
-        return x, h
+        return self._mlp_pending(x, self.drop_path(h))  # (B, 1, D) each
+
+    def _mlp_pending(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The MLP branch after the mixer's, its add pending too: (x, h) -> (x + h, mlp(norm2(x + h))), or (x, h)
+        as they are without an MLP. The tail of :meth:`forward_pending` and :meth:`step_pending` both."""
+        if self.mlp is None:
+            return x, h
+        x, u = self.norm2.add_forward(x, h)
+        return x, self.drop_path(self.mlp(u))
 
 
 @dataclass(frozen=True)
