@@ -118,12 +118,17 @@ def _linear_after_norm(x, norm, linear, fused):
             None if linear.bias is None else linear.bias.grad.clone())
 
 
+@pytest.mark.parametrize("out_in_bwd", [True, False], ids=["norm output from its backward", "norm forward rerun"])
 @pytest.mark.parametrize(("x_dtype", "autocast", "bias"), [
     (torch.float32, False, True), (torch.float32, True, False), (torch.bfloat16, True, True)])
-def test_rmsnorm_linear_matches_norm_then_linear(device, x_dtype, autocast, bias):
-    """norm + Linear as one node (the norm's output recomputed in the backward) gives the two modules' output and
-    gradients: in float32, and under bf16 autocast with a float32 or a bf16 residual stream (the matmul in bf16 both
-    ways, the norm kernel the same). It keeps x and 1/rms, not the Linear's input."""
+def test_rmsnorm_linear_matches_norm_then_linear(device, x_dtype, autocast, bias, out_in_bwd, monkeypatch):
+    """norm + Linear as one node (the norm's output recomputed in the backward: by the norm's backward kernel, or by
+    its forward kernel rerun) gives the two modules' output and gradients: in float32, and under bf16 autocast with
+    a float32 or a bf16 residual stream (the matmul in bf16 both ways, the norm kernel the same). It keeps x and
+    1/rms, not the Linear's input."""
+    from condorbrain.ssm.triton import fused
+
+    monkeypatch.setattr(fused, "_NORM_OUT_IN_BWD", out_in_bwd)
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(3, 7, 48, generator=g) * 2 + 0.3).to(device, x_dtype)
     norm = RMSNorm(48, eps=1e-6).to(device)

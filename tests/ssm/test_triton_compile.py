@@ -121,9 +121,11 @@ def _fused_layer(d_state: int, chunk_size: int, norm_weight: bool = True, dt_lim
     from condorbrain.ssm.triton.fused import mamba2_fused_forward
 
     zxbcdt, w, bias, dt_bias, A_log, D, norm = _mamba2_zxbcdt(d_state)
+    out_proj = torch.randn(512, 1024, requires_grad=True)  # inside, as Mamba2.forward passes it (d_model 512)
     with torch.set_grad_enabled(not inference):  # inference: the gated norm inside the SSD's last kernel
         y = mamba2_fused_forward(zxbcdt, w, bias, dt_bias, A_log, D, norm if norm_weight else None, headdim=64,
-                                 d_state=d_state, chunk_size=chunk_size, dt_limit=dt_limit)
+                                 d_state=d_state, chunk_size=chunk_size, dt_limit=dt_limit,
+                                 out_proj_weight=out_proj)
     if not inference:
         _backward(y)
 

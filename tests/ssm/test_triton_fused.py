@@ -47,12 +47,15 @@ def grads_of(fn, tensors, seed=1):
 
 # --- the two kernels on their own ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("gate_in_bwd", [True, False], ids=["one backward kernel", "gate kernel first"])
 @pytest.mark.parametrize("programs", [8192, 4, 1], ids=["a block per program", "2 runs a row", "whole rows"])
 @pytest.mark.parametrize("bias,silu", [(True, True), (False, True), (True, False)])
-def test_conv(device, bias, silu, programs, monkeypatch):
+def test_conv(device, bias, silu, programs, gate_in_bwd, monkeypatch):
     # programs: the backward's target program count, so that a program's run of steps is one block of 16, two
-    # (the row split in 2: 32 + 5 steps) or the whole row (3 blocks)
+    # (the row split in 2: 32 + 5 steps) or the whole row (3 blocks). gate_in_bwd: the SiLU's derivative inside
+    # _conv_bwd, or _conv_bwd_gate's g first
     monkeypatch.setattr(fused_module, "_CONV_BWD_PROGRAMS", programs)
+    monkeypatch.setattr(fused_module, "_CONV_GATE_IN_BWD", gate_in_bwd)
     check_conv(device, bias, silu, width=4)
 
 
@@ -118,6 +121,15 @@ def test_rmsnorm_gated(device, gate, norm_before_gate, groups):
         assert (a is None) == (e is None)
         if e is not None:
             assert_close(name, a, e)
+    # the backward kernel's copy of the forward's output (out_proj's input in the fused layer's backward): the same
+    # arithmetic, so the same numbers (exactly, under the interpreter)
+    yd, zd, wd = dev[0], dev[1][..., 3:3 + d] if gate else None, dev[2]
+    _, rstd = fused_module._rmsnorm_forward(yd, zd, wd, 1e-5, d // groups, norm_before_gate)
+    stored = torch.full_like(out, float("nan"))
+    fused_module._rmsnorm_backward(yd, zd, wd, rstd, torch.randn_like(out), d // groups, norm_before_gate,
+                                   out=stored)
+    tol = 0.0 if device.type == "cpu" else 1e-6
+    torch.testing.assert_close(stored, out.detach(), rtol=tol, atol=tol)
 
 
 # --- the whole layer -----------------------------------------------------------------------------------------------
@@ -248,6 +260,17 @@ def test_layer_matches_mamba2(device, name, out_proj_inside, monkeypatch):
         assert (g[k] is None) == (g_ref[k] is None), k
         if g_ref[k] is not None:
             assert_close(f"d{k}", g[k], g_ref[k])
+
+
+@pytest.mark.parametrize("out_in_bwd", [True, False], ids=["norm output from its backward", "norm forward rerun"])
+@pytest.mark.parametrize("name", ["default", "groups+norm_before_gate+D_hdim+bias", "mlp+rmsnorm"])
+def test_layer_out_proj_input_both_ways(device, name, out_in_bwd, monkeypatch):
+    """out_proj's input in the backward, the norm's output (with the d_mlp branch's beside it in "mlp+rmsnorm"),
+    stored by the norm's backward kernel (``fused._NORM_OUT_IN_BWD``) or by its forward kernel rerun: the same
+    gradients as the float64 layer either way."""
+    monkeypatch.setitem(LAYERS, "mlp+rmsnorm", {"d_ssm": 32})
+    monkeypatch.setattr(fused_module, "_NORM_OUT_IN_BWD", out_in_bwd)
+    test_layer_matches_mamba2(device, name, True, monkeypatch)
 
 
 def test_layer_bfloat16(device):

@@ -50,11 +50,20 @@ __all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_sil
            "rmsnorm_gated_triton", "rmsnorm_linear_triton"]
 
 _BLOCK_L = 16  # time steps per conv program
-# _conv_bwd's tile: three (K, BL, BC)-sized float32 arrays live (252 registers, no spills at BC 128); BC 128 was 3%
-# faster than 64 on an H200 (benchmarks/gpu_sweep.py, 2026-11-26 run 3: 12.90 against 13.26 and 13.43 ms a layer)
-_CONV_BWD_BL, _CONV_BWD_BC = 16, 128
+# _conv_bwd's tile: three (K, BL, BC)-sized float32 arrays live (on 4 warps 252 registers, no spills at BC 128);
+# BC 128 was 3% faster than 64 on an H200 (benchmarks/gpu_sweep.py, 2026-11-26 run 3: 12.90 against 13.26 and
+# 13.43 ms a layer), on 4 warps. With the SiLU's derivative inside (GATE), ptxas spills 156 B per thread on 4 warps
+# and none on 8 (250 registers, sm_90): 8 (not yet timed; the sweep's _CONV_GATE_IN_BWD=0 row is run 5's kernels)
+_CONV_BWD_BL, _CONV_BWD_BC, _CONV_BWD_WARPS = 16, 128, 8
 _CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
 _BLOCK_ROWS = 16  # rows (batch * time) per RMSNorm program: the weight-gradient partials are per block of rows
+# The SiLU's derivative inside _conv_bwd (GATE) rather than _conv_bwd_gate first: g = dL/dpre, (B, L, C) float32, is
+# neither written nor read back (benchmarks/gpu_sweep.py tries both)
+_CONV_GATE_IN_BWD = True
+# The norms' backward kernels store the forward's output (which the next Linear's weight gradient needs) rather
+# than the forward kernel rerunning for it first: y and z (or the block's input) are read once, not twice
+# (benchmarks/gpu_sweep.py tries both)
+_NORM_OUT_IN_BWD = True
 # The layer's forward applies the conv inside the SSD kernels' loads (ssd._load_in) rather than in _conv_fwd first:
 # the conv's output, (B, L, conv_dim), is neither written nor read back (benchmarks/gpu_sweep.py tries both)
 _CONV_IN_SSD = True
@@ -134,16 +143,20 @@ def _conv_bwd_gate(
 
 @triton.jit
 def _conv_bwd(
-    x_ptr, w_ptr, g_ptr, dx_ptr, dwp_ptr, dbp_ptr,
+    x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dwp_ptr, dbp_ptr,
     L, C, nsplit, steps,
     s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_g_b, s_g_l, s_g_c, s_o_b, s_o_l, s_o_c,
-    HAS_BIAS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GATE: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BL: tl.constexpr,
+    BC: tl.constexpr,
 ):
     # grid (b, nsplit, cdiv(C, BC)): a program takes ``steps`` consecutive steps (a multiple of BL) of one row, BL at
     # a time. With g = dL/dpre (pre = the conv before its activation; _conv_bwd_gate's output, or dy itself):
     #   dx[t] = sum_j w[K-1-j] g[t+j],  dw[k] = sum_t g[t] x[t-K+1+k],  dbias = sum_t g[t]
     # dw, dbias as per-program partials (b, nsplit, K, C) and (b, nsplit, C), summed on the host. dx (strides
     # s_o_*) is stored in its buffer's dtype (e.g. bf16 straight into the xBC columns of the layer's dzxbcdt).
+    # GATE: g_ptr holds dy = dL/dsilu(pre) and g = dy silu'(pre) is formed here, from pre recomputed for each of
+    # the K shifted tiles (K loads of x each, L1 hits: what _conv_bwd_gate does, without writing g to memory and
+    # reading it back, a float32 (B, L, C) round trip; the K - 1 later steps' pre is computed K times over).
     # Inside the loop nothing is reduced: the K shifted tiles of g and the (K, BL, BC) tile of x are loaded
     # together and dw, dbias accumulate elementwise; one reduction over the steps at the end. (Reducing dw per
     # block of 16 steps, each of K x loads waiting behind the previous reduction's barrier, took 2.0 ms per seed
@@ -164,6 +177,11 @@ def _conv_bwd(
             tj = t + j  # the output step whose gradient reaches x[t] through w[K-1-j]
             g = tl.load(g_ptr + bi * s_g_b + tj[:, None] * s_g_l + cc[None, :] * s_g_c,
                         mask=(tj[:, None] < L) & mc[None, :], other=0.0).to(tl.float32)
+            if GATE:
+                pre = _conv_pre(x_ptr, w_ptr, bias_ptr, bi, tj, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k,
+                                HAS_BIAS, K, BL, BC)
+                sg = tl.sigmoid(pre)
+                g = g * sg * (1.0 + pre * (1.0 - sg))
             dx += g * tl.load(w_ptr + cc * s_w_c + (K - 1 - j) * s_w_k, mask=mc, other=0.0).to(tl.float32)[None, :]
             if j == 0:
                 g0 = g
@@ -205,12 +223,13 @@ def _conv_backward(
     buffer for it (any strides, e.g. columns of a wider gradient), else a new one in x's dtype; stored in dx's
     dtype. Accumulated in float32 either way, rounded once where stored.
 
-    Two kernels: the SiLU's derivative (``_conv_bwd_gate``: the pre-activation recomputed once per element, into
-    float32 g; 0.47 ms per seed layer on an H200), then dx, dweight and dbias from g (``_conv_bwd``, each program
-    over a run of steps with no reduction inside its loop: 1.13 ms per seed layer with 64 channels a program, 0.66
-    ms with 128 (H200, runs 3 and 5 in benchmarks/results/h200-2026-11-26/); the version that reduced per 16 steps
-    took 2.0 ms). dy_scratch: dy is float32 and the caller's to overwrite (g is written over it); else g gets
-    a buffer of its own."""
+    One kernel, ``_conv_bwd``: dx, dweight and dbias, each program over a run of steps with no reduction inside
+    its loop (1.13 ms per seed layer with 64 channels a program, 0.66 ms with 128, H200, runs 3 and 5 in
+    benchmarks/results/h200-2026-11-26/; the version that reduced per 16 steps took 2.0 ms), with the SiLU's
+    derivative applied to dy as it is loaded (``_CONV_GATE_IN_BWD``; not yet timed). Otherwise two: first
+    ``_conv_bwd_gate`` (the pre-activation recomputed once per element, into float32 g; 0.47 ms per seed layer),
+    then ``_conv_bwd`` from g. dy_scratch: dy is float32 and the caller's to overwrite (g is then written over
+    it); else g gets a buffer of its own."""
     b, L, C = x.shape
     w = weight.reshape(C, -1)
     K = w.shape[1]
@@ -231,16 +250,16 @@ def _conv_backward(
     dbp = torch.empty(b, nsplit, C, **f32) if bias is not None else None
     with on_device(x):
         g = dy
-        if silu:
+        if silu and not _CONV_GATE_IN_BWD:
             g = dy if dy_scratch and dy.dtype == torch.float32 else torch.empty(b, L, C, **f32)
             _conv_bwd_gate[grid](
                 x, w, bias if bias is not None else w, dy, g, L, C, *x.stride(), *w.stride(), *dy.stride(),
                 *g.stride(), HAS_BIAS=bias is not None, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
         _conv_bwd[(b, nsplit, nc)](
-            x, w, g, dx, dwp, dbp if dbp is not None else dwp,
+            x, w, bias if bias is not None else w, g, dx, dwp, dbp if dbp is not None else dwp,
             L, C, nsplit, steps, *x.stride(), *w.stride(), *g.stride(), *dx.stride(),
-            HAS_BIAS=bias is not None, K=K, KP=triton.next_power_of_2(K), BL=_CONV_BWD_BL, BC=BCb,
-            **launch_options(num_warps=4))
+            HAS_BIAS=bias is not None, GATE=silu and _CONV_GATE_IN_BWD, K=K, KP=triton.next_power_of_2(K),
+            BL=_CONV_BWD_BL, BC=BCb, **launch_options(num_warps=_CONV_BWD_WARPS))
     dw = dwp.sum((0, 1)).t().reshape(weight.shape).to(weight.dtype)
     db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
     return dx, dw, db
@@ -315,14 +334,16 @@ def _rmsnorm_fwd(
 
 @triton.jit
 def _rmsnorm_bwd(
-    y_ptr, z_ptr, w_ptr, rstd_ptr, dout_ptr, dy_ptr, dz_ptr, dwp_ptr, dres_ptr,
+    y_ptr, z_ptr, w_ptr, rstd_ptr, dout_ptr, dy_ptr, dz_ptr, dwp_ptr, dres_ptr, out_ptr,
     rows, L, gs, ngroups,
     s_y_b, s_y_l, s_z_b, s_z_l, s_d_b, s_d_l, s_dz_b, s_dz_l, s_dy_b, s_dy_l, s_dr_b, s_dr_l,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_DRES: tl.constexpr, ROWS: tl.constexpr,
-    BLOCK: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_DRES: tl.constexpr, OUT: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Recomputes v (y or y*silu(z)) and vhat = v/rms from y, z, rstd. With dv_hat = dout * w (* silu(z)):
     #   dv = rstd (dv_hat - vhat mean(dv_hat vhat)),  dw = sum_rows dout vhat (* silu(z)), as per-program partials.
+    # OUT: also stores the forward's output, vhat w (* silu(z)), at out_ptr (contiguous rows, as _rmsnorm_fwd
+    # stores it): the next Linear's weight gradient needs it, and the forward kernel need not rerun for it.
     # dz may be dout's own buffer (in place): a program reads its tile of dout before it stores dz there, and no
     # other program reads that tile. dy, dz are stored in their buffers' dtypes.
     pid_r, gi = tl.program_id(0), tl.program_id(1)
@@ -351,6 +372,10 @@ def _rmsnorm_bwd(
     tl.store(dwp_ptr + pid_r * (gs * ngroups) + col, tl.sum(g * vhat, axis=0), mask=tl.arange(0, BLOCK) < gs)
     dvhat = g * w[None, :]
     dv = rstd[:, None] * (dvhat - vhat * (tl.sum(dvhat * vhat, axis=1) / gs)[:, None])
+    oof = r[:, None] * (gs * ngroups) + col[None, :]  # OUT: stored late, as vhat's last uses are (the gate's below):
+    # stored above, with y, z and dout live, it spilled 8 B per thread (sm_90, the seed's gated norm)
+    if OUT and not (HAS_Z and NORM_BEFORE_GATE):
+        tl.store(out_ptr + oof, (vhat * w[None, :]).to(out_ptr.dtype.element_ty), mask=m)
     dy = dv
     if HAS_Z:
         # y, z, dout loaded again (L1/L2 hits) for the gate's terms rather than kept live across the row sum above:
@@ -362,6 +387,8 @@ def _rmsnorm_bwd(
         if NORM_BEFORE_GATE:  # out = w (y / rms) silu(z)
             dout = tl.load(dout_ptr + doff, mask=m, other=0.0).to(tl.float32)
             dz = dout * vhat * w[None, :] * dgate
+            if OUT:
+                tl.store(out_ptr + oof, (vhat * w[None, :] * (z * sz)).to(out_ptr.dtype.element_ty), mask=m)
         else:  # out = w (y silu(z)) / rms
             y = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
             dz = dv * y * dgate
@@ -417,13 +444,16 @@ def add_rmsnorm_triton(x: Tensor, h: Tensor, weight: Tensor, eps: float) -> tupl
 def _rmsnorm_backward(
     y: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor, dout: Tensor, gs: int, norm_before_gate: bool,
     dy_dtype: torch.dtype = torch.float32, dz: Tensor | None = None, dy: Tensor | None = None,
-    dres: Tensor | None = None,
+    dres: Tensor | None = None, out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """(dy, dz, dweight) of :func:`_rmsnorm_forward`; dout (b, L, d) any dtype. dy: the buffer to write into ((b, L,
     d) with unit channel stride, any dtype: e.g. a column slice of a wider buffer); None: a new contiguous one in
     ``dy_dtype``. dz: likewise ((b, L, d) with unit channel stride, any dtype; may be dout itself, overwritten in
     place); None: a new float32 one. dres ((b, L, d), unit channel stride, any dtype): a gradient that reaches y
-    by another way (y is a residual stream), added to dy. Computed in float32, rounded once where stored."""
+    by another way (y is a residual stream), added to dy. out ((b, L, d) contiguous, any dtype): where to store
+    the forward's output too (what :func:`_rmsnorm_forward` returns, from the same arithmetic on the same values),
+    which the next Linear's weight gradient needs. Computed in float32, rounded once
+    where stored."""
     b, L, d = y.shape
     ngroups = d // gs
     rows = b * L
@@ -440,17 +470,19 @@ def _rmsnorm_backward(
                          f"strides {dy.stride()}")
     if z is not None and dz is None:
         dz = torch.empty(b, L, d, **f32)
+    if out is not None and (out.shape != (b, L, d) or not out.is_contiguous()):
+        raise ValueError(f"out buffer: ({b}, {L}, {d}) contiguous, got {tuple(out.shape)} strides {out.stride()}")
     dwp = torch.empty(nrb, d, **f32)
     BLOCK = _pow2(gs)
     with on_device(y):
         _rmsnorm_bwd[(nrb, ngroups)](
             y, z if z is not None else y, weight, rstd, dout, dy, dz if dz is not None else dy, dwp,
-            dres if dres is not None else dout,
+            dres if dres is not None else dout, out if out is not None else dy,
             rows, L, gs, ngroups, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
             dout.stride(0), dout.stride(1), *(dz.stride()[:2] if dz is not None else (0, 0)), dy.stride(0),
             dy.stride(1), *(dres.stride()[:2] if dres is not None else (0, 0)),
-            HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_DRES=dres is not None, ROWS=_BLOCK_ROWS,
-            BLOCK=BLOCK, **launch_options(_BLOCK_ROWS * BLOCK))
+            HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_DRES=dres is not None,
+            OUT=out is not None, ROWS=_BLOCK_ROWS, BLOCK=BLOCK, **launch_options(_BLOCK_ROWS * BLOCK))
     return dy, dz, dwp.sum(0).to(weight.dtype)
 
 
@@ -494,13 +526,14 @@ def rmsnorm_gated_triton(
 
 
 class _RMSNormLinear(torch.autograd.Function):
-    """[x + h ->] rmsnorm * norm_weight -> Linear as one autograd node that keeps the normalised stream (x, or the sum)
-    and 1/rms, not the norm's output.
+    """[x + h ->] rmsnorm * norm_weight -> Linear as one autograd node that keeps the normalised stream (x, or the sum),
+    not the norm's output.
 
     A pre-norm block's input is alive anyway (the norm's backward needs it), while the Linear's input, the normalised
     stream in the matmul dtype, is a second copy per token (1 KB at d_model 512 in bf16). The backward recomputes it
-    with the same kernel (bit-identical), takes the Linear's gradients from it and frees it before the norm's backward
-    runs. With h (the previous branch's output, pending), the residual add is the norm kernel's too (HAS_ADD) and the
+    with the same arithmetic: in the norm's backward kernel, which forms it on the way (``_NORM_OUT_IN_BWD``: the
+    stream is read once), or (else) with the forward's kernel first, then takes the Linear's gradients from it.
+    With h (the previous branch's output, pending), the residual add is the norm kernel's too (HAS_ADD) and the
     sum is an output, the next residual; its gradient is added to the norm's input gradient inside the norm's
     backward kernel (HAS_DRES), which is then the gradient of both x and h: no add kernel either way."""
 
@@ -523,18 +556,23 @@ class _RMSNormLinear(torch.autograd.Function):
         stream, norm_weight, rstd, weight, bias = ctx.saved_tensors
         eps, mm_dtype, added = ctx.cfg
         dres, dout = grads if added else (None, grads[0])
-        rows = stream.reshape(-1, 1, stream.shape[-1])
+        D = stream.shape[-1]
+        rows = stream.reshape(-1, 1, D)
         with torch.autocast(stream.device.type, enabled=False):
-            u = _rmsnorm_forward(rows, None, norm_weight, eps, stream.shape[-1], False)[0]  # recomputed
             g = dout.reshape(-1, dout.shape[-1]).to(mm_dtype)  # (N, n_out)
-            dW = (g.t() @ u.view(-1, stream.shape[-1]).to(mm_dtype)).to(weight.dtype)  # (n_out, D)
-            del u
             db = g.to(torch.float32).sum(0).to(bias.dtype) if bias is not None else None
+            u = None  # the norm's output, recomputed (x's dtype)
+            if not _NORM_OUT_IN_BWD:
+                u = _rmsnorm_forward(rows, None, norm_weight, eps, D, False)[0]
             du = (g @ weight.to(mm_dtype)).view(rows.shape)  # (N, 1, D) in the matmul dtype
-            del g
-            dx, _, dnw = _rmsnorm_backward(rows, None, norm_weight, rstd, du, stream.shape[-1], False,
-                                           dy_dtype=stream.dtype,
-                                           dres=dres.reshape(rows.shape) if dres is not None else None)
+            if _NORM_OUT_IN_BWD:
+                u = torch.empty(rows.shape, device=stream.device, dtype=stream.dtype)
+            dx, _, dnw = _rmsnorm_backward(rows, None, norm_weight, rstd, du, D, False, dy_dtype=stream.dtype,
+                                           dres=dres.reshape(rows.shape) if dres is not None else None,
+                                           out=u if _NORM_OUT_IN_BWD else None)
+            del du
+            dW = (g.t() @ u.view(-1, D).to(mm_dtype)).to(weight.dtype)  # (n_out, D)
+            del u, g
         dx = dx.view(stream.shape)
         return dx, (dx if added else None), dnw, None, dW, db, None
 
@@ -668,46 +706,45 @@ class _Mamba2Fused(torch.autograd.Function):
                              s["d"], s["softplus"], want_final=False, conv=s["conv"],
                              norm=norm)[0].flatten(-2)  # (B, L, d_ssm)
             del s
-            out = y
+            out, rstd = y, None
             if norm_weight is not None and not cfg.norm_in_scan:
-                out = _rmsnorm_forward(y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups, cfg.norm_before_gate)[0]
+                out, rstd = _rmsnorm_forward(y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups,
+                                             cfg.norm_before_gate)
             if cfg.d_mlp > 0:
                 out = torch.cat([F.silu(z0) * x0, out], dim=-1)  # (B, L, d_inner)
             if out_weight is not None:
                 dt_ = cfg.out_dtype
                 out = F.linear(out.to(dt_), out_weight.to(dt_), out_bias.to(dt_) if out_bias is not None else None)
-        ctx.save_for_backward(zxbcdt, y, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight,
+        ctx.save_for_backward(zxbcdt, y, rstd, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight,
                               out_bias)
         ctx.cfg = cfg
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        zxbcdt, y, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight, out_bias = ctx.saved_tensors
+        (zxbcdt, y, rstd, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight,
+         out_bias) = ctx.saved_tensors
         cfg = ctx.cfg
         gs = cfg.d_ssm // cfg.ngroups
         f32 = torch.float32
         with torch.autocast(zxbcdt.device.type, enabled=False), on_device(zxbcdt):
             z0, x0, z, xBC_in, dt_in = cfg.split(zxbcdt)
             s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
-            # out_proj: its input recomputed for the weight gradient; the gradient reaching that input
-            normed = rstd = None
-            if norm_weight is not None:
-                normed, rstd = _rmsnorm_forward(y, z, norm_weight, cfg.eps, gs, cfg.norm_before_gate)
+            # out_proj's input, the norm's output, recomputed for its weight gradient: by the norm's backward kernel
+            # below, which forms it on the way (_NORM_OUT_IN_BWD), or by the forward's kernel here
+            normed = None
+            if norm_weight is not None and out_weight is not None:
+                normed = (torch.empty_like(y) if _NORM_OUT_IN_BWD else
+                          _rmsnorm_forward(y, z, norm_weight, cfg.eps, gs, cfg.norm_before_gate)[0])
             # the input gradient, allocated first: each piece is written straight into its columns in zxbcdt's
             # dtype (out_proj's input gradient and dz by the norm, dxBC by the conv), no float32 copies and no cat
             dzxbcdt = torch.empty_like(zxbcdt)  # (B, L, d_in_proj)
             _, _, dz_out, dxBC_out, _ = cfg.split(dzxbcdt)
-            dW = db = None
-            if out_weight is not None:
-                dt_ = cfg.out_dtype
-                out_in = normed if normed is not None else y
-                if cfg.d_mlp > 0:
-                    out_in = torch.cat([F.silu(z0) * x0, out_in], dim=-1)  # (B, L, d_inner)
+            dW = db = g = None
+            dt_ = cfg.out_dtype
+            if out_weight is not None:  # the gradient reaching out_proj's input (its weight's: after the norm's)
                 g = dout.to(dt_).flatten(0, -2)  # (B*L, d_model)
-                dW = (g.t() @ out_in.to(dt_).flatten(0, -2)).to(out_weight.dtype)  # (d_model, d_inner)
                 db = g.to(f32).sum(0).to(out_bias.dtype) if out_bias is not None else None
-                del out_in
                 w_ = out_weight.to(dt_)
                 if cfg.d_mlp == 0 and norm_weight is not None and dt_ == dzxbcdt.dtype:
                     # into dzxbcdt's z columns (row stride d_in_proj, which a GEMM takes as its leading dimension):
@@ -715,8 +752,7 @@ class _Mamba2Fused(torch.autograd.Function):
                     dout = torch.mm(g, w_, out=dz_out.flatten(0, -2)).unflatten(0, dout.shape[:-1])  # (B, L, d_ssm)
                 else:
                     dout = (g @ w_).unflatten(0, dout.shape[:-1])  # (B, L, d_inner)
-                del g, w_
-            del normed
+                del w_
             dz0 = dx0 = None  # the d_mlp branch silu(z0) * x0
             if cfg.d_mlp > 0:
                 d_mlp_out = dout[..., :cfg.d_mlp].to(f32)
@@ -737,10 +773,17 @@ class _Mamba2Fused(torch.autograd.Function):
             dz = None  # the scan's dz (when the norm is off)
             if norm_weight is not None:
                 dy, _, dnw = _rmsnorm_backward(y, z, norm_weight, rstd, dout, gs, cfg.norm_before_gate, dz=dz_out,
-                                               dy=dx_cols)
+                                               dy=dx_cols, out=normed if _NORM_OUT_IN_BWD else None)
             else:
                 dy = dout
             del dout, rstd
+            if out_weight is not None:  # out_proj's weight gradient
+                out_in = normed if normed is not None else y
+                if cfg.d_mlp > 0:
+                    out_in = torch.cat([F.silu(z0) * x0, out_in], dim=-1)  # (B, L, d_inner)
+                dW = (g.t() @ out_in.to(dt_).flatten(0, -2)).to(out_weight.dtype)  # (d_model, d_inner)
+                del out_in, g
+            del normed
             # the SSD scan
             dtp, a = ssd._dt_cumsum(s["dt"], s["A"], s["dt_bias"], s["d"], s["softplus"])
             dy = dy.unflatten(-1, (cfg.nheads, cfg.headdim))  # (B, L, h, p)
