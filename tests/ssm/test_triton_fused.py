@@ -262,15 +262,25 @@ def test_layer_matches_mamba2(device, name, out_proj_inside, monkeypatch):
             assert_close(f"d{k}", g[k], g_ref[k])
 
 
+@pytest.mark.parametrize("norm_in_ssd", [True, False], ids=["norm in the scan", "norm apart"])
 @pytest.mark.parametrize("out_in_bwd", [True, False], ids=["norm output from its backward", "norm forward rerun"])
 @pytest.mark.parametrize("name", ["default", "groups+norm_before_gate+D_hdim+bias", "mlp+rmsnorm"])
-def test_layer_out_proj_input_both_ways(device, name, out_in_bwd, monkeypatch):
-    """out_proj's input in the backward, the norm's output (with the d_mlp branch's beside it in "mlp+rmsnorm"),
-    stored by the norm's backward kernel (``fused._NORM_OUT_IN_BWD``) or by its forward kernel rerun: the same
-    gradients as the float64 layer either way."""
+def test_layer_norm_both_ways(device, name, out_in_bwd, norm_in_ssd, monkeypatch):
+    """Training with the gated norm inside the scan's last kernel (``fused._NORM_IN_SSD``: y kept, the norm's output
+    and 1/rms stored beside it) or apart; and out_proj's input in the backward, the norm's output (with the d_mlp
+    branch's beside it in "mlp+rmsnorm"), stored by the norm's backward kernel (``fused._NORM_OUT_IN_BWD``) or by
+    its forward kernel rerun: the same output and gradients as the float64 layer each way."""
     monkeypatch.setitem(LAYERS, "mlp+rmsnorm", {"d_ssm": 32})
     monkeypatch.setattr(fused_module, "_NORM_OUT_IN_BWD", out_in_bwd)
+    monkeypatch.setattr(fused_module, "_NORM_IN_SSD", norm_in_ssd)
+    norms = []
+    real = fused_module.ssd._forward
+    monkeypatch.setattr(fused_module.ssd, "_forward", lambda *a, **k: norms.append(k.get("norm")) or real(*a, **k))
     test_layer_matches_mamba2(device, name, True, monkeypatch)
+    if norm_in_ssd:  # with buffers of its own for the norm's output and 1/rms: y is kept
+        assert len(norms) == 1 and norms[0][4] is not None and norms[0][5] is not None
+    else:
+        assert norms == [None]
 
 
 def test_layer_bfloat16(device):

@@ -67,8 +67,10 @@ _NORM_OUT_IN_BWD = True
 # The layer's forward applies the conv inside the SSD kernels' loads (ssd._load_in) rather than in _conv_fwd first:
 # the conv's output, (B, L, conv_dim), is neither written nor read back (benchmarks/gpu_sweep.py tries both)
 _CONV_IN_SSD = True
-# Where no gradient is wanted (inference), the gated RMSNorm runs inside the SSD's last kernel (ssd._chunk_scan,
-# norm=...): y, which only the backward needs, is never written apart (benchmarks/gpu_sweep.py tries both)
+# The gated RMSNorm inside the SSD's last kernel (ssd._chunk_scan, norm=...) rather than _rmsnorm_fwd after it: y is
+# not read back from memory, nor z once more, and one launch less. Where no gradient is wanted (inference) y, which
+# only the backward needs, is normalised in place and never written apart; in training it is kept, the norm's
+# output and 1/rms stored beside it (benchmarks/gpu_sweep.py tries both ways)
 _NORM_IN_SSD = True
 
 
@@ -638,7 +640,8 @@ class _LayerCfg:
     d_mlp: int
     nheads: int
     out_dtype: torch.dtype  # out_proj's compute dtype: the autocast dtype under autocast, else zxbcdt's
-    norm_in_scan: bool = False  # the gated norm inside the SSD's last kernel (no gradient wanted: y is not kept)
+    norm_in_scan: bool = False  # the gated norm inside the SSD's last kernel (see _NORM_IN_SSD)
+    keep_y: bool = True  # a gradient is wanted: the scan's output before the norm is kept for the backward
 
     @property
     def d_ssm(self) -> int:
@@ -698,15 +701,20 @@ class _Mamba2Fused(torch.autograd.Function):
             # the conv applied inside the SSD kernels (_CONV_IN_SSD): its output (B, L, conv_dim) is never written
             s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg,
                              run_conv=not _CONV_IN_SSD)
-            norm = None
-            if cfg.norm_in_scan:  # then the scan's output is the norm's, and y (which only a backward needs) is
-                # never written apart
-                norm = (z.unflatten(-1, (cfg.nheads, cfg.headdim)), norm_weight, cfg.eps, cfg.norm_before_gate)
+            norm = nout = rstd = None
+            if cfg.norm_in_scan:  # the scan's last kernel applies the norm: into y's own buffer in place where no
+                # backward will want y (never written apart), else beside it with the rows' 1/rms
+                if cfg.keep_y:
+                    d = s["d"]
+                    nout = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=dev, dtype=zxbcdt.dtype)
+                    rstd = torch.empty(d["b"] * d["L"], cfg.ngroups, device=dev, dtype=torch.float32)
+                norm = (z.unflatten(-1, (cfg.nheads, cfg.headdim)), norm_weight, cfg.eps, cfg.norm_before_gate,
+                        nout, rstd)
             y = ssd._forward(s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None,
                              s["d"], s["softplus"], want_final=False, conv=s["conv"],
                              norm=norm)[0].flatten(-2)  # (B, L, d_ssm)
             del s
-            out, rstd = y, None
+            out = y if nout is None else nout.flatten(-2)
             if norm_weight is not None and not cfg.norm_in_scan:
                 out, rstd = _rmsnorm_forward(y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups,
                                              cfg.norm_before_gate)
@@ -871,6 +879,6 @@ def mamba2_fused_forward(
     cfg = _LayerCfg(headdim=headdim, d_state=d_state, ngroups=ngroups, chunk_size=chunk_size,
                     norm_before_gate=norm_before_gate, eps=eps, dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
                     d_mlp=d_mlp, nheads=nheads, out_dtype=_mm_dtype(zxbcdt),
-                    norm_in_scan=_NORM_IN_SSD and norm_weight is not None and not grad_wanted)
+                    norm_in_scan=_NORM_IN_SSD and norm_weight is not None, keep_y=grad_wanted)
     return _Mamba2Fused.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight,
                               out_proj_bias, cfg)

@@ -288,6 +288,7 @@ def _state_fwd(
 @triton.jit
 def _chunk_scan_fwd(
     x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr, w_ptr, cb_ptr, nw_ptr,
+    nout_ptr, rstd_ptr,
     L, nh, nchunks, hpg, hpp, p, n, first_state, cB0, cC0, eps,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
@@ -298,7 +299,8 @@ def _chunk_scan_fwd(
     s_o_b, s_o_l, s_o_h, s_o_p,
     s_w_c, s_w_k,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr, CONV: tl.constexpr, HAS_CB: tl.constexpr,
-    NORM: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    NORM: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, RSTD: tl.constexpr, K: tl.constexpr, T: tl.constexpr,
+    BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, cdiv(hpg, hpp)): the outputs (T, p) of one chunk for up to hpp heads of one group, which
     # share B and C, so C.B^T is computed once for all of them. With DZ (backward, z given): the gate's gradient
@@ -308,7 +310,9 @@ def _chunk_scan_fwd(
     # hpp = hpg): the gated RMSNorm of the group's outputs (z at z_ptr, its weight at nw_ptr) into out in place of
     # y: y rounded to out's dtype is stored and its row sums of squares (after the gate, unless NORM_BEFORE_GATE)
     # kept per head, then a second pass over the group reads it back (this program's own stores, L2 hits) and
-    # normalises: what _rmsnorm_fwd does to the stored y, without y's round trip to memory and a launch.
+    # normalises: what _rmsnorm_fwd does to the stored y, without y's round trip to memory and a launch. The
+    # normalised output goes to nout_ptr (out's strides): out itself (in place, inference) or a buffer of its own
+    # (training, which keeps y for the backward); RSTD: the rows' 1/rms too, (b * L, g) float32 at rstd_ptr.
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
@@ -362,10 +366,12 @@ def _chunk_scan_fwd(
         tl.store(out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p, y, mask=mtp)
     if NORM:
         rstd = 1.0 / tl.sqrt(ss / ((h_hi - h_lo) * p) + eps)  # (T,)
+        if RSTD:
+            tl.store(rstd_ptr + (bi * L + pos) * (nh // hpg) + g, rstd, mask=mt)
         tl.debug_barrier()  # every thread's y stored before any reads another's back
         for hd in range(h_lo, h_hi):
-            optr = out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p
-            v = tl.load(optr, mask=mtp, other=0.0).to(tl.float32)
+            ooff = bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p
+            v = tl.load(out_ptr + ooff, mask=mtp, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                         mask=mtp, other=0.0).to(tl.float32)
             gate = z * tl.sigmoid(z)
@@ -375,7 +381,7 @@ def _chunk_scan_fwd(
             if NORM_BEFORE_GATE:
                 v = v * gate
             tl.debug_barrier()  # (the loads above are of this program's own stores: all done before any overwrite)
-            tl.store(optr, v.to(out_ptr.dtype.element_ty), mask=mtp)
+            tl.store(nout_ptr + ooff, v.to(nout_ptr.dtype.element_ty), mask=mtp)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -701,22 +707,27 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, c
 def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=None, norm=None):
     """Kernel 3: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead.
     ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``); conv: see _conv_args.
-    norm = (z (b, L, h, p), weight (h * p,), eps, norm_before_gate), with z None: the gated RMSNorm over each
-    group's h / g heads of y (Mamba2's norm, one group per B/C group) into ``out`` instead of y, one program per
-    group and chunk."""
+    norm = (z (b, L, h, p), weight (h * p,), eps, norm_before_gate, nout, rstd), with z None: the gated RMSNorm
+    over each group's h / g heads of y (Mamba2's norm, one group per B/C group), one program per group and chunk,
+    into ``nout`` (out's shape and strides) with y kept in ``out`` and the rows' 1/rms in ``rstd`` ((b * L, g)
+    float32), or with nout and rstd None into ``out`` in place of y (y is not kept)."""
     hpg = d["nh"] // d["g"]
     hpp, nsplit = _head_split(hpg) if norm is None else (hpg, 1)
-    zn, nw, eps, nbg = norm if norm is not None else (None, x, 0.0, False)
+    zn, nw, eps, nbg, nout, rstd = norm if norm is not None else (None, x, 0.0, False, None, None)
+    if nout is not None and (nout.shape != out.shape or nout.stride() != out.stride()):
+        raise ValueError(f"nout buffer: {tuple(out.shape)} with strides {out.stride()}, got {tuple(nout.shape)} "
+                         f"strides {nout.stride()}")
+    if (nout is None) != (rstd is None):
+        raise ValueError("nout and rstd: both or neither")
     zp = z if z is not None else zn
     (w, cb, cB0, cC0, *s_w), conv_flags = _conv_args(conv, x)
     _chunk_scan_fwd[(d["b"] * d["c"], d["g"], nsplit)](
         x, B, C, zp if zp is not None else x, D2 if D2 is not None else x, dtp, a, enter,
-        dout if dout is not None else x, out, w, cb, nw,
-        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0, cC0, eps, *x.stride(),
+        dout if dout is not None else x, out, w, cb, nw, nout if nout is not None else out,
+        rstd if rstd is not None else out, d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0, cC0, eps, *x.stride(),
         *B.stride(), *C.stride(), *_strides(zp, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(), *s_w,
         HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, **conv_flags, NORM=norm is not None,
-        NORM_BEFORE_GATE=nbg, T=d["T"], BP=d["BP"],
-        BN=d["BN"],
+        NORM_BEFORE_GATE=nbg, RSTD=rstd is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
         **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES))
 
 
