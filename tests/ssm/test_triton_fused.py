@@ -98,8 +98,14 @@ def test_conv_bfloat16(device):
         assert_close(name, a, e, 2e-2)
 
 
+@pytest.mark.parametrize("tile_rows,programs", [(4, 4096), (4, 3), (16, 10**9)],
+                         ids=["a tile per program", "runs of 4 tiles, the last partial", "16-row tiles"])
 @pytest.mark.parametrize("gate,norm_before_gate,groups", [(True, False, 1), (True, True, 2), (False, False, 2)])
-def test_rmsnorm_gated(device, gate, norm_before_gate, groups):
+def test_rmsnorm_gated(device, gate, norm_before_gate, groups, tile_rows, programs, monkeypatch):
+    # the backward's tiles and programs: 38 rows as 10 programs of one tile, 3 programs of 16 rows (16, 16, 6), or
+    # 3 programs of one 16-row tile
+    monkeypatch.setattr(fused_module, "_NORM_BWD_ROWS", tile_rows)
+    monkeypatch.setattr(fused_module, "_NORM_BWD_PROGRAMS", programs)
     gen = torch.Generator().manual_seed(0)
     d = 48
     y = torch.randn(2, 19, d, generator=gen, dtype=F64)

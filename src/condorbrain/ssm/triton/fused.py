@@ -1,33 +1,33 @@
 """The fused Mamba-2 layer training path in Triton: in_proj output -> conv+SiLU -> SSD -> gated RMSNorm -> out_proj.
 
 :func:`mamba2_fused_forward` computes what :meth:`condorbrain.ssm.mamba2.Mamba2.forward` computes after ``in_proj``
-(no carried state), outputs and gradients, in three Triton stages with no copies in between, and out_proj:
+(no carried state), outputs and gradients, as one autograd node (``_Mamba2Fused``), with no copies in between:
 
-1. conv + SiLU (``_conv_fwd``): reads the xBC columns of the in_proj output in place (a strided view: the split
-   costs no copy) and writes silu(conv(xBC)) once. Bias and SiLU are fused into the convolution, so the
-   pre-activation never goes to memory; the backward recomputes it (K extra multiply-adds per element) rather than
-   storing it: one kernel for the SiLU's derivative (written over the float32 output gradient), one for dx,
-   dweight and dbias.
-2. the SSD scan (:mod:`condorbrain.ssm.triton.ssd`'s kernels): takes x, B and C as strided views of the conv output
-   and dt as a view of the in_proj output; dt + dt_bias, softplus and the D skip are applied inside its kernels, so
-   no processed copy of dt, x or the output is made.
-3. the gated RMSNorm (``_rmsnorm_fwd``): y * silu(z) (z read in place from the in_proj output), the per-group RMS,
-   the weight, in one pass; the backward recomputes the gate and the normalised value from y, z and 1/rms, so
-   neither y*silu(z) nor the normalised y is stored.
+1. conv + SiLU: applied by the SSD's kernels to what they load (``_CONV_IN_SSD``, see ``ssd._load_in``): x, B and
+   C are read as strided views of the xBC columns of the in_proj output and the conv's output is never written.
+   (Else ``_conv_fwd`` first: it writes silu(conv(xBC)) once, bias and SiLU fused, no pre-activation stored.)
+2. the SSD scan (:mod:`condorbrain.ssm.triton.ssd`'s kernels): dt a view of the in_proj output; dt + dt_bias,
+   softplus and the D skip applied inside its kernels, so no processed copy of dt, x or the output is made.
+3. the gated RMSNorm (y * silu(z), z read in place from the in_proj output, the per-group RMS, the weight): inside
+   the SSD's last kernel (``_NORM_IN_SSD``), which keeps the group's outputs of a chunk in one program; in training
+   y is stored (the backward needs it) with the norm's output and 1/rms beside it, in inference y is normalised
+   in place. (Else ``_rmsnorm_fwd`` after the scan, one pass.)
+4. out_proj (cuBLAS), inside the node, so that its input is recomputed in the backward rather than kept.
 
-All of it is one autograd node (``_Mamba2Fused``), as the official ``mamba_split_conv1d_scan_combined``: it keeps
-zxbcdt and the scan's output before the norm, nothing else per token. The backward recomputes the conv output (one
-conv kernel), the scan's dt and decay sums (one small kernel) and the norm's output with its 1/rms (one norm kernel,
-for out_proj's weight gradient). Per token and layer at the seed sizes (bf16 autocast, d_model 512, d_state 64,
-headdim 64) that is 6.4 KB (+ in_proj's 1 KB input) where three chained autograd functions and an nn.Linear kept
-10.9 KB: the conv output, the norm's output, float32 dt and decay sums as well (``benchmarks/activation_memory.py``).
-
-Between in_proj and out_proj the forward writes three (B, L, width) tensors (conv output, scan output, normalised
-output) and no intermediate copies (split, dt, pre-activation, gated product), which is what bounds a memory-bound
-layer's speed. Further fusion (the norm into the scan's last kernel, as a T x p tile does not hold a whole norm
-group when ngroups < nheads) is left out. The remaining small pieces (A = -exp(A_log), the d_mlp gated-MLP branch
-when d_ssm < d_inner, a dt_limit clamp, sums of per-block partial gradients, out_proj's matmuls) stay in PyTorch.
-The conv and the norm are also exposed on their own (``causal_conv1d_silu_triton``, ``rmsnorm_gated_triton``).
+The node keeps zxbcdt, the scan's output before the norm and the norm's 1/rms (4 bytes per row and group), as
+the official ``mamba_split_conv1d_scan_combined`` does: nothing else per token. Per token and layer at the seed
+sizes (bf16 autocast, d_model 512, d_state 64, headdim 64) that is 6.4 KB (+ in_proj's 1 KB input) where three
+chained autograd functions and an nn.Linear kept 10.9 KB: the conv output, the norm's output, float32 dt and decay
+sums as well (``benchmarks/activation_memory.py``). The backward recomputes the conv output (``_conv_fwd``) and
+the scan's dt and decay sums (one small kernel); the norm's backward (``_rmsnorm_bwd``) stores the norm's output
+for out_proj's weight gradient as it goes (``_NORM_OUT_IN_BWD``; else ``_rmsnorm_fwd`` reruns for it); the SSD's
+backward kernels; the conv's backward in one kernel with the SiLU's derivative formed inside
+(``_CONV_GATE_IN_BWD``; else ``_conv_bwd_gate`` first). Each piece of the input gradient is written straight into
+its columns of dzxbcdt. The switches are module constants, tried side by side by ``benchmarks/gpu_sweep.py``; the
+tests run every way. The remaining small pieces (A = -exp(A_log), the d_mlp gated-MLP branch when d_ssm <
+d_inner, a dt_limit clamp, sums of per-block partial gradients, out_proj's matmuls) stay in PyTorch. The conv and
+the norms are also exposed on their own (``causal_conv1d_silu_triton``, ``rmsnorm_gated_triton``, and the
+pre-norm block's ``rmsnorm_linear_triton`` / ``add_rmsnorm_linear_triton``).
 
 Like :mod:`condorbrain.ssm.triton.ssd`, host code uses one fixed launch config (no autotuner, no device queries),
 so the same code runs under ``TRITON_INTERPRET=1`` on the CPU.
@@ -56,7 +56,14 @@ _BLOCK_L = 16  # time steps per conv program
 # and none on 8 (250 registers, sm_90): 8 (not yet timed; the sweep's _CONV_GATE_IN_BWD=0 row is run 5's kernels)
 _CONV_BWD_BL, _CONV_BWD_BC, _CONV_BWD_WARPS = 16, 128, 8
 _CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
-_BLOCK_ROWS = 16  # rows (batch * time) per RMSNorm program: the weight-gradient partials are per block of rows
+_BLOCK_ROWS = 16  # rows (batch * time) per program of the RMSNorm's forward
+# The RMSNorm's backward: tiles of _NORM_BWD_ROWS rows, a program over a run of them with its partial weight
+# gradient in registers, about _NORM_BWD_PROGRAMS programs. Run 5 had one 16-row tile per program (the weight
+# gradient's partials per 16 rows): 248 registers on 8 warps, one block per SM, 52% of the copy floor (22.2 ms of
+# the seed's training step, benchmarks/results/h200-2026-11-26/). 4-row tiles on 8 warps: 128 registers (sm_90, the
+# seed's gated norm; 189 on 4 warps), two blocks per SM. Not yet timed: the sweep's _NORM_BWD_ROWS=16 row is run 5's
+# kernel.
+_NORM_BWD_ROWS, _NORM_BWD_PROGRAMS, _NORM_BWD_WARPS = 4, 4096, 8
 # The SiLU's derivative inside _conv_bwd (GATE) rather than _conv_bwd_gate first: g = dL/dpre, (B, L, C) float32, is
 # neither written nor read back (benchmarks/gpu_sweep.py tries both)
 _CONV_GATE_IN_BWD = True
@@ -337,11 +344,13 @@ def _rmsnorm_fwd(
 @triton.jit
 def _rmsnorm_bwd(
     y_ptr, z_ptr, w_ptr, rstd_ptr, dout_ptr, dy_ptr, dz_ptr, dwp_ptr, dres_ptr, out_ptr,
-    rows, L, gs, ngroups,
+    rows, L, gs, ngroups, rpp,
     s_y_b, s_y_l, s_z_b, s_z_l, s_d_b, s_d_l, s_dz_b, s_dz_l, s_dy_b, s_dy_l, s_dr_b, s_dr_l,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_DRES: tl.constexpr, OUT: tl.constexpr,
     ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    # grid (cdiv(rows, rpp), ngroups): a program takes rpp rows (a multiple of ROWS), ROWS at a time, and
+    # accumulates its partial dw in registers (one store per program: the partials stay few with small tiles).
     # Recomputes v (y or y*silu(z)) and vhat = v/rms from y, z, rstd. With dv_hat = dout * w (* silu(z)):
     #   dv = rstd (dv_hat - vhat mean(dv_hat vhat)),  dw = sum_rows dout vhat (* silu(z)), as per-program partials.
     # OUT: also stores the forward's output, vhat w (* silu(z)), at out_ptr (contiguous rows, as _rmsnorm_fwd
@@ -349,57 +358,64 @@ def _rmsnorm_bwd(
     # dz may be dout's own buffer (in place): a program reads its tile of dout before it stores dz there, and no
     # other program reads that tile. dy, dz are stored in their buffers' dtypes.
     pid_r, gi = tl.program_id(0), tl.program_id(1)
-    r = pid_r * ROWS + tl.arange(0, ROWS)
     col = gi * gs + tl.arange(0, BLOCK)
-    m = (r[:, None] < rows) & (tl.arange(0, BLOCK)[None, :] < gs)
-    bi, li = r // L, r % L
-    y = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
-    doff = (bi * s_d_b + li * s_d_l)[:, None] + col[None, :]
-    dout = tl.load(dout_ptr + doff, mask=m, other=0.0).to(tl.float32)
-    rstd = tl.load(rstd_ptr + r * ngroups + gi, mask=r < rows, other=0.0)
     w = tl.load(w_ptr + col, mask=col < gs * ngroups, other=0.0).to(tl.float32)
-    zoff = (bi * s_z_b + li * s_z_l)[:, None] + col[None, :]
-    v = y
-    if HAS_Z:
-        z = tl.load(z_ptr + zoff, mask=m, other=0.0).to(tl.float32)
-        gate = z * tl.sigmoid(z)
-        if not NORM_BEFORE_GATE:
-            v = y * gate
-    vhat = v * rstd[:, None]
-    g = dout
-    if HAS_Z and NORM_BEFORE_GATE:
-        g = dout * gate
+    dw = tl.zeros([BLOCK], dtype=tl.float32)
+    for r0 in range(pid_r * rpp, tl.minimum(pid_r * rpp + rpp, rows), ROWS):
+        r = r0 + tl.arange(0, ROWS)
+        m = (r[:, None] < rows) & (tl.arange(0, BLOCK)[None, :] < gs)
+        bi, li = r // L, r % L
+        y = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
+        doff = (bi * s_d_b + li * s_d_l)[:, None] + col[None, :]
+        dout = tl.load(dout_ptr + doff, mask=m, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + r * ngroups + gi, mask=r < rows, other=0.0)
+        zoff = (bi * s_z_b + li * s_z_l)[:, None] + col[None, :]
+        v = y
+        if HAS_Z:
+            z = tl.load(z_ptr + zoff, mask=m, other=0.0).to(tl.float32)
+            gate = z * tl.sigmoid(z)
+            if not NORM_BEFORE_GATE:
+                v = y * gate
+        vhat = v * rstd[:, None]
+        g = dout
+        if HAS_Z and NORM_BEFORE_GATE:
+            g = dout * gate
+        dw += tl.sum(g * vhat, axis=0)
+        dvhat = g * w[None, :]
+        dv = rstd[:, None] * (dvhat - vhat * (tl.sum(dvhat * vhat, axis=1) / gs)[:, None])
+        oof = r[:, None] * (gs * ngroups) + col[None, :]  # OUT: stored late, as vhat's last uses are (the gate's
+        # below): stored right after vhat, with y, z and dout live, it spilled 8 B per thread (sm_90, the seed's
+        # gated norm, 16 rows a tile)
+        if OUT and not (HAS_Z and NORM_BEFORE_GATE):
+            tl.store(out_ptr + oof, (vhat * w[None, :]).to(out_ptr.dtype.element_ty), mask=m)
+        dy = dv
+        if HAS_Z:
+            # y, z, dout loaded again (L1/L2 hits) for the gate's terms rather than kept live across the row sum
+            # above: with 16 rows a tile ((16, BLOCK) float32 tiles, 64 registers per thread) and them live, this
+            # kernel spilled 408 B per thread at 255 registers (140 B before the gate; sm_90)
+            z = tl.load(z_ptr + zoff, mask=m, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            dgate = sz * (1.0 + z * (1.0 - sz))
+            if NORM_BEFORE_GATE:  # out = w (y / rms) silu(z)
+                dout = tl.load(dout_ptr + doff, mask=m, other=0.0).to(tl.float32)
+                dz = dout * vhat * w[None, :] * dgate
+                if OUT:
+                    tl.store(out_ptr + oof, (vhat * w[None, :] * (z * sz)).to(out_ptr.dtype.element_ty), mask=m)
+            else:  # out = w (y silu(z)) / rms
+                y = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m,
+                            other=0.0).to(tl.float32)
+                dz = dv * y * dgate
+                dy = dv * z * sz
+            tl.store(dz_ptr + (bi * s_dz_b + li * s_dz_l)[:, None] + col[None, :], dz.to(dz_ptr.dtype.element_ty),
+                     mask=m)
+        if HAS_DRES:  # y is also a residual stream whose own gradient arrives here: the two summed before rounding
+            dy += tl.load(dres_ptr + (bi * s_dr_b + li * s_dr_l)[:, None] + col[None, :], mask=m,
+                          other=0.0).to(tl.float32)
+        tl.store(dy_ptr + (bi * s_dy_b + li * s_dy_l)[:, None] + col[None, :], dy.to(dy_ptr.dtype.element_ty),
+                 mask=m)
     # masked to this group's own columns: with gs < BLOCK the padded lanes are the next group's columns, which
     # that group's program writes (storing zeros there too was a race, lost or not by launch order: seen on a GPU)
-    tl.store(dwp_ptr + pid_r * (gs * ngroups) + col, tl.sum(g * vhat, axis=0), mask=tl.arange(0, BLOCK) < gs)
-    dvhat = g * w[None, :]
-    dv = rstd[:, None] * (dvhat - vhat * (tl.sum(dvhat * vhat, axis=1) / gs)[:, None])
-    oof = r[:, None] * (gs * ngroups) + col[None, :]  # OUT: stored late, as vhat's last uses are (the gate's below):
-    # stored above, with y, z and dout live, it spilled 8 B per thread (sm_90, the seed's gated norm)
-    if OUT and not (HAS_Z and NORM_BEFORE_GATE):
-        tl.store(out_ptr + oof, (vhat * w[None, :]).to(out_ptr.dtype.element_ty), mask=m)
-    dy = dv
-    if HAS_Z:
-        # y, z, dout loaded again (L1/L2 hits) for the gate's terms rather than kept live across the row sum above:
-        # (ROWS, BLOCK) float32 tiles are 64 registers per thread, and with them live this kernel spilled 408 B per
-        # thread at 255 registers (140 B before the gate; sm_90)
-        z = tl.load(z_ptr + zoff, mask=m, other=0.0).to(tl.float32)
-        sz = tl.sigmoid(z)
-        dgate = sz * (1.0 + z * (1.0 - sz))
-        if NORM_BEFORE_GATE:  # out = w (y / rms) silu(z)
-            dout = tl.load(dout_ptr + doff, mask=m, other=0.0).to(tl.float32)
-            dz = dout * vhat * w[None, :] * dgate
-            if OUT:
-                tl.store(out_ptr + oof, (vhat * w[None, :] * (z * sz)).to(out_ptr.dtype.element_ty), mask=m)
-        else:  # out = w (y silu(z)) / rms
-            y = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
-            dz = dv * y * dgate
-            dy = dv * z * sz
-        tl.store(dz_ptr + (bi * s_dz_b + li * s_dz_l)[:, None] + col[None, :], dz.to(dz_ptr.dtype.element_ty),
-                 mask=m)
-    if HAS_DRES:  # y is also a residual stream whose own gradient arrives here: the two summed before rounding
-        dy += tl.load(dres_ptr + (bi * s_dr_b + li * s_dr_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
-    tl.store(dy_ptr + (bi * s_dy_b + li * s_dy_l)[:, None] + col[None, :], dy.to(dy_ptr.dtype.element_ty), mask=m)
+    tl.store(dwp_ptr + pid_r * (gs * ngroups) + col, dw, mask=tl.arange(0, BLOCK) < gs)
 
 
 def _rmsnorm_forward(
@@ -464,7 +480,9 @@ def _rmsnorm_backward(
     if dres is not None and dres.stride(-1) != 1:
         dres = dres.contiguous()
     f32 = dict(device=y.device, dtype=torch.float32)
-    nrb = triton.cdiv(rows, _BLOCK_ROWS)
+    # rows per program: a multiple of _NORM_BWD_ROWS, for about _NORM_BWD_PROGRAMS programs (a group each)
+    rpp = triton.cdiv(triton.cdiv(rows, _NORM_BWD_PROGRAMS), _NORM_BWD_ROWS) * _NORM_BWD_ROWS
+    nrb = triton.cdiv(rows, rpp)
     if dy is None:
         dy = torch.empty(b, L, d, device=y.device, dtype=dy_dtype)
     elif dy.shape != (b, L, d) or dy.stride(-1) != 1:
@@ -480,11 +498,11 @@ def _rmsnorm_backward(
         _rmsnorm_bwd[(nrb, ngroups)](
             y, z if z is not None else y, weight, rstd, dout, dy, dz if dz is not None else dy, dwp,
             dres if dres is not None else dout, out if out is not None else dy,
-            rows, L, gs, ngroups, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
+            rows, L, gs, ngroups, rpp, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
             dout.stride(0), dout.stride(1), *(dz.stride()[:2] if dz is not None else (0, 0)), dy.stride(0),
             dy.stride(1), *(dres.stride()[:2] if dres is not None else (0, 0)),
             HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_DRES=dres is not None,
-            OUT=out is not None, ROWS=_BLOCK_ROWS, BLOCK=BLOCK, **launch_options(_BLOCK_ROWS * BLOCK))
+            OUT=out is not None, ROWS=_NORM_BWD_ROWS, BLOCK=BLOCK, **launch_options(num_warps=_NORM_BWD_WARPS))
     return dy, dz, dwp.sum(0).to(weight.dtype)
 
 
@@ -686,11 +704,11 @@ def _scan_inputs(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, 
 class _Mamba2Fused(torch.autograd.Function):
     """conv+SiLU -> SSD -> gated RMSNorm (-> d_mlp branch) (-> out_proj) as one autograd node.
 
-    Saves zxbcdt and the scan's output y before the norm (both in zxbcdt's dtype) and the parameters: nothing
-    else. The backward recomputes from zxbcdt the conv output (one conv kernel), the scan's dt and its
-    cumulative decay (one small kernel), and the norm's output and 1/rms (one norm kernel), which out_proj's weight
-    gradient needs. This is what the official ``mamba_split_conv1d_scan_combined`` keeps (it also keeps the 1/rms,
-    one float per row and group: recomputing it costs nothing here, as the norm's forward kernel is rerun anyway).
+    Saves zxbcdt and the scan's output y before the norm (both in zxbcdt's dtype), the norm's 1/rms (one float per
+    row and group) and the parameters: what the official ``mamba_split_conv1d_scan_combined`` keeps, nothing else.
+    The backward recomputes from zxbcdt the conv output (one conv kernel) and the scan's dt and its cumulative decay
+    (one small kernel); the norm's output, which out_proj's weight gradient needs, is stored by the norm's backward
+    kernel (see the module docstring).
     """
 
     @staticmethod

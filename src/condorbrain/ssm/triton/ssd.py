@@ -27,8 +27,9 @@ Forward kernels (one launch each):
 The fused Mamba-2 layer's forward (``fused._CONV_IN_SSD``) passes x, B, C as views of the conv's input and the conv's
 weights: kernels 2 and 3 then apply the causal conv and its SiLU to what they load (``_load_in``: K shifted loads,
 L1/L2 hits, rounded to the activation dtype as the conv kernel stores it), and the conv's output is never written.
-Where no gradient is wanted (``fused._NORM_IN_SSD``), kernel 3 also applies the layer's gated RMSNorm (a program
-takes all heads of its group: y is stored, read back and normalised in place), so y never goes to memory apart.
+With ``fused._NORM_IN_SSD``, kernel 3 also applies the layer's gated RMSNorm (a program takes all heads of its
+group: y is stored, read back from L2 and normalised): in place where no gradient is wanted, so y never goes to
+memory apart; beside y, with the rows' 1/rms, in training, so the norm's kernel does not read y and z back.
 
 Without an initial state, chunk 0's entering state is 0: it is neither stored nor read (the readers mask it out by
 ``first_state``). Forward saves only its inputs and the float32 dt and a (O(L) per head). Backward reruns kernel 2
