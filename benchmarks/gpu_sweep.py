@@ -53,6 +53,7 @@ DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop be
     "fused._CONV_GATE_IN_BWD=0+fused._CONV_BWD_WARPS=4",
     "fused._NORM_OUT_IN_BWD=0",
     "fused._NORM_BWD_ROWS=16+fused._NORM_BWD_PROGRAMS=1000000000",
+    "fused._CONV_IN_SSD_BWD=1+ssd._BC_STAGES=1+ssd._DX_WARPS=8",
     "ssd._DX_CHANNEL_BLOCKS=1+ssd._DX_WARPS=8",
     "ssd._SCAN_FWD_STAGES=2",
     "ssd._DX_STAGES=2",

@@ -160,6 +160,18 @@ def _ssd_cases():
     cases["mamba2 d_state 64, rmsnorm=False, dt_limit"] = lambda: _fused_layer(64, 64, False, (0.001, 0.1))
     for n in (64, 128):
         cases[f"mamba2 inference d_state {n}"] = lambda n=n: _fused_layer(n, 64, inference=True)
+
+    def conv_in_backward():  # the conv inside the backward's kernels too, at the settings the sweep tries it with
+        from condorbrain.ssm.triton import fused, ssd
+
+        saved = fused._CONV_IN_SSD_BWD, ssd._BC_STAGES, ssd._DX_WARPS
+        fused._CONV_IN_SSD_BWD, ssd._BC_STAGES, ssd._DX_WARPS = True, 1, 8
+        try:
+            _fused_layer(64, 64)
+        finally:
+            fused._CONV_IN_SSD_BWD, ssd._BC_STAGES, ssd._DX_WARPS = saved
+
+    cases["mamba2 d_state 64, conv in the backward's kernels"] = conv_in_backward
     return cases
 
 

@@ -289,6 +289,21 @@ def test_layer_norm_both_ways(device, name, out_in_bwd, norm_in_ssd, monkeypatch
         assert norms == [None]
 
 
+@pytest.mark.parametrize("name", ["default", "no_rmsnorm+mlp+dt_limit+no_conv_bias", "8_heads_split", "d_conv_3"])
+def test_backward_conv_inside_the_ssd_kernels(device, name, monkeypatch):
+    """The backward with the conv applied inside the SSD's backward kernels (``fused._CONV_IN_SSD_BWD``, at the
+    settings the sweep tries it with) rather than its output recomputed first: the float64 layer's gradients, across
+    chunk boundaries, with z in the scan (dz from the forward's kernel), no conv bias, split heads and 3 taps."""
+    monkeypatch.setattr(fused_module, "_CONV_IN_SSD_BWD", True)
+    monkeypatch.setattr(fused_module.ssd, "_BC_STAGES", 1)
+    monkeypatch.setattr(fused_module.ssd, "_DX_WARPS", 8)
+    conv_runs = []
+    real = fused_module._conv_forward
+    monkeypatch.setattr(fused_module, "_conv_forward", lambda *a, **k: conv_runs.append(1) or real(*a, **k))
+    test_layer_matches_mamba2(device, name, True, monkeypatch)
+    assert conv_runs == []  # the conv's output is computed nowhere, forward or backward
+
+
 def test_layer_bfloat16(device):
     torch.manual_seed(0)
     m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16)

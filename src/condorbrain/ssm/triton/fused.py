@@ -74,6 +74,13 @@ _NORM_OUT_IN_BWD = True
 # The layer's forward applies the conv inside the SSD kernels' loads (ssd._load_in) rather than in _conv_fwd first:
 # the conv's output, (B, L, conv_dim), is neither written nor read back (benchmarks/gpu_sweep.py tries both)
 _CONV_IN_SSD = True
+# Likewise the backward's SSD kernels (_state_fwd, _state_bwd, _chunk_bwd_bc, _chunk_bwd_dx), rather than _conv_fwd
+# recomputing the conv's output for them: (B, L, conv_dim) would be neither written nor read back. Off: ptxas
+# (sm_90, seed sizes) spills in the two big backward kernels with it at their settings (_chunk_bwd_bc 84 B per
+# thread, _chunk_bwd_dx 196 B), and the settings that do not spill (ssd._BC_STAGES=1, ssd._DX_WARPS=8) give up the
+# pipelining of one and the two blocks per SM of the other, which take a third of the step; benchmarks/gpu_sweep.py
+# tries it with them
+_CONV_IN_SSD_BWD = False
 # The gated RMSNorm inside the SSD's last kernel (ssd._chunk_scan, norm=...) rather than _rmsnorm_fwd after it: y is
 # not read back from memory, nor z once more, and one launch less. Where no gradient is wanted (inference) y, which
 # only the backward needs, is normalised in place and never written apart; in training it is kept, the norm's
@@ -755,7 +762,9 @@ class _Mamba2Fused(torch.autograd.Function):
         f32 = torch.float32
         with torch.autocast(zxbcdt.device.type, enabled=False), on_device(zxbcdt):
             z0, x0, z, xBC_in, dt_in = cfg.split(zxbcdt)
-            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
+            # the conv applied inside the SSD's backward kernels too (_CONV_IN_SSD_BWD), or its output recomputed
+            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg,
+                             run_conv=not _CONV_IN_SSD_BWD)
             # out_proj's input, the norm's output, recomputed for its weight gradient: by the norm's backward kernel
             # below, which forms it on the way (_NORM_OUT_IN_BWD), or by the forward's kernel here
             normed = None
@@ -818,7 +827,7 @@ class _Mamba2Fused(torch.autograd.Function):
             dx_out = dx_cols.unflatten(-1, (cfg.nheads, cfg.headdim))
             dx, ddt, dA, dB, dC, dD2, dz_scan, dh0 = ssd._backward(
                 dy, None, s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, dtp, a,
-                s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols)
+                s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols, conv=s["conv"])
             del dtp, a, dy, dh0, dx, dB, dC  # views of dxBC; dh0: None (no initial state)
             if norm_weight is None:
                 dz = dz_scan.flatten(-2)

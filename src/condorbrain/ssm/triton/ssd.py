@@ -113,6 +113,7 @@ _BIG_TILE_WARPS = 8
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
 _DX_STAGES = 3  # _chunk_bwd_dx
+_BC_STAGES = 2  # _chunk_bwd_bc (with the conv applied to its loads, fused._CONV_IN_SSD_BWD, 1: 2 spills 84 B)
 # _chunk_bwd_dx: the head's p channels in _DX_CHANNEL_BLOCKS blocks (_dx_channel_blocks), on _DX_WARPS warps. ptxas at
 # the seed sizes: 1 block on 8 warps 223 registers (one 8-warp block per SM: as run 5 timed it, with dL/dM still
 # there, 255); 2 blocks of 32 on 8 warps 233 (no better: ptxas takes what the cap allows; capped at 128, 224 B of
@@ -391,13 +392,14 @@ def _chunk_scan_fwd(
 
 @triton.jit
 def _state_bwd(
-    dout_ptr, C_ptr, z_ptr, a_ptr, enter_ptr, dfinal_ptr, dst_ptr, dalast_ptr, dh0_ptr,
-    L, nh, nchunks, hpg, p, n, first_state, last_g, dS_lo,
+    dout_ptr, C_ptr, z_ptr, a_ptr, enter_ptr, dfinal_ptr, dst_ptr, dalast_ptr, dh0_ptr, w_ptr, cb_ptr,
+    L, nh, nchunks, hpg, p, n, first_state, last_g, dS_lo, cC0,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_C_b, s_C_l, s_C_g, s_C_n,
     s_z_b, s_z_l, s_z_h, s_z_p,
-    HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_DH0: tl.constexpr,
-    T: tl.constexpr, BPS: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    s_w_c, s_w_k,
+    HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_DH0: tl.constexpr, CONV: tl.constexpr,
+    HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BPS: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b, h, nblocks = cdiv(p, BPS)): the reverse of _state_fwd, rows ip of a head's state. gS = dL/dS_{c+1}
     # (the state after chunk c) while at chunk c, from the final state's gradient (or 0):
@@ -436,8 +438,8 @@ def _state_bwd(
                 z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                             mask=mtp, other=0.0).to(tl.float32)
                 dy = dy * z * tl.sigmoid(z)
-            Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
-                         mask=mt[:, None] & (jn[None, :] < n), other=0.0).to(tl.float32)  # (T, BN)
+            Cm = _load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
+                          w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
             a = tl.load(a_ptr + base + t)
             gS = decay * gS + _mm(tl.trans(dy * tl.exp(a)[:, None]), Cm, BF16_DOT, PREC)  # (BPS, BN)
     if HAS_DH0:
@@ -447,15 +449,16 @@ def _state_bwd(
 @triton.jit
 def _chunk_bwd_bc(
     x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, dtp_ptr, a_ptr, enter_ptr, dst_ptr,
-    dB_ptr, dC_ptr, daS_ptr,
-    L, nh, ng, nchunks, hpg, hpp, p, n, first_state, last_g,
+    dB_ptr, dC_ptr, daS_ptr, w_ptr, cb_ptr,
+    L, nh, ng, nchunks, hpg, hpp, p, n, first_state, last_g, cB0, cC0,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     s_C_b, s_C_l, s_C_g, s_C_n,
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_g, s_o_s, s_o_n,
-    HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    s_w_c, s_w_k,
+    HAS_Z: tl.constexpr, CONV: tl.constexpr, HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * NB): dB, dC of one chunk for up to hpp heads of one group and one block of BN state
     # columns (NB = cdiv(n, BN) blocks), summed over those heads in registers: (b, L, g, nsplit, n) float32 partial
@@ -478,18 +481,18 @@ def _chunk_bwd_bc(
     mtp = mt[:, None] & (ip[None, :] < p)
     mtn = mt[:, None] & (jn[None, :] < n)
     mpn = (ip[:, None] < p) & (jn[None, :] < n)
-    Bm = tl.load(B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n,
-                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
-    Cm = tl.load(C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n,
-                 mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
+    Bm = _load_in(B_ptr + bi * s_B_b + g * s_B_g, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
+                  w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
+    Cm = _load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
+                  w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
     causal = t[:, None] >= t[None, :]
     CBp = _mm(Cm, tl.trans(Bm), BF16_DOT, PREC)  # (T, T): this block's columns' part of C.B^T
     dB = tl.zeros([T, BN], dtype=tl.float32)
     dC = tl.zeros([T, BN], dtype=tl.float32)
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
-        x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
-                    mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
+        x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
+                     w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
         dy = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
                      mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
         if HAS_Z:
@@ -531,8 +534,8 @@ def _chunk_bwd_bc(
 def _chunk_bwd_dx(
     x_ptr, dtraw_ptr, A_ptr, bias_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dout_ptr,
     dtp_ptr, a_ptr, dst_ptr, dalast_ptr, daS_ptr,
-    dx_ptr, ddt_ptr, dDp_ptr, dAp_ptr,
-    L, nh, nchunks, hpg, hpp, p, n, nblocks, nbn, last_g, nps,
+    dx_ptr, ddt_ptr, dDp_ptr, dAp_ptr, w_ptr, cb_ptr,
+    L, nh, nchunks, hpg, hpp, p, n, nblocks, nbn, last_g, nps, cB0, cC0,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_dt_b, s_dt_l, s_dt_h,
     s_B_b, s_B_l, s_B_g, s_B_n,
@@ -541,8 +544,9 @@ def _chunk_bwd_dx(
     s_D_h, s_D_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    s_w_c, s_w_k,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CONV: tl.constexpr,
+    HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * nps): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T
     # once) and one of nps blocks of BP head channels: dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the
@@ -563,17 +567,17 @@ def _chunk_bwd_dx(
     pos = ci * T + t
     mt = pos < L
     mtp = mt[:, None] & (ip[None, :] < p)
-    mtn = mt[:, None] & (jn[None, :] < n)
     mpn = (ip[:, None] < p) & (jn[None, :] < n)
-    Boff = B_ptr + bi * s_B_b + pos[:, None] * s_B_l + g * s_B_g + jn[None, :] * s_B_n
-    Coff = C_ptr + bi * s_C_b + pos[:, None] * s_C_l + g * s_C_g + jn[None, :] * s_C_n
-    CB = _mm(tl.load(Coff, mask=mtn, other=0.0).to(tl.float32),
-             tl.trans(tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)), BF16_DOT, PREC)  # (T, T)
+    Bp = B_ptr + bi * s_B_b + g * s_B_g
+    CB = _mm(_load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
+                      w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K),
+             tl.trans(_load_in(Bp, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
+                               w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)), BF16_DOT, PREC)  # (T, T)
     causal = t[:, None] >= t[None, :]
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
-        x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p,
-                    mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
+        x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
+                     w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
         dout = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
                        mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
         base = ((bi * nh + hd) * nchunks + ci) * T
@@ -608,7 +612,8 @@ def _chunk_bwd_dx(
         dend = a_end * 0.0  # dL/da_T through the end state
         if ci < last_g:  # (the last chunk's end state has no gradient without one for the final state)
             G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) dL/d(this chunk's own end state)
-            Bm = tl.load(Boff, mask=mtn, other=0.0).to(tl.float32)  # (T, BN)
+            Bm = _load_in(Bp, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
+                          w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
             BG = _mm(Bm, tl.trans(G), BF16_DOT, PREC)  # (T, BP): B_s . G[p, :]
             w = wend * dt
             dx += w[:, None] * BG
@@ -780,7 +785,9 @@ def _check_out(name: str, buf: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} buffer: {shape} float32 (any strides), got {tuple(buf.shape)} {buf.dtype}")
 
 
-def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None, dB=None, dC=None):
+def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None, dB=None, dC=None,
+              conv=None):
+    # conv: see _conv_args (x, B, C are then views of the conv's input, which every kernel applies the conv to).
     # dx, dB, dC: buffers for them ((b, L, h, p) and (b, L, g, n) float32, any strides: e.g. column slices of one
     # buffer, which the fused layer's conv backward then reads whole) or None (new ones). dx may be dout itself
     # (then overwritten in place) when z is None: _chunk_bwd_dx reads each (chunk, head) tile of dout before it
@@ -790,7 +797,8 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     hpg = nh // g
     f32 = dict(device=x.device, dtype=torch.float32)
     dot = _dot_options(x, B, C)
-    enter = _entering_states(x, B, dtp, a, h0, d, dot, want_final=False)[0]
+    enter = _entering_states(x, B, dtp, a, h0, d, dot, want_final=False, conv=conv)[0]
+    (w, cb, cB0, cC0, *s_w), conv_flags = _conv_args(conv, x)
     # chunks whose entering state was stored (0 before: no initial state), and those whose own end state has a
     # gradient (the last one's is 0 without one for the final state): the kernels below read them only there
     first_state, last_g = (0 if h0 is not None else 1), (c if dfinal is not None else c - 1)
@@ -801,9 +809,9 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     dh0 = torch.empty(b, nh, p, n, **f32) if h0 is not None else None  # no initial state: no gradient for it
     _state_bwd[(b, nh, nblocks)](
         dout, C, z if z is not None else x, a, enter, dfinal if dfinal is not None else dst, dst, dalast,
-        dh0 if dh0 is not None else dalast, L, nh, c, hpg, p, n, first_state, last_g, 0 if h0 is not None else 1,
-        *dout.stride(), *C.stride(), *_strides(z, 4),
-        HAS_Z=z is not None, HAS_DFINAL=dfinal is not None, HAS_DH0=h0 is not None,
+        dh0 if dh0 is not None else dalast, w, cb, L, nh, c, hpg, p, n, first_state, last_g,
+        0 if h0 is not None else 1, cC0, *dout.stride(), *C.stride(), *_strides(z, 4), *s_w,
+        HAS_Z=z is not None, HAS_DFINAL=dfinal is not None, HAS_DH0=h0 is not None, **conv_flags,
         T=T, BPS=rows, BN=BN, **dot, **launch_options(rows, BN))
     hpp, nsplit = _head_split(hpg)
     BNb = min(BN, _BWD_STATE_BLOCK)
@@ -818,11 +826,11 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         dBp, dCp = torch.empty(b, L, g, nsplit, n, **f32), torch.empty(b, L, g, nsplit, n, **f32)
     daS = torch.empty(b, nh, c, nbn, T, **f32)
     _chunk_bwd_bc[(b * c, g, nsplit * nbn)](
-        x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dBp, dCp, daS,
-        L, nh, g, c, hpg, hpp, p, n, first_state, last_g,
-        *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(), *dBp.stride(),
-        HAS_Z=z is not None, T=T, BP=BP, BN=BNb, **dot,
-        **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=2))
+        x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dBp, dCp, daS, w, cb,
+        L, nh, g, c, hpg, hpp, p, n, first_state, last_g, cB0, cC0,
+        *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(), *dBp.stride(), *s_w,
+        HAS_Z=z is not None, **conv_flags, T=T, BP=BP, BN=BNb, **dot,
+        **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_BC_STAGES))
     # the head splits summed now, one at a time, so that the (b, L, g, nsplit, n) partials are not alive beside dx
     if not direct:  # (b, L, g, n): a view of the one split, or the splits' sum (into the buffer if given)
         dB = dBp[:, :, :, 0] if nsplit == 1 and dB is None else torch.sum(dBp, 3, out=dB)
@@ -845,16 +853,16 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     _chunk_bwd_dx[(b * c, g, nsplit * nps)](
         x, dt, A, dt_bias if dt_bias is not None else A, B, C, z if z is not None else x,
         D2 if D2 is not None else x, dout, dtp, a, dst, dalast, daS,
-        dx, ddt, dDp if dDp is not None else dAp, dAp,
-        L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g, nps,
+        dx, ddt, dDp if dDp is not None else dAp, dAp, w, cb,
+        L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g, nps, cB0, cC0,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
-        *dx.stride(), HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-        T=T, BP=BP // nps, BN=BN, **dot, **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
+        *dx.stride(), *s_w, HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=softplus, **conv_flags, T=T, BP=BP // nps, BN=BN, **dot, **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
     ddt = ddt[..., 0] if nps == 1 else ddt.sum(-1)  # (b, L, h)
     del dst, dalast, daS  # (b, c, h, p, n) float32, as large as dx: not alive beside dz below
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 3 again, for y (in _chunk_bwd_dx, y's tiles
         # and S spilled 660-790 B per thread at T 64)
-        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None)
+        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None, conv=conv)
         del enter
     dD2 = dDp.sum((0, 1)) if dDp is not None else None  # (h, p)
     return dx, ddt, dAp.sum((0, 1, 3)), dB, dC, dD2, dz, dh0
