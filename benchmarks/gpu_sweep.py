@@ -45,7 +45,8 @@ import gpu  # noqa: E402
 # Tried on an H200 on 2026-11-26 (benchmarks/results/h200-2026-11-26/NOTES.md) and settled, so no longer in the list:
 # run 3: ssd.HEADS_PER_PROGRAM=2 and 1, env:CONDORBRAIN_SSD_DOT=tf32, fused._BLOCK_ROWS=32 (slower),
 # step._STATE_TILE=1024 and 512, step._GEMV_MAX_BK=512 (noise or slower), fused._CONV_BWD_BC=128 (faster: now the
-# default); run 4: step._PDL=0 (12.4 against 10.3 us a layer: PDL stays on), ssd._STATE_PROGRAMS=1 (noise).
+# default); run 4: step._PDL=0 (12.4 against 10.3 us a layer: PDL stays on), ssd._STATE_PROGRAMS=1 and
+# ssd.HEADS_PER_PROGRAM=8 (noise).
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
     "fused._CONV_IN_SSD=0",
@@ -53,12 +54,11 @@ DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop be
     "fused._CONV_GATE_IN_BWD=0+fused._CONV_BWD_WARPS=4",
     "fused._NORM_OUT_IN_BWD=0",
     "fused._NORM_BWD_ROWS=16+fused._NORM_BWD_PROGRAMS=1000000000",
+    "fused._GRADS_IN_ACT_DTYPE=0",
     "fused._CONV_IN_SSD_BWD=1+ssd._BC_STAGES=1+ssd._DX_WARPS=8",
     "ssd._DX_CHANNEL_BLOCKS=1+ssd._DX_WARPS=8",
     "ssd._SCAN_FWD_STAGES=2",
     "ssd._DX_STAGES=2",
-    "ssd.HEADS_PER_PROGRAM=8",
-    "ssd._STATE_PROGRAMS=8192",
     "default",
 )
 MODEL = "cb_m2n"

@@ -81,6 +81,13 @@ _CONV_IN_SSD = True
 # pipelining of one and the two blocks per SM of the other, which take a third of the step; benchmarks/gpu_sweep.py
 # tries it with them
 _CONV_IN_SSD_BWD = False
+# The SSD's gradients in the backward (its output gradient dy from the norm, and dx, dB, dC, which the conv's backward
+# reads) stored in the activations' dtype when that is half precision, as the official layer stores them (its dxBC is
+# empty_like(xBC)), rather than float32: every kernel still computes in float32 and rounds once where it stores. A
+# (B, L, conv_dim) buffer written twice and read four times a layer (the norm's backward, then _state_bwd,
+# _chunk_bwd_bc, _chunk_bwd_dx, the conv's backward), 2.3 KB per token at the seed instead of 4.6
+# (benchmarks/gpu_sweep.py tries both)
+_GRADS_IN_ACT_DTYPE = True
 # The gated RMSNorm inside the SSD's last kernel (ssd._chunk_scan, norm=...) rather than _rmsnorm_fwd after it: y is
 # not read back from memory, nor z once more, and one launch less. Where no gradient is wanted (inference) y, which
 # only the backward needs, is normalised in place and never written apart; in training it is kept, the norm's
@@ -796,9 +803,11 @@ class _Mamba2Fused(torch.autograd.Function):
                 dz0, dx0 = d_mlp_out * x0.to(f32) * sg * (1.0 + z0f * (1.0 - sg)), d_mlp_out * z0f * sg
                 del d_mlp_out, z0f, sg
                 dout = dout[..., cfg.d_mlp:]  # a strided view: the norm's kernel takes its row strides
-            # the conv's float32 output gradient, one buffer whose columns the norm and the scan write in place:
-            # dy, then dx over it, into the x columns; dB and dC into theirs (no cat of the three)
-            dxBC = torch.empty(*zxbcdt.shape[:-1], s["xBC"].shape[-1], device=zxbcdt.device, dtype=f32)
+            # the conv's output gradient, one buffer whose columns the norm and the scan write in place: dy, then
+            # dx over it, into the x columns; dB and dC into theirs (no cat of the three). In zxbcdt's dtype where
+            # that is half precision (_GRADS_IN_ACT_DTYPE), else float32
+            gdt = zxbcdt.dtype if _GRADS_IN_ACT_DTYPE and zxbcdt.element_size() == 2 else f32
+            dxBC = torch.empty(*zxbcdt.shape[:-1], s["xBC"].shape[-1], device=zxbcdt.device, dtype=gdt)
             gn = cfg.ngroups * cfg.d_state
             dx_cols = dxBC[..., :cfg.d_ssm]  # (B, L, d_ssm)
             dB_cols, dC_cols = (dxBC[..., cfg.d_ssm + i * gn:cfg.d_ssm + (i + 1) * gn].unflatten(

@@ -526,8 +526,8 @@ def _chunk_bwd_bc(
             w = tl.exp(a_end - a) * dt
             dB += w[:, None] * _mm(x, G, BF16_DOT, PREC)
     out = bi * s_o_b + pos[:, None] * s_o_l + g * s_o_g + pid_s * s_o_s + jn[None, :] * s_o_n
-    tl.store(dB_ptr + out, dB, mask=mtn)
-    tl.store(dC_ptr + out, dC, mask=mtn)
+    tl.store(dB_ptr + out, dB.to(dB_ptr.dtype.element_ty), mask=mtn)
+    tl.store(dC_ptr + out, dC.to(dC_ptr.dtype.element_ty), mask=mtn)
 
 
 @triton.jit
@@ -638,7 +638,8 @@ def _chunk_bwd_dx(
                 raw += tl.load(bias_ptr + hd).to(tl.float32)
             ddt = ddt * tl.sigmoid(raw)
         tl.store(ddt_ptr + ((bi * L + pos) * nh + hd) * nps + pid_q, ddt, mask=mt)
-        tl.store(dx_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p, dx, mask=mtp)
+        tl.store(dx_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p,
+                 dx.to(dx_ptr.dtype.element_ty), mask=mtp)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -781,15 +782,16 @@ def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32, want_f
 
 
 def _check_out(name: str, buf: Tensor, shape: tuple[int, ...]) -> None:
-    if buf.shape != shape or buf.dtype != torch.float32:
-        raise ValueError(f"{name} buffer: {shape} float32 (any strides), got {tuple(buf.shape)} {buf.dtype}")
+    if buf.shape != shape or not buf.is_floating_point():
+        raise ValueError(f"{name} buffer: {shape} floating point (any strides), got {tuple(buf.shape)} {buf.dtype}")
 
 
 def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None, dB=None, dC=None,
               conv=None):
     # conv: see _conv_args (x, B, C are then views of the conv's input, which every kernel applies the conv to).
-    # dx, dB, dC: buffers for them ((b, L, h, p) and (b, L, g, n) float32, any strides: e.g. column slices of one
-    # buffer, which the fused layer's conv backward then reads whole) or None (new ones). dx may be dout itself
+    # dx, dB, dC: buffers for them ((b, L, h, p) and (b, L, g, n), float32 or half, any strides: e.g. column slices
+    # of one buffer, which the fused layer's conv backward then reads whole; stored rounded once, from float32) or
+    # None (new float32 ones). dx may be dout itself
     # (then overwritten in place) when z is None: _chunk_bwd_dx reads each (chunk, head) tile of dout before it
     # stores dx there and no other program reads that tile; the kernels before it are done with dout, and
     # _chunk_scan (for z, after it) would read dout again.
