@@ -129,6 +129,29 @@ def test_half(device, dtype, dot, monkeypatch):
     check(make_inputs(1, 33, 2, 16, 1, 16), device, dtype=dtype, rtol=2e-2)
 
 
+def test_backward_states_in_bf16_change_only_the_decay_gradients(device, monkeypatch):
+    # bf16 inputs, bf16 matmul operands: the backward stores the entering states and their gradients in bf16
+    # (ssd._BWD_STATES_BF16), which its matmuls round them to anyway. Against float32 storage: the gradients of x,
+    # B, C, D, z and the initial state the same; dt, A and dt_bias (through dL/da_T, S times its gradient
+    # summed elementwise) within bf16's rounding
+    inputs = make_inputs(1, 40, 2, 16, 1, 16)
+    gen = torch.Generator().manual_seed(1)
+    grads_out = (torch.randn(1, 40, 2, 16, generator=gen, dtype=F64), torch.randn(1, 2, 16, 16, generator=gen,
+                                                                                   dtype=F64))
+    got = {}
+    for stored_bf16 in (True, False):
+        monkeypatch.setattr(ssd_module, "_BWD_STATES_BF16", stored_bf16)
+        got[stored_bf16] = run(ssd_scan_triton, inputs, torch.bfloat16, device, chunk_size=16, softplus=True,
+                               grads_out=grads_out)[2]
+    for k, g in got[True].items():
+        if k in ("dt", "A", "dt_bias"):
+            torch.testing.assert_close(g.float(), got[False][k].float(), rtol=2e-2, atol=2e-2 * g.abs().max().item())
+        elif device.type == "cpu":  # the interpreter: the same arithmetic, exactly
+            assert torch.equal(g, got[False][k]), k
+        else:  # compiled apart, the two may order their float32 sums apart
+            torch.testing.assert_close(g, got[False][k], rtol=1e-5, atol=1e-5 * g.abs().max().item())
+
+
 @pytest.mark.parametrize("h,g", [(6, 1), (6, 2)])
 def test_many_heads_per_group(device, h, g):
     # 6 heads sharing one B, C: the chunk kernels take HEADS_PER_PROGRAM=4 heads at a time (programs of 4 and 2),

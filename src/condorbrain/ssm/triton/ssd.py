@@ -34,7 +34,7 @@ memory apart; beside y, with the rows' 1/rms, in training, so the norm's kernel 
 Without an initial state, chunk 0's entering state is 0: it is neither stored nor read (the readers mask it out by
 ``first_state``). Forward saves only its inputs and the float32 dt and a (O(L) per head). Backward reruns kernel 2
 for the entering states S_c (as the official code does: saving them would cost p n / T floats per step and head,
-several times the activations) and recomputes everything inside a chunk from them (no T x T tensor is stored), in
+several times the activations; stored in bf16 where the matmuls that read them take bf16 operands) and recomputes everything inside a chunk from them (no T x T tensor is stored), in
 three more kernels:
 
 1. ``_state_bwd``:      the reverse loop over chunks: dL/dS_c through the chunk's own outputs (sum_l exp(a_l) dy_l
@@ -114,6 +114,9 @@ _BIG_TILE_WARPS = 8
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
 _DX_STAGES = 3  # _chunk_bwd_dx
 _BC_STAGES = 2  # _chunk_bwd_bc (with the conv applied to its loads, fused._CONV_IN_SSD_BWD, 1: 2 spills 84 B)
+# The backward's entering states and state gradients stored in bf16 when the matmuls take bf16 operands (see
+# _backward; benchmarks/gpu_sweep.py tries float32)
+_BWD_STATES_BF16 = True
 # _chunk_bwd_dx: the head's p channels in _DX_CHANNEL_BLOCKS blocks (_dx_channel_blocks), on _DX_WARPS warps. ptxas at
 # the seed sizes: 1 block on 8 warps 223 registers (one 8-warp block per SM: as run 5 timed it, with dL/dM still
 # there, 255); 2 blocks of 32 on 8 warps 233 (no better: ptxas takes what the cap allows; capped at 128, 224 B of
@@ -421,12 +424,13 @@ def _state_bwd(
     for i in range(nchunks):
         ci = nchunks - 1 - i
         off = ((bi * nchunks + ci) * nh + hd) * p * n + soff
-        tl.store(dst_ptr + off, gS, mask=(ip[:, None] < p * (ci < last_g)) & (jn[None, :] < n))
+        tl.store(dst_ptr + off, gS.to(dst_ptr.dtype.element_ty),
+                 mask=(ip[:, None] < p * (ci < last_g)) & (jn[None, :] < n))
         base = ((bi * nh + hd) * nchunks + ci) * T
         decay = tl.exp(tl.load(a_ptr + base + T - 1))
         # S_c is 0 before the first stored state, gS is 0 at the last chunk without dfinal: nothing to load
         S = tl.load(enter_ptr + off, mask=(ip[:, None] < p * ((ci >= first_state) & (ci < last_g))) & (jn[None, :] < n),
-                    other=0.0)
+                    other=0.0).to(tl.float32)
         tl.store(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * tl.num_programs(2) + pid, decay * tl.sum(gS * S))
         if ci >= dS_lo:
             pos = ci * T + t
@@ -701,8 +705,8 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, c
     dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
     # the entering states in C's dtype when that is half precision, as the official forward keeps them (its
     # _state_passing_fwd(out_dtype=C.dtype)): kernel 3 reads half the bytes, the largest read of the forward (p n
-    # per head and chunk); the sum carried from chunk to chunk stays float32, and the backward recomputes them in
-    # float32
+    # per head and chunk); the sum carried from chunk to chunk stays float32 (the backward recomputes them: see
+    # _backward for the dtype it stores them in)
     half = C.dtype in (torch.bfloat16, torch.float16)
     enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32,
                                     want_final=want_final, conv=conv)
@@ -799,14 +803,20 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     hpg = nh // g
     f32 = dict(device=x.device, dtype=torch.float32)
     dot = _dot_options(x, B, C)
-    enter = _entering_states(x, B, dtp, a, h0, d, dot, want_final=False, conv=conv)[0]
+    # the entering states and their gradients (b, c, h, p, n), carried in float32, stored in bf16 where the kernels
+    # that read them round them to bf16 anyway as tl.dot operands (BF16_DOT; _BWD_STATES_BF16): those matmuls are
+    # the same, bit for bit, and the buffers half the size. The one other reader is _state_bwd's dL/da_T, an
+    # elementwise sum of S times its float32 gradient, which then sees S rounded (the official backward stores both
+    # in the activations' dtype)
+    sdt = torch.bfloat16 if dot["BF16_DOT"] and _BWD_STATES_BF16 else torch.float32
+    enter = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=sdt, want_final=False, conv=conv)[0]
     (w, cb, cB0, cC0, *s_w), conv_flags = _conv_args(conv, x)
     # chunks whose entering state was stored (0 before: no initial state), and those whose own end state has a
     # gradient (the last one's is 0 without one for the final state): the kernels below read them only there
     first_state, last_g = (0 if h0 is not None else 1), (c if dfinal is not None else c - 1)
     rows = _state_rows(d)
     nblocks = triton.cdiv(p, rows)
-    dst = torch.empty(b, c, nh, p, n, **f32)  # dL/d(chunk c's own end state)
+    dst = torch.empty(b, c, nh, p, n, device=x.device, dtype=sdt)  # dL/d(chunk c's own end state)
     dalast = torch.empty(b, nh, c, nblocks, **f32)
     dh0 = torch.empty(b, nh, p, n, **f32) if h0 is not None else None  # no initial state: no gradient for it
     _state_bwd[(b, nh, nblocks)](
@@ -838,7 +848,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         dB = dBp[:, :, :, 0] if nsplit == 1 and dB is None else torch.sum(dBp, 3, out=dB)
         dC = dCp[:, :, :, 0] if nsplit == 1 and dC is None else torch.sum(dCp, 3, out=dC)
     del dBp, dCp
-    if z is None:  # the entering states are read again only for dz: (b, c, h, p, n) float32, as large as dx
+    if z is None:  # the entering states are read again only for dz: (b, c, h, p, n), as large as dx
         del enter
     if dx is None:
         dx = torch.empty(b, L, nh, p, **f32)
@@ -861,7 +871,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         *dx.stride(), *s_w, HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=softplus, **conv_flags, T=T, BP=BP // nps, BN=BN, **dot, **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
     ddt = ddt[..., 0] if nps == 1 else ddt.sum(-1)  # (b, L, h)
-    del dst, dalast, daS  # (b, c, h, p, n) float32, as large as dx: not alive beside dz below
+    del dst, dalast, daS  # (b, c, h, p, n), as large as dx: not alive beside dz below
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 3 again, for y (in _chunk_bwd_dx, y's tiles
         # and S spilled 660-790 B per thread at T 64)
         _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None, conv=conv)
