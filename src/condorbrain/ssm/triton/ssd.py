@@ -113,7 +113,7 @@ _BIG_TILE_WARPS = 8
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
 _DX_STAGES = 3  # _chunk_bwd_dx
-_BC_STAGES = 2  # _chunk_bwd_bc (with the conv applied to its loads, fused._CONV_IN_SSD_BWD, 1: 2 spills 84 B)
+_BC_STAGES = 2  # _chunk_bwd_bc (with the conv applied to its loads, fused._CONV_IN_SSD_BWD, 1 spills least)
 # The backward's entering states and state gradients stored in bf16 when the matmuls take bf16 operands (see
 # _backward; benchmarks/gpu_sweep.py tries float32)
 _BWD_STATES_BF16 = True
@@ -472,7 +472,9 @@ def _chunk_bwd_bc(
     # needs dy S, formed here for dC anyway), and through the intra-chunk decays exp(a_l - a_s), the row sums
     # minus the column sums of dL/dM = dL/d(C.B^T) * C.B^T (M the masked decay times C.B^T), where this block's
     # columns give a partial C.B^T (one T x T matmul a program, shared by its heads; dL/d(C.B^T) =
-    # (dy . (dt x)^T) * decay, formed here for dB and dC anyway). S and G are read only where _state_fwd and
+    # (dy . (dt x)^T) * decay, formed here for dB and dC anyway). The heads share B and C, so the intra-chunk dC =
+    # sum_h dCB_h B and dB = sum_h dCB_h^T C are two matmuls of the heads' sum after the loop (4 heads a program:
+    # 8 matmuls became 2; the sum is rounded to the operands' dtype once, not each term). S and G are read only where _state_fwd and
     # _state_bwd stored them (chunks >= first_state, < last_g): elsewhere they are 0.
     pid_bc, g, pid_sn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
@@ -493,6 +495,7 @@ def _chunk_bwd_bc(
     CBp = _mm(Cm, tl.trans(Bm), BF16_DOT, PREC)  # (T, T): this block's columns' part of C.B^T
     dB = tl.zeros([T, BN], dtype=tl.float32)
     dC = tl.zeros([T, BN], dtype=tl.float32)
+    dCBs = tl.zeros([T, T], dtype=tl.float32)  # dL/d(C.B^T) summed over the heads
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
         x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
@@ -512,8 +515,7 @@ def _chunk_bwd_bc(
         # intra-chunk: y_l = sum_s (C_l . B_s) exp(a_l - a_s) dt_s x_s
         decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
         dCB = _mm(dy, tl.trans(x * dt[:, None]), BF16_DOT, PREC) * decay  # (T, T)
-        dC += _mm(dCB, Bm, BF16_DOT, PREC)
-        dB += _mm(tl.trans(dCB), Cm, BF16_DOT, PREC)
+        dCBs += dCB  # the heads share B and C: their intra-chunk dC, dB are two matmuls of the sum, after the loop
         dMM = dCB * CBp  # (T, T): dL/dM[l, s], this block's part
         daS = tl.sum(dMM, axis=1) - tl.sum(dMM, axis=0)  # (T,): through exp(a_l - a_s)
         # carried state: y_l += exp(a_l) S C_l (S is 0 in chunk 0 without an initial state: not stored)
@@ -529,6 +531,8 @@ def _chunk_bwd_bc(
             G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN)
             w = tl.exp(a_end - a) * dt
             dB += w[:, None] * _mm(x, G, BF16_DOT, PREC)
+    dC += _mm(dCBs, Bm, BF16_DOT, PREC)  # sum_h dCB_h B = (sum_h dCB_h) B: one matmul, not one a head
+    dB += _mm(tl.trans(dCBs), Cm, BF16_DOT, PREC)
     out = bi * s_o_b + pos[:, None] * s_o_l + g * s_o_g + pid_s * s_o_s + jn[None, :] * s_o_n
     tl.store(dB_ptr + out, dB.to(dB_ptr.dtype.element_ty), mask=mtn)
     tl.store(dC_ptr + out, dC.to(dC_ptr.dtype.element_ty), mask=mtn)
