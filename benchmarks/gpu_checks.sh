@@ -19,6 +19,8 @@
 #   4. (what is left) benchmarks/gpu_profile.py: where the time of a training step, an inference forward and a
 #      streaming step goes, kernel by kernel, ours and the official layer's (when exported, below).
 #
+# GPU_TESTS=0, GPU_BENCH=0, GPU_PROFILE=0 skip steps 1, 2 and 4 (e.g. one call for the tests and the sweep, a second
+# for the benchmark, its A/B and the profile).
 # From the device tool, in the repository root (results come back from $OUT: gpu.txt, tests_cuda.log, gpu.log,
 # gpu.json, gpu_ab.log/.json, gpu_sweep.log, gpu_profile.log; GPU_MODELS picks gpu.py's rows, GPU_PROFILE_MODELS the
 # profile's):
@@ -53,16 +55,18 @@ if [ "${GPU_TESTS:-1}" != 0 ]; then  # GPU_TESTS=0: skipped (the same code's tes
 fi
 
 models=${GPU_MODELS:-cb_m2n,ref_m2,attn,cb_m2,cb_m1}
-timeout $(($(left) - 60)) python3 benchmarks/gpu.py $smoke --quick --deadline-s $(($(left) - 150)) \
-    --models "$models" --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
-echo "benchmark: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
+if [ "${GPU_BENCH:-1}" != 0 ]; then  # GPU_BENCH=0: neither gpu.py nor the A/B (e.g. a call for the tests and sweep)
+    timeout $(($(left) - 60)) python3 benchmarks/gpu.py $smoke --quick --deadline-s $(($(left) - 150)) \
+        --models "$models" --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
+    echo "benchmark: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
+fi
 
 # A/B in the same run, on the same machine: the library's network (training, inference, streaming) again, either
 # under GPU_AB_ENV (e.g. "CONDORBRAIN_SSD_DOT=tf32") or, by default, from the library source of another revision
 # where benchmarks/export_baseline.sh put one (.baseline/src, carried)
 ab_env=${GPU_AB_ENV:-}
 if [ -z "$ab_env" ] && [ -d .baseline/src ]; then ab_env="PYTHONPATH=.baseline/src"; fi
-if [ -n "$ab_env" ]; then
+if [ -n "$ab_env" ] && [ "${GPU_BENCH:-1}" != 0 ]; then
     echo "A/B: $ab_env $(cat .baseline/REVISION 2>/dev/null)" | tee -a "$out/gpu.txt"
     env $ab_env timeout $(($(left) - 50)) python3 benchmarks/gpu.py $smoke --quick --case a,b,c --models cb_m2n \
         --out "$out/gpu_ab.json" > "$out/gpu_ab.log" 2>&1
@@ -77,8 +81,10 @@ if [ -n "${GPU_SWEEP:-}" ]; then
     rm -f "$out/gpu_sweep.json"  # at most 8 files come back; the log has the table
 fi
 
-timeout $(($(left) - 5)) python3 benchmarks/gpu_profile.py $smoke --models "${GPU_PROFILE_MODELS:-cb_m2n,ref_m2}" \
-    --out "$out/gpu_profile.json" \
-    > "$out/gpu_profile.log" 2>&1
-rm -f "$out/gpu_profile.json"  # at most 8 files come back; the log has its tables
-echo "profile: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
+if [ "${GPU_PROFILE:-1}" != 0 ]; then  # GPU_PROFILE=0: no profile
+    timeout $(($(left) - 5)) python3 benchmarks/gpu_profile.py $smoke --models "${GPU_PROFILE_MODELS:-cb_m2n,ref_m2}" \
+        --out "$out/gpu_profile.json" \
+        > "$out/gpu_profile.log" 2>&1
+    echo "profile: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
+    rm -f "$out/gpu_profile.json"  # at most 8 files come back; the log has its tables
+fi
