@@ -335,18 +335,24 @@ def _chunk_scan_fwd(
     h_hi = tl.minimum(h_lo + hpp, (g + 1) * hpg)
     ss = tl.zeros([T], dtype=tl.float32)  # NORM: the rows' sums of squares over the group
     for hd in range(h_lo, h_hi):
-        x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
-                     w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
         base = ((bi * nh + hd) * nchunks + ci) * T
         dt = tl.load(dtp_ptr + base + t)
         a = tl.load(a_ptr + base + t)
+        # the head's other loads issued first, in their own dtypes, so that they are in flight while the conv and
+        # the intra-chunk matmul run (a program takes its heads one after another, one block of 8 warps per SM):
+        # the carried state (0 in chunk 0 without an initial state: not stored, so masked out) and the norm's z
+        S = tl.load(enter_ptr + (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :],
+                    mask=(ip[:, None] < p * (ci >= first_state)) & (jn[None, :] < n), other=0.0)  # (BP, BN)
+        if NORM and not NORM_BEFORE_GATE:
+            zn = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p, mask=mtp,
+                         other=0.0)
+        x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
+                     w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
         # -inf above the diagonal before exp: exp(a_l - a_s) for s > l would overflow (a decreases with l)
         decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
         y = _mm(CB * decay, x * dt[:, None], BF16_DOT, PREC)  # (T, BP)
-        if ci >= first_state:  # the carried state (0 in chunk 0 without an initial state: not stored, no matmul)
-            S = tl.load(enter_ptr + (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :],
-                        mask=(ip[:, None] < p) & (jn[None, :] < n), other=0.0).to(tl.float32)  # (BP, BN)
-            y += tl.exp(a)[:, None] * _mm(Cm, tl.trans(S), BF16_DOT, PREC)
+        if ci >= first_state:  # the carried state's term (no matmul in chunk 0 without an initial state)
+            y += tl.exp(a)[:, None] * _mm(Cm, tl.trans(S.to(tl.float32)), BF16_DOT, PREC)
         if HAS_D:
             Dv = tl.load(D_ptr + hd * s_D_h + ip * s_D_p, mask=ip < p, other=0.0).to(tl.float32)
             y += x * Dv[None, :]
@@ -364,9 +370,8 @@ def _chunk_scan_fwd(
         if NORM:
             v = y.to(tl.float32)
             if not NORM_BEFORE_GATE:
-                z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
-                            mask=mtp, other=0.0).to(tl.float32)
-                v = v * z * tl.sigmoid(z)
+                zf = zn.to(tl.float32)
+                v = v * zf * tl.sigmoid(zf)
             ss += tl.sum(v * v, axis=1)
         tl.store(out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p, y, mask=mtp)
     if NORM:
