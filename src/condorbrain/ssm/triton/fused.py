@@ -77,9 +77,9 @@ _CONV_IN_SSD = True
 # Likewise the backward's SSD kernels (_state_fwd, _state_bwd, _chunk_bwd_bc, _chunk_bwd_dx), rather than _conv_fwd
 # recomputing the conv's output for them: (B, L, conv_dim) would be neither written nor read back. Off: ptxas
 # (sm_90, seed sizes) spills in the two big backward kernels with it at their settings (_chunk_bwd_bc 84 B per
-# thread, _chunk_bwd_dx 196 B), and the settings that spill least (ssd._BC_STAGES=1: 28 B, ssd._DX_WARPS=8: none)
-# give up the pipelining of one and the two blocks per SM of the other, which take a third of the step;
-# benchmarks/gpu_sweep.py tries it with them
+# thread, _chunk_bwd_dx 196 B), and the settings that do not (ssd._BC_STAGES=1, ssd._DX_WARPS=8) give up the
+# pipelining of one and the two blocks per SM of the other, which take a third of the step; benchmarks/gpu_sweep.py
+# tries it with them
 _CONV_IN_SSD_BWD = False
 # The SSD's gradients in the backward (its output gradient dy from the norm, and dx, dB, dC, which the conv's backward
 # reads) stored in the activations' dtype when that is half precision, as the official layer stores them (its dxBC is

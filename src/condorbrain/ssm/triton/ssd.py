@@ -113,7 +113,7 @@ _BIG_TILE_WARPS = 8
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
 _DX_STAGES = 3  # _chunk_bwd_dx
-_BC_STAGES = 2  # _chunk_bwd_bc (with the conv applied to its loads, fused._CONV_IN_SSD_BWD, 1 spills least)
+_BC_STAGES = 2  # _chunk_bwd_bc (with the conv applied to its loads, fused._CONV_IN_SSD_BWD, 2 spills and 1 not)
 # The backward's entering states and state gradients stored in bf16 when the matmuls take bf16 operands (see
 # _backward; benchmarks/gpu_sweep.py tries float32)
 _BWD_STATES_BF16 = True
@@ -491,7 +491,6 @@ def _chunk_bwd_bc(
     mt = pos < L
     mtp = mt[:, None] & (ip[None, :] < p)
     mtn = mt[:, None] & (jn[None, :] < n)
-    mpn = (ip[:, None] < p) & (jn[None, :] < n)
     Bm = _load_in(B_ptr + bi * s_B_b + g * s_B_g, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
                   w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
     Cm = _load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
@@ -517,6 +516,10 @@ def _chunk_bwd_bc(
         a_end = tl.load(a_ptr + base + T - 1)
         ea = tl.exp(a)  # (T,)
         soff = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
+        # the entering state and the end state's gradient loaded now, in their own dtypes, to be in flight during
+        # the intra-chunk part (masked out where not stored: S before first_state, G from last_g on)
+        S = tl.load(enter_ptr + soff, mask=(ip[:, None] < p * (ci >= first_state)) & (jn[None, :] < n), other=0.0)
+        G = tl.load(dst_ptr + soff, mask=(ip[:, None] < p * (ci < last_g)) & (jn[None, :] < n), other=0.0)
         # intra-chunk: y_l = sum_s (C_l . B_s) exp(a_l - a_s) dt_s x_s
         decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
         dCB = _mm(dy, tl.trans(x * dt[:, None]), BF16_DOT, PREC) * decay  # (T, T)
@@ -525,17 +528,15 @@ def _chunk_bwd_bc(
         daS = tl.sum(dMM, axis=1) - tl.sum(dMM, axis=0)  # (T,): through exp(a_l - a_s)
         # carried state: y_l += exp(a_l) S C_l (S is 0 in chunk 0 without an initial state: not stored)
         if ci >= first_state:
-            S = tl.load(enter_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) entering state
-            dyS = ea[:, None] * _mm(dy, S, BF16_DOT, PREC)  # (T, BN)
+            dyS = ea[:, None] * _mm(dy, S.to(tl.float32), BF16_DOT, PREC)  # (T, BN); S (BP, BN) entering state
             dC += dyS
             daS += tl.sum(Cm * dyS, axis=1)
         tl.store(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nblk + pid_n) * T + t, daS)
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, upstream gradient G (none in the last chunk
         # without one for the final state: not stored)
-        if ci < last_g:
-            G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN)
+        if ci < last_g:  # G (BP, BN)
             w = tl.exp(a_end - a) * dt
-            dB += w[:, None] * _mm(x, G, BF16_DOT, PREC)
+            dB += w[:, None] * _mm(x, G.to(tl.float32), BF16_DOT, PREC)
     dC += _mm(dCBs, Bm, BF16_DOT, PREC)  # sum_h dCB_h B = (sum_h dCB_h) B: one matmul, not one a head
     dB += _mm(tl.trans(dCBs), Cm, BF16_DOT, PREC)
     out = bi * s_o_b + pos[:, None] * s_o_l + g * s_o_g + pid_s * s_o_s + jn[None, :] * s_o_n
@@ -580,7 +581,6 @@ def _chunk_bwd_dx(
     pos = ci * T + t
     mt = pos < L
     mtp = mt[:, None] & (ip[None, :] < p)
-    mpn = (ip[:, None] < p) & (jn[None, :] < n)
     Bp = B_ptr + bi * s_B_b + g * s_B_g
     CB = _mm(_load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
                       w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K),
@@ -598,6 +598,9 @@ def _chunk_bwd_dx(
         a = tl.load(a_ptr + base + t)
         a_end = tl.load(a_ptr + base + T - 1)
         soff = (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :]
+        # dL/d(this chunk's own end state), loaded now in its own dtype to be in flight during the intra-chunk
+        # part (masked out from last_g on: the last chunk's end state has no gradient without one for the final)
+        G = tl.load(dst_ptr + soff, mask=(ip[:, None] < p * (ci < last_g)) & (jn[None, :] < n), other=0.0)
         wend = tl.exp(a_end - a)  # (T,) decay from step s to the chunk's end
 
         if HAS_D:
@@ -623,11 +626,10 @@ def _chunk_bwd_dx(
         da = da * own
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G
         dend = a_end * 0.0  # dL/da_T through the end state
-        if ci < last_g:  # (the last chunk's end state has no gradient without one for the final state)
-            G = tl.load(dst_ptr + soff, mask=mpn, other=0.0)  # (BP, BN) dL/d(this chunk's own end state)
+        if ci < last_g:  # G (BP, BN)
             Bm = _load_in(Bp, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
                           w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
-            BG = _mm(Bm, tl.trans(G), BF16_DOT, PREC)  # (T, BP): B_s . G[p, :]
+            BG = _mm(Bm, tl.trans(G.to(tl.float32)), BF16_DOT, PREC)  # (T, BP): B_s . G[p, :]
             w = wend * dt
             dx += w[:, None] * BG
             xBG = tl.sum(x * BG, axis=1)  # (T,)
