@@ -144,8 +144,9 @@ LAYERS = {
     "default": dict(),
     "groups+norm_before_gate+D_hdim+bias": dict(ngroups=2, norm_before_gate=True, D_has_hdim=True, bias=True),
     "no_rmsnorm+mlp+dt_limit+no_conv_bias": dict(rmsnorm=False, d_ssm=32, dt_limit=(0.01, 0.5), conv_bias=False),
-    # 8 heads in one group: more than a program takes (HEADS_PER_PROGRAM), so dB, dC are per-split partial sums,
-    # summed into the conv's gradient buffer (the seed config's case: 16 heads per group)
+    # 8 heads in one group: more than a program of the forward's and _chunk_bwd_dx takes (HEADS_PER_PROGRAM 4);
+    # _chunk_bwd_bc takes them all (_BC_HEADS), its dB, dC straight into the conv's gradient buffer (the seed
+    # config's case: 16 heads per group)
     "8_heads_split": dict(headdim=8),
     # the forward's SSD kernels apply the conv to what they load (ssd._load_in): 3 taps, across chunk boundaries
     "d_conv_3": {"d_conv": 3},

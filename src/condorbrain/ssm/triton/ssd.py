@@ -54,9 +54,10 @@ seed sizes. The price: both read x, dout (and z), dt, a, B, C and the end-state 
 S are read by 3., and by 4. only with z (for y, which dz needs): the seed layer gates in its RMSNorm instead.
 
 Heads of a group share B and C: the chunk kernels (forward 3., backward 2. and 3.) take up to
-``HEADS_PER_PROGRAM`` heads of one group per program, compute C.B^T once for them (``_chunk_bwd_bc`` needs none)
-and, backward, sum their dB, dC in registers; the few partial sums left (one per program of a group and state
-block), and the per-chunk partials of dA, dD and dt_bias, are reduced on the host.
+``HEADS_PER_PROGRAM`` heads of one group per program (``_chunk_bwd_bc``: ``_BC_HEADS``), compute C.B^T once for
+them (``_chunk_bwd_bc`` a partial one per state block) and, backward, sum their dB, dC in registers; the partial
+sums left (one per program of a group and state block, none at the seed), and the per-chunk partials of dA, dD and
+dt_bias, are reduced on the host.
 
 Precision: inputs float32/bfloat16/float16 are loaded and computed in float32 (states, decays and sums always
 float32, every tl.dot accumulates in float32). tl.dot's operands: bfloat16 for bfloat16 inputs (the products and
@@ -103,6 +104,12 @@ _MAX_CHUNK = 64  # a T x T float32 tile per program: 64 keeps it (and the T x n,
 _STATE_PROGRAMS = 1024  # programs of _state_fwd / _state_bwd below which a head's state rows are split (_state_rows)
 HEADS_PER_PROGRAM = 4  # heads of one group per program in the chunk-scan kernels (see _head_split)
 _BWD_STATE_BLOCK = 64  # state columns per program of _chunk_bwd_bc (d_state 128: 2 programs, see that kernel)
+# Heads per program of _chunk_bwd_bc: all of a group's (16 at the seed) where HEADS_PER_PROGRAM's 4 gave 4 programs
+# a group: its intra-chunk dB, dC are two matmuls of the heads' summed dL/d(C.B^T) after its loop, so more heads a
+# program means fewer of those and of the partial C.B^T, and with one program a group dB, dC are stored straight
+# into their buffers (4 float32 partials a step summed on the host, ~0.5 GB a seed layer, otherwise). Its 8-warp
+# block fills an SM's registers either way (one program an SM at a time); not yet timed (the sweep tries 4)
+_BC_HEADS = 16
 # Warps of the kernels that hold several (T, 64)-or-larger float32 tiles and T x T ones at once (_chunk_scan_fwd,
 # _chunk_bwd_bc, _chunk_bwd_dx). ptxas' report at the seed sizes (sm_90, T 64, headdim 64, d_state 64): with 4
 # warps each such tile is 32 registers per thread and they spill at 255 registers (_chunk_scan_fwd 24-72 B per
@@ -684,10 +691,11 @@ def _dx_channel_blocks(BP: int) -> int:
     return max(1, min(_DX_CHANNEL_BLOCKS, BP // _MIN_BLOCK))
 
 
-def _head_split(hpg: int) -> tuple[int, int]:
-    """(heads per program, programs per group) for the kernels that share C.B^T between the heads of a group:
-    more heads per program reuse more (and keep fewer partial dB, dC), fewer keep more programs in flight."""
-    hpp = min(hpg, HEADS_PER_PROGRAM)
+def _head_split(hpg: int, most: int | None = None) -> tuple[int, int]:
+    """(heads per program, programs per group) for the kernels that share C.B^T between the heads of a group, at
+    most ``most`` (default HEADS_PER_PROGRAM) heads a program: more heads per program reuse more (and keep fewer
+    partial dB, dC), fewer keep more programs in flight."""
+    hpp = min(hpg, most or HEADS_PER_PROGRAM)
     return hpp, triton.cdiv(hpg, hpp)
 
 
@@ -836,7 +844,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         0 if h0 is not None else 1, cC0, *dout.stride(), *C.stride(), *_strides(z, 4), *s_w,
         HAS_Z=z is not None, HAS_DFINAL=dfinal is not None, HAS_DH0=h0 is not None, **conv_flags,
         T=T, BPS=rows, BN=BN, **dot, **launch_options(rows, BN))
-    hpp, nsplit = _head_split(hpg)
+    hpp, nsplit = _head_split(hpg, _BC_HEADS)
     BNb = min(BN, _BWD_STATE_BLOCK)
     nbn = triton.cdiv(n, BNb)
     for name, buf in (("dB", dB), ("dC", dC)):
@@ -868,6 +876,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         if dx.untyped_storage().data_ptr() == dout.untyped_storage().data_ptr() and (
                 z is not None or dx.data_ptr() != dout.data_ptr() or dx.stride() != dout.stride()):
             raise ValueError("dx: apart from dout, or dout itself (the same view, and no z)")
+    hpp, nsplit = _head_split(hpg)
     nps = _dx_channel_blocks(BP)
     ddt = torch.empty(b, L, nh, nps, **f32)  # partial over the channel blocks: summed below
     dz = torch.empty(b, L, nh, p, **f32) if z is not None else None
