@@ -18,8 +18,9 @@ The node keeps zxbcdt, the scan's output before the norm and the norm's 1/rms (4
 the official ``mamba_split_conv1d_scan_combined`` does: nothing else per token. Per token and layer at the seed
 sizes (bf16 autocast, d_model 512, d_state 64, headdim 64) that is 6.4 KB (+ in_proj's 1 KB input) where three
 chained autograd functions and an nn.Linear kept 10.9 KB: the conv output, the norm's output, float32 dt and decay
-sums as well (``benchmarks/activation_memory.py``). The backward recomputes the conv output (``_conv_fwd``) and
-the scan's dt and decay sums (one small kernel); the norm's backward (``_rmsnorm_bwd``) stores the norm's output
+sums as well (``benchmarks/activation_memory.py``). The backward recomputes the conv output (``_conv_fwd``; or
+the backward's SSD kernels apply the conv to their loads too, ``_CONV_IN_SSD_BWD``, off) and the scan's dt and
+decay sums (one small kernel); the norm's backward (``_rmsnorm_bwd``) stores the norm's output
 for out_proj's weight gradient as it goes (``_NORM_OUT_IN_BWD``; else ``_rmsnorm_fwd`` reruns for it); the SSD's
 backward kernels; the conv's backward in one kernel with the SiLU's derivative formed inside
 (``_CONV_GATE_IN_BWD``; else ``_conv_bwd_gate`` first). Each piece of the input gradient is written straight into
@@ -484,8 +485,7 @@ def _rmsnorm_backward(
     place); None: a new float32 one. dres ((b, L, d), unit channel stride, any dtype): a gradient that reaches y
     by another way (y is a residual stream), added to dy. out ((b, L, d) contiguous, any dtype): where to store
     the forward's output too (what :func:`_rmsnorm_forward` returns, from the same arithmetic on the same values),
-    which the next Linear's weight gradient needs. Computed in float32, rounded once
-    where stored."""
+    which the next Linear's weight gradient needs. Computed in float32, rounded once where stored."""
     b, L, d = y.shape
     ngroups = d // gs
     rows = b * L
@@ -560,8 +560,8 @@ def rmsnorm_gated_triton(
 
 
 class _RMSNormLinear(torch.autograd.Function):
-    """[x + h ->] rmsnorm * norm_weight -> Linear as one autograd node that keeps the normalised stream (x, or the sum),
-    not the norm's output.
+    """[x + h ->] rmsnorm * norm_weight -> Linear as one autograd node that keeps the normalised stream (x, or the sum)
+    and 1/rms, not the norm's output.
 
     A pre-norm block's input is alive anyway (the norm's backward needs it), while the Linear's input, the normalised
     stream in the matmul dtype, is a second copy per token (1 KB at d_model 512 in bf16). The backward recomputes it
