@@ -114,7 +114,9 @@ _BC_HEADS = 16
 # _chunk_bwd_bc, _chunk_bwd_dx). ptxas' report at the seed sizes (sm_90, T 64, headdim 64, d_state 64): with 4
 # warps each such tile is 32 registers per thread and they spill at 255 registers (_chunk_scan_fwd 24-72 B per
 # thread, the two backward kernels 140-200 B); with 8 (16 per tile) none spills. 16 warps cap a thread at 128
-# registers and spill again (0.3-3 KB).
+# registers and spill again (0.3-3 KB). At T 32 (_MAX_CHUNK 32) on 4 warps none spills (_chunk_scan_fwd 220,
+# _chunk_bwd_bc 252, _chunk_bwd_dx 164 registers at the seed): two blocks per SM where T 64 fits one; more chunks
+# (4 at L 120), so more state passing. benchmarks/gpu_sweep.py tries it.
 _BIG_TILE_WARPS = 8
 # Software-pipelining stages of the loops over heads (Triton's default on sm_90 is 3; _chunk_bwd_bc runs with 2, which
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
