@@ -57,6 +57,7 @@ DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop be
     "fused._GRADS_IN_ACT_DTYPE=0",
     "ssd._BWD_STATES_BF16=0",
     "ssd._BC_HEADS=4",
+    "ssd._DX_HEADS=4",
     "fused._CONV_IN_SSD_BWD=1+ssd._BC_STAGES=1+ssd._DX_WARPS=8",
     "ssd._DX_CHANNEL_BLOCKS=1+ssd._DX_WARPS=8",
     "ssd._SCAN_FWD_STAGES=2",

@@ -153,12 +153,14 @@ def test_backward_states_in_bf16_change_only_the_decay_gradients(device, monkeyp
 
 
 @pytest.mark.parametrize("h,g", [(6, 1), (6, 2)])
-@pytest.mark.parametrize("bc_heads", [16, 4])
-def test_many_heads_per_group(device, h, g, bc_heads, monkeypatch):
-    # 6 heads sharing one B, C: the chunk kernels take HEADS_PER_PROGRAM=4 heads at a time (programs of 4 and 2),
-    # so dB, dC are summed both inside a program and across programs; with 2 groups, 3 heads per program.
-    # _chunk_bwd_bc takes all of a group's heads (_BC_HEADS 16) or 4 at a time (partial dB, dC summed on the host)
-    monkeypatch.setattr(ssd_module, "_BC_HEADS", bc_heads)
+@pytest.mark.parametrize("bwd_heads", [16, 4])
+def test_many_heads_per_group(device, h, g, bwd_heads, monkeypatch):
+    # 6 heads sharing one B, C: the forward's chunk kernel takes HEADS_PER_PROGRAM=4 heads at a time (programs of 4
+    # and 2); with 2 groups, 3 heads per program. The backward's two chunk kernels take all of a group's heads
+    # (_BC_HEADS, _DX_HEADS 16) or 4 at a time (then dB, dC are summed both inside a program and, on the host,
+    # across programs)
+    monkeypatch.setattr(ssd_module, "_BC_HEADS", bwd_heads)
+    monkeypatch.setattr(ssd_module, "_DX_HEADS", bwd_heads)
     check(make_inputs(1, 20, h, 16, g, 16), device)
 
 

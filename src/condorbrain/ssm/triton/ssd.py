@@ -54,10 +54,10 @@ seed sizes. The price: both read x, dout (and z), dt, a, B, C and the end-state 
 S are read by 3., and by 4. only with z (for y, which dz needs): the seed layer gates in its RMSNorm instead.
 
 Heads of a group share B and C: the chunk kernels (forward 3., backward 2. and 3.) take up to
-``HEADS_PER_PROGRAM`` heads of one group per program (``_chunk_bwd_bc``: ``_BC_HEADS``), compute C.B^T once for
-them (``_chunk_bwd_bc`` a partial one per state block) and, backward, sum their dB, dC in registers; the partial
-sums left (one per program of a group and state block, none at the seed), and the per-chunk partials of dA, dD and
-dt_bias, are reduced on the host.
+``HEADS_PER_PROGRAM`` heads of one group per program (the backward's: ``_BC_HEADS``, ``_DX_HEADS``), compute
+C.B^T once for them (``_chunk_bwd_bc`` a partial one per state block) and, backward, sum their dB, dC in
+registers; the partial sums left (one per program of a group and state block, none at the seed), and the
+per-chunk partials of dA, dD and dt_bias, are reduced on the host.
 
 Precision: inputs float32/bfloat16/float16 are loaded and computed in float32 (states, decays and sums always
 float32, every tl.dot accumulates in float32). tl.dot's operands: bfloat16 for bfloat16 inputs (the products and
@@ -110,6 +110,10 @@ _BWD_STATE_BLOCK = 64  # state columns per program of _chunk_bwd_bc (d_state 128
 # into their buffers (4 float32 partials a step summed on the host, ~0.5 GB a seed layer, otherwise). Its 8-warp
 # block fills an SM's registers either way (one program an SM at a time); not yet timed (the sweep tries 4)
 _BC_HEADS = 16
+# Heads per program of _chunk_bwd_dx: all of a group's, so that C.B^T is formed once a group and channel block rather
+# than once every 4 heads (the seed: 2 T x T x n matmuls a (sequence, chunk) where there were 8, of 72); its blocks
+# are small enough (4 warps) for two an SM either way. Not yet timed (the sweep tries 4)
+_DX_HEADS = 16
 # Warps of the kernels that hold several (T, 64)-or-larger float32 tiles and T x T ones at once (_chunk_scan_fwd,
 # _chunk_bwd_bc, _chunk_bwd_dx). ptxas' report at the seed sizes (sm_90, T 64, headdim 64, d_state 64): with 4
 # warps each such tile is 32 registers per thread and they spill at 255 registers (_chunk_scan_fwd 24-72 B per
@@ -878,7 +882,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         if dx.untyped_storage().data_ptr() == dout.untyped_storage().data_ptr() and (
                 z is not None or dx.data_ptr() != dout.data_ptr() or dx.stride() != dout.stride()):
             raise ValueError("dx: apart from dout, or dout itself (the same view, and no z)")
-    hpp, nsplit = _head_split(hpg)
+    hpp, nsplit = _head_split(hpg, _DX_HEADS)
     nps = _dx_channel_blocks(BP)
     ddt = torch.empty(b, L, nh, nps, **f32)  # partial over the channel blocks: summed below
     dz = torch.empty(b, L, nh, p, **f32) if z is not None else None
