@@ -34,7 +34,8 @@ memory apart; beside y, with the rows' 1/rms, in training, so the norm's kernel 
 Without an initial state, chunk 0's entering state is 0: it is neither stored nor read (the readers mask it out by
 ``first_state``). Forward saves only its inputs and the float32 dt and a (O(L) per head). Backward reruns kernel 2
 for the entering states S_c (as the official code does: saving them would cost p n / T floats per step and head,
-several times the activations; stored in bf16 where the matmuls that read them take bf16 operands) and recomputes everything inside a chunk from them (no T x T tensor is stored), in
+several times the activations; stored in bf16 where the matmuls that read them take bf16 operands) and
+recomputes everything inside a chunk from them (no T x T tensor is stored), in
 three more kernels:
 
 1. ``_state_bwd``:      the reverse loop over chunks: dL/dS_c through the chunk's own outputs (sum_l exp(a_l) dy_l
@@ -420,7 +421,8 @@ def _state_bwd(
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_w_c, s_w_k,
     HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_DH0: tl.constexpr, CONV: tl.constexpr,
-    HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BPS: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BPS: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    BF16_DOT: tl.constexpr,
 ):
     # grid (b, h, nblocks = cdiv(p, BPS)): the reverse of _state_fwd, rows ip of a head's state. gS = dL/dS_{c+1}
     # (the state after chunk c) while at chunk c, from the final state's gradient (or 0):
@@ -480,7 +482,8 @@ def _chunk_bwd_bc(
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_g, s_o_s, s_o_n,
     s_w_c, s_w_k,
-    HAS_Z: tl.constexpr, CONV: tl.constexpr, HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    HAS_Z: tl.constexpr, CONV: tl.constexpr, HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr,
+    BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * NB): dB, dC of one chunk for up to hpp heads of one group and one block of BN state
     # columns (NB = cdiv(n, BN) blocks), summed over those heads in registers: (b, L, g, nsplit, n) float32 partial
@@ -491,9 +494,9 @@ def _chunk_bwd_bc(
     # minus the column sums of dL/dM = dL/d(C.B^T) * C.B^T (M the masked decay times C.B^T), where this block's
     # columns give a partial C.B^T (one T x T matmul a program, shared by its heads; dL/d(C.B^T) =
     # (dy . (dt x)^T) * decay, formed here for dB and dC anyway). The heads share B and C, so the intra-chunk dC =
-    # sum_h dCB_h B and dB = sum_h dCB_h^T C are two matmuls of the heads' sum after the loop (4 heads a program:
-    # 8 matmuls became 2; the sum is rounded to the operands' dtype once, not each term). S and G are read only where _state_fwd and
-    # _state_bwd stored them (chunks >= first_state, < last_g): elsewhere they are 0.
+    # sum_h dCB_h B and dB = sum_h dCB_h^T C are two matmuls of the heads' sum after the loop (16 heads a program at
+    # the seed: 32 matmuls become 2; the sum is rounded to the operands' dtype once, not each term). S and G are
+    # read only where _state_fwd and _state_bwd stored them (chunks >= first_state, < last_g): elsewhere they are 0.
     pid_bc, g, pid_sn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     nblk = tl.cdiv(n, BN)
@@ -573,7 +576,8 @@ def _chunk_bwd_dx(
     s_o_b, s_o_l, s_o_h, s_o_p,
     s_w_c, s_w_k,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CONV: tl.constexpr,
-    HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * nps): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T
     # once) and one of nps blocks of BP head channels: dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the
@@ -760,7 +764,8 @@ def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=N
     _chunk_scan_fwd[(d["b"] * d["c"], d["g"], nsplit)](
         x, B, C, zp if zp is not None else x, D2 if D2 is not None else x, dtp, a, enter,
         dout if dout is not None else x, out, w, cb, nw, nout if nout is not None else out,
-        rstd if rstd is not None else out, d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0, cC0, eps, *x.stride(),
+        rstd if rstd is not None else out, d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0,
+        cC0, eps, *x.stride(),
         *B.stride(), *C.stride(), *_strides(zp, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(), *s_w,
         HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, **conv_flags, NORM=norm is not None,
         NORM_BEFORE_GATE=nbg, RSTD=rstd is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
@@ -895,7 +900,8 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g, nps, cB0, cC0,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
         *dx.stride(), *s_w, HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=softplus, **conv_flags, T=T, BP=BP // nps, BN=BN, **dot, **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
+        SOFTPLUS=softplus, **conv_flags, T=T, BP=BP // nps, BN=BN, **dot,
+        **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
     ddt = ddt[..., 0] if nps == 1 else ddt.sum(-1)  # (b, L, h)
     del dst, dalast, daS  # (b, c, h, p, n), as large as dx: not alive beside dz below
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 3 again, for y (in _chunk_bwd_dx, y's tiles
