@@ -595,12 +595,10 @@ class _RMSNormLinear(torch.autograd.Function):
         with torch.autocast(stream.device.type, enabled=False):
             g = dout.reshape(-1, dout.shape[-1]).to(mm_dtype)  # (N, n_out)
             db = g.to(torch.float32).sum(0).to(bias.dtype) if bias is not None else None
-            u = None  # the norm's output, recomputed (x's dtype)
-            if not _NORM_OUT_IN_BWD:
-                u = _rmsnorm_forward(rows, None, norm_weight, eps, D, False)[0]
+            # the norm's output, recomputed in x's dtype: filled by the norm's backward below, or by its forward now
+            u = (torch.empty(rows.shape, device=stream.device, dtype=stream.dtype) if _NORM_OUT_IN_BWD else
+                 _rmsnorm_forward(rows, None, norm_weight, eps, D, False)[0])
             du = (g @ weight.to(mm_dtype)).view(rows.shape)  # (N, 1, D) in the matmul dtype
-            if _NORM_OUT_IN_BWD:
-                u = torch.empty(rows.shape, device=stream.device, dtype=stream.dtype)
             dx, _, dnw = _rmsnorm_backward(rows, None, norm_weight, rstd, du, D, False, dy_dtype=stream.dtype,
                                            dres=dres.reshape(rows.shape) if dres is not None else None,
                                            out=u if _NORM_OUT_IN_BWD else None)

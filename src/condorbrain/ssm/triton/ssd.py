@@ -764,9 +764,10 @@ def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=N
     _chunk_scan_fwd[(d["b"] * d["c"], d["g"], nsplit)](
         x, B, C, zp if zp is not None else x, D2 if D2 is not None else x, dtp, a, enter,
         dout if dout is not None else x, out, w, cb, nw, nout if nout is not None else out,
-        rstd if rstd is not None else out, d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0,
-        cC0, eps, *x.stride(),
-        *B.stride(), *C.stride(), *_strides(zp, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(), *s_w,
+        rstd if rstd is not None else out,
+        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0, cC0, eps,
+        *x.stride(), *B.stride(), *C.stride(), *_strides(zp, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
+        *s_w,
         HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, **conv_flags, NORM=norm is not None,
         NORM_BEFORE_GATE=nbg, RSTD=rstd is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
         **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES))
