@@ -206,3 +206,43 @@ def test_streaming_steps(split_small, monkeypatch, mixer, batch):
         return {**outs, **{f"state {i}.{j}": s for i, c in enumerate(cache) for j, s in enumerate(c)}}
 
     assert_order_free(run)
+
+
+# --- the scans alone, with what the layers leave out (initial and final states) -------------------------------------
+
+def _scan_grads(fn, tensors, **kwargs):
+    """fn's outputs and the gradients of fixed random weights against them, with respect to every tensor."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in tensors.items()}
+    outs = fn(**leaves, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    torch.autograd.backward(outs, [torch.randn(o.shape, generator=gen) for o in outs])
+    return {"out": outs[0].detach(), "final": outs[1].detach(), **{f"d{k}": v.grad for k, v in leaves.items()}}
+
+
+def _randn():
+    gen = torch.Generator().manual_seed(0)
+    return lambda *shape: torch.randn(*shape, generator=gen)
+
+
+def test_ssd_scan_with_states(split_small):
+    # 2 groups of 2 heads, 40 channels (_chunk_bwd_dx: 2 blocks, the second mostly masked), d_state 40 (3 column
+    # blocks of _chunk_bwd_bc, the last half masked), 3 chunks with the last partial, an initial and a final state
+    r = _randn()
+    b, L, h, p, g, n = 1, 41, 4, 40, 2, 40
+    tensors = {"x": r(b, L, h, p), "dt": r(b, L, h) * 0.5, "A": -0.5 - r(h).abs(), "B": r(b, L, g, n),
+               "C": r(b, L, g, n), "D": r(h, p), "z": r(b, L, h, p), "dt_bias": r(h) * 0.3,
+               "initial_states": r(b, h, p, n)}
+    assert_order_free(lambda: _scan_grads(ssd_module.ssd_scan_triton, tensors, chunk_size=16, dt_softplus=True,
+                                          return_final_states=True))
+
+
+def test_selective_scan_with_states():
+    from condorbrain.ssm.triton.selective import selective_scan_triton
+
+    # grouped time-varying B, C (2 groups of 3 channels), every option, 3 tiles of 8 steps (the last short)
+    r = _randn()
+    b, d, L, n = 2, 6, 19, 4
+    tensors = {"u": r(b, d, L), "delta": r(b, d, L) * 0.5, "A": -0.1 - 2 * r(d, n).abs(), "B": r(b, 2, n, L),
+               "C": r(b, 2, n, L), "D": r(d), "z": r(b, d, L), "delta_bias": r(d) * 0.3, "initial_state": r(b, d, n)}
+    assert_order_free(lambda: _scan_grads(selective_scan_triton, tensors, delta_softplus=True, chunk_size=8,
+                                          return_last_state=True))
