@@ -122,7 +122,7 @@ def _fused_layer(d_state: int, chunk_size: int, norm_weight: bool = True, dt_lim
 
     zxbcdt, w, bias, dt_bias, A_log, D, norm = _mamba2_zxbcdt(d_state)
     out_proj = torch.randn(512, 1024, requires_grad=True)  # inside, as Mamba2.forward passes it (d_model 512)
-    with torch.set_grad_enabled(not inference):  # inference: the gated norm inside the SSD's last kernel
+    with torch.set_grad_enabled(not inference):  # inference: no state kept for a backward
         y = mamba2_fused_forward(zxbcdt, w, bias, dt_bias, A_log, D, norm if norm_weight else None, headdim=64,
                                  d_state=d_state, chunk_size=chunk_size, dt_limit=dt_limit,
                                  out_proj_weight=out_proj)
@@ -161,17 +161,39 @@ def _ssd_cases():
     for n in (64, 128):
         cases[f"mamba2 inference d_state {n}"] = lambda n=n: _fused_layer(n, 64, inference=True)
 
-    def conv_in_backward():  # the conv inside the backward's kernels too, at the settings the sweep tries it with
-        from condorbrain.ssm.triton import fused, ssd
+    def switched(settings: dict, case):  # a case with module switches of condorbrain.ssm.triton set, then restored
+        import importlib
 
-        saved = fused._CONV_IN_SSD_BWD, ssd._BC_STAGES, ssd._DX_WARPS
-        fused._CONV_IN_SSD_BWD, ssd._BC_STAGES, ssd._DX_WARPS = True, 1, 8
-        try:
-            _fused_layer(64, 64)
-        finally:
-            fused._CONV_IN_SSD_BWD, ssd._BC_STAGES, ssd._DX_WARPS = saved
+        def run():
+            saved = {}
+            try:
+                for name, value in settings.items():
+                    module, attr = name.split(".")
+                    module = importlib.import_module(f"condorbrain.ssm.triton.{module}")
+                    saved[(module, attr)] = getattr(module, attr)
+                    setattr(module, attr, value)
+                case()
+            finally:
+                for (module, attr), value in saved.items():
+                    setattr(module, attr, value)
 
-    cases["mamba2 d_state 64, conv in the backward's kernels"] = conv_in_backward
+        return run
+
+    # the variants benchmarks/gpu_sweep.py tries (off by default), training and inference: the gated norm inside the
+    # scan's last kernel; that and the conv inside every SSD kernel, forward and backward (at the settings the sweep
+    # tries it with); the SiLU's derivative inside the conv's backward kernel
+    norm = {"fused._NORM_IN_SSD": True}
+    in_ssd = {**norm, "fused._CONV_IN_SSD": True, "fused._CONV_IN_SSD_BWD": True, "ssd._BC_STAGES": 1,
+              "ssd._DX_WARPS": 8}
+    for n in (64, 128):
+        cases[f"mamba2 d_state {n}, norm in the scan"] = switched(norm, lambda n=n: _fused_layer(n, 64))
+        cases[f"mamba2 inference d_state {n}, norm in the scan"] = switched(
+            norm, lambda n=n: _fused_layer(n, 64, inference=True))
+    cases["mamba2 d_state 64, conv and norm in the SSD's kernels"] = switched(in_ssd, lambda: _fused_layer(64, 64))
+    cases["mamba2 inference, conv and norm in the SSD's kernels"] = switched(
+        in_ssd, lambda: _fused_layer(64, 64, inference=True))
+    cases["mamba2 d_state 64, gate in the conv's backward"] = switched(
+        {"fused._CONV_GATE_IN_BWD": True, "fused._CONV_BWD_WARPS": 8}, lambda: _fused_layer(64, 64))
     return cases
 
 

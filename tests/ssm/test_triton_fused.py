@@ -148,7 +148,8 @@ LAYERS = {
     # _chunk_bwd_bc takes them all (_BC_HEADS), its dB, dC straight into the conv's gradient buffer (the seed
     # config's case: 16 heads per group)
     "8_heads_split": dict(headdim=8),
-    # the forward's SSD kernels apply the conv to what they load (ssd._load_in): 3 taps, across chunk boundaries
+    # 3 taps (with the conv inside the SSD kernels, test_backward_conv_inside_the_ssd_kernels: ssd._load_in across
+    # chunk boundaries)
     "d_conv_3": {"d_conv": 3},
     # headdim 32: _chunk_bwd_dx takes each head's channels in two blocks of 16 (ssd._DX_CHANNEL_BLOCKS), its dx
     # written over dy (the norm's) in place, block by block
@@ -192,7 +193,7 @@ def triton_backend(monkeypatch):
 
 @pytest.mark.parametrize("conv_in_ssd", [True, False], ids=["conv_in_ssd", "conv_first"])
 def test_forward_conv_inside_the_ssd_kernels(device, conv_in_ssd, monkeypatch):
-    # the forward with the conv applied inside the SSD kernels' loads (the default) or by its own kernel first:
+    # the forward with the conv applied inside the SSD kernels' loads or by its own kernel first (the default):
     # the same values (both round the conv's output to the activation dtype before the scan)
     monkeypatch.setattr(fused_module, "_CONV_IN_SSD", conv_in_ssd)
     torch.manual_seed(0)
@@ -219,6 +220,7 @@ def test_inference_norm_inside_the_scan(device, name, monkeypatch):
     real = fused_module.ssd._forward
     monkeypatch.setattr(fused_module.ssd, "_forward", lambda *a, **k: calls.append(k.get("norm")) or real(*a, **k))
     with torch.no_grad():
+        monkeypatch.setattr(fused_module, "_NORM_IN_SSD", True)
         y = fused_layer(m, u)[1]
         monkeypatch.setattr(fused_module, "_NORM_IN_SSD", False)
         y_apart = fused_layer(m, u)[1]
@@ -234,6 +236,7 @@ def test_inference_norm_inside_the_scan_bfloat16(device, monkeypatch):
     m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16).to(device=device, dtype=torch.bfloat16)
     u = torch.randn(1, 24, 32, device=device, dtype=torch.bfloat16)
     with torch.no_grad():
+        monkeypatch.setattr(fused_module, "_NORM_IN_SSD", True)
         y = fused_layer(m, u)[1]
         monkeypatch.setattr(fused_module, "_NORM_IN_SSD", False)
         y_apart = fused_layer(m, u)[1]
@@ -292,9 +295,11 @@ def test_layer_norm_both_ways(device, name, out_in_bwd, norm_in_ssd, monkeypatch
 
 @pytest.mark.parametrize("name", ["default", "no_rmsnorm+mlp+dt_limit+no_conv_bias", "8_heads_split", "d_conv_3"])
 def test_backward_conv_inside_the_ssd_kernels(device, name, monkeypatch):
-    """The backward with the conv applied inside the SSD's backward kernels (``fused._CONV_IN_SSD_BWD``, at the
-    settings the sweep tries it with) rather than its output recomputed first: the float64 layer's gradients, across
-    chunk boundaries, with z in the scan (dz from the forward's kernel), no conv bias, split heads and 3 taps."""
+    """The conv applied inside every SSD kernel, the forward's (``fused._CONV_IN_SSD``) and the backward's
+    (``fused._CONV_IN_SSD_BWD``, at the settings the sweep tries it with), rather than its output computed first:
+    the float64 layer's outputs and gradients, across chunk boundaries, with z in the scan (dz from the forward's
+    kernel), no conv bias, split heads and 3 taps."""
+    monkeypatch.setattr(fused_module, "_CONV_IN_SSD", True)
     monkeypatch.setattr(fused_module, "_CONV_IN_SSD_BWD", True)
     monkeypatch.setattr(fused_module.ssd, "_BC_STAGES", 1)
     monkeypatch.setattr(fused_module.ssd, "_DX_WARPS", 8)

@@ -110,11 +110,12 @@ def split_small(monkeypatch):
 SWITCHES = {
     "defaults": {},
     # every switch the other way at once (each is tested both ways against float64 in test_triton_fused.py)
-    "the other way": {"fused._CONV_GATE_IN_BWD": False, "fused._CONV_BWD_WARPS": 4, "fused._NORM_OUT_IN_BWD": False,
-                      "fused._CONV_IN_SSD": False, "fused._NORM_IN_SSD": False, "fused._GRADS_IN_ACT_DTYPE": False,
+    "the other way": {"fused._CONV_GATE_IN_BWD": True, "fused._CONV_BWD_WARPS": 8, "fused._NORM_OUT_IN_BWD": False,
+                      "fused._CONV_IN_SSD": True, "fused._NORM_IN_SSD": True, "fused._GRADS_IN_ACT_DTYPE": False,
                       "fused._NORM_BWD_ROWS": 16, "ssd._BWD_STATES_BF16": False, "ssd._DX_CHANNEL_BLOCKS": 1,
                       "ssd._BC_HEADS": 1, "ssd._DX_HEADS": 2},
-    "conv in the backward's kernels": {"fused._CONV_IN_SSD_BWD": True, "ssd._BC_STAGES": 1, "ssd._DX_WARPS": 8},
+    "conv in the SSD's kernels": {"fused._CONV_IN_SSD": True, "fused._CONV_IN_SSD_BWD": True, "ssd._BC_STAGES": 1,
+                                  "ssd._DX_WARPS": 8},
 }
 
 
@@ -142,7 +143,7 @@ def _backbone(mixer, d_intermediate=48):
 # the defaults under bf16 autocast (as training runs; the SSD's gradients and backward states in bf16), the other way
 # in float32
 @pytest.mark.parametrize("switches,autocast", [("defaults", True), ("the other way", False),
-                                               ("conv in the backward's kernels", True)])
+                                               ("conv in the SSD's kernels", True)])
 def test_mamba2_training_step(split_small, monkeypatch, switches, autocast):
     _set(monkeypatch, SWITCHES[switches])
     model = _backbone("mamba2")

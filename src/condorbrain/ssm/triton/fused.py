@@ -3,15 +3,17 @@
 :func:`mamba2_fused_forward` computes what :meth:`condorbrain.ssm.mamba2.Mamba2.forward` computes after ``in_proj``
 (no carried state), outputs and gradients, as one autograd node (``_Mamba2Fused``), with no copies in between:
 
-1. conv + SiLU: applied by the SSD's kernels to what they load (``_CONV_IN_SSD``, see ``ssd._load_in``): x, B and
-   C are read as strided views of the xBC columns of the in_proj output and the conv's output is never written.
-   (Else ``_conv_fwd`` first: it writes silu(conv(xBC)) once, bias and SiLU fused, no pre-activation stored.)
+1. conv + SiLU: ``_conv_fwd`` writes silu(conv(xBC)) once, bias and SiLU fused, no pre-activation stored, reading
+   xBC as a strided view of the in_proj output. (Or the SSD's kernels apply it to what they load,
+   ``_CONV_IN_SSD``, see ``ssd._load_in``: the conv's output is never written, but its work is done twice, in two
+   latency-bound kernels; off.)
 2. the SSD scan (:mod:`condorbrain.ssm.triton.ssd`'s kernels): dt a view of the in_proj output; dt + dt_bias,
    softplus and the D skip applied inside its kernels, so no processed copy of dt, x or the output is made.
-3. the gated RMSNorm (y * silu(z), z read in place from the in_proj output, the per-group RMS, the weight): inside
-   the SSD's last kernel (``_NORM_IN_SSD``), which keeps the group's outputs of a chunk in one program; in training
-   y is stored (the backward needs it) with the norm's output and 1/rms beside it, in inference y is normalised
-   in place. (Else ``_rmsnorm_fwd`` after the scan, one pass.)
+3. the gated RMSNorm (y * silu(z), z read in place from the in_proj output, the per-group RMS, the weight):
+   ``_rmsnorm_fwd`` after the scan, one pass. (Or inside the SSD's last kernel, ``_NORM_IN_SSD``, which keeps the
+   group's outputs of a chunk in one program: in training y is stored, as the backward needs it, with the norm's
+   output and 1/rms beside it, in inference y is normalised in place; off, as it adds its work to a latency-bound
+   kernel.)
 4. out_proj (cuBLAS), inside the node, so that its input is recomputed in the backward rather than kept.
 
 The node keeps zxbcdt, the scan's output before the norm and the norm's 1/rms (4 bytes per row and group), as
@@ -19,11 +21,11 @@ the official ``mamba_split_conv1d_scan_combined`` does: nothing else per token. 
 sizes (bf16 autocast, d_model 512, d_state 64, headdim 64) that is 6.4 KB (+ in_proj's 1 KB input) where three
 chained autograd functions and an nn.Linear kept 10.9 KB: the conv output, the norm's output, float32 dt and decay
 sums as well (``benchmarks/activation_memory.py``). The backward recomputes the conv output (``_conv_fwd``; or
-the backward's SSD kernels apply the conv to their loads too, ``_CONV_IN_SSD_BWD``, off) and the scan's dt and
+the backward's SSD kernels apply the conv to their loads, ``_CONV_IN_SSD_BWD``, off) and the scan's dt and
 decay sums (one small kernel); the norm's backward (``_rmsnorm_bwd``) stores the norm's output
 for out_proj's weight gradient as it goes (``_NORM_OUT_IN_BWD``; else ``_rmsnorm_fwd`` reruns for it); the SSD's
-backward kernels; the conv's backward in one kernel with the SiLU's derivative formed inside
-(``_CONV_GATE_IN_BWD``; else ``_conv_bwd_gate`` first). Each piece of the input gradient is written straight into
+backward kernels; the conv's backward, ``_conv_bwd_gate`` (the SiLU's derivative) then ``_conv_bwd`` (or one
+kernel forming the derivative inside, ``_CONV_GATE_IN_BWD``, off). Each piece of the input gradient is written straight into
 its columns of dzxbcdt. The switches are module constants, tried side by side by ``benchmarks/gpu_sweep.py``; the
 tests run every way. The remaining small pieces (A = -exp(A_log), the d_mlp gated-MLP branch when d_ssm <
 d_inner, a dt_limit clamp, sums of per-block partial gradients, out_proj's matmuls) stay in PyTorch. The conv and
@@ -51,11 +53,13 @@ __all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_sil
            "rmsnorm_gated_triton", "rmsnorm_linear_triton"]
 
 _BLOCK_L = 16  # time steps per conv program
-# _conv_bwd's tile: three (K, BL, BC)-sized float32 arrays live (on 4 warps 252 registers, no spills at BC 128);
-# BC 128 was 3% faster than 64 on an H200 (benchmarks/gpu_sweep.py, 2026-11-26 run 3: 12.90 against 13.26 and
-# 13.43 ms a layer), on 4 warps. With the SiLU's derivative inside (GATE), ptxas spills 156 B per thread on 4 warps
-# and none on 8 (250 registers, sm_90): 8 (not yet timed; the sweep's _CONV_GATE_IN_BWD=0 row is run 5's kernels)
-_CONV_BWD_BL, _CONV_BWD_BC, _CONV_BWD_WARPS = 16, 128, 8
+# _conv_bwd's tile: three (K, BL, BC)-sized float32 arrays live; BC 128 was 3% faster than 64 on an H200
+# (benchmarks/gpu_sweep.py, 2026-11-26 run 3: 12.90 against 13.26 and 13.43 ms a layer), on 4 warps (252 registers,
+# two blocks an SM, as run 5 timed it). On 8 warps (sm_90, ptxas): 128 registers, two blocks an SM (16 warps where 4
+# gave 8), no barrier in its loop (8 on 4), but 34% more instructions a tile (benchmarks/sass_counts.py): faster
+# only if twice the warps raise its issue rate by more than that; the sweep's _CONV_BWD_WARPS=8 row says. With the
+# SiLU's derivative inside (GATE) 4 warps spill 156 B per thread, 8 none (250 registers, one block an SM)
+_CONV_BWD_BL, _CONV_BWD_BC, _CONV_BWD_WARPS = 16, 128, 4
 _CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
 _BLOCK_ROWS = 16  # rows (batch * time) per program of the RMSNorm's forward
 # The RMSNorm's backward: tiles of _NORM_BWD_ROWS rows, a program over a run of them with its partial weight
@@ -66,15 +70,23 @@ _BLOCK_ROWS = 16  # rows (batch * time) per program of the RMSNorm's forward
 # kernel.
 _NORM_BWD_ROWS, _NORM_BWD_PROGRAMS, _NORM_BWD_WARPS = 4, 4096, 8
 # The SiLU's derivative inside _conv_bwd (GATE) rather than _conv_bwd_gate first: g = dL/dpre, (B, L, C) float32, is
-# neither written nor read back (benchmarks/gpu_sweep.py tries both)
-_CONV_GATE_IN_BWD = True
+# neither written nor read back, but the pre-activation is recomputed for each of the K shifted tiles (K loads and
+# K SiLUs an element where _conv_bwd_gate does one): sm_90's SASS (benchmarks/sass_counts.py) has 4.6x run 5's
+# _conv_bwd's instructions a tile, in a kernel of one 8-warp block an SM: at the ~1 warp-instruction a cycle an SM
+# that run 5's kernels of that occupancy issued, ~70 ms a seed training step where the pair took 27. Off
+# (benchmarks/gpu_sweep.py tries it)
+_CONV_GATE_IN_BWD = False
 # The norms' backward kernels store the forward's output (which the next Linear's weight gradient needs) rather
 # than the forward kernel rerunning for it first: y and z (or the block's input) are read once, not twice
 # (benchmarks/gpu_sweep.py tries both)
 _NORM_OUT_IN_BWD = True
 # The layer's forward applies the conv inside the SSD kernels' loads (ssd._load_in) rather than in _conv_fwd first:
-# the conv's output, (B, L, conv_dim), is neither written nor read back (benchmarks/gpu_sweep.py tries both)
-_CONV_IN_SSD = True
+# the conv's output, (B, L, conv_dim), is neither written nor read back, but its work is done twice (_state_fwd and
+# _chunk_scan_fwd each convolve x), K loads an element each, in latency-bound kernels: sm_90's SASS
+# (benchmarks/sass_counts.py) has _chunk_scan_fwd's loop over heads at 1,445 instructions where 923 without,
+# _state_fwd at 1,576 where 272. Priced at run 5's issue rates, ~+19 ms a seed step against _conv_fwd's 5.9. Off
+# (benchmarks/gpu_sweep.py tries it)
+_CONV_IN_SSD = False
 # Likewise the backward's SSD kernels (_state_fwd, _state_bwd, _chunk_bwd_bc, _chunk_bwd_dx), rather than _conv_fwd
 # recomputing the conv's output for them: (B, L, conv_dim) would be neither written nor read back. Off: ptxas
 # (sm_90, seed sizes) spills in the two big backward kernels with it at their settings (_chunk_bwd_bc 84 B per
@@ -92,8 +104,12 @@ _GRADS_IN_ACT_DTYPE = True
 # The gated RMSNorm inside the SSD's last kernel (ssd._chunk_scan, norm=...) rather than _rmsnorm_fwd after it: y is
 # not read back from memory, nor z once more, and one launch less. Where no gradient is wanted (inference) y, which
 # only the backward needs, is normalised in place and never written apart; in training it is kept, the norm's
-# output and 1/rms stored beside it (benchmarks/gpu_sweep.py tries both ways)
-_NORM_IN_SSD = True
+# output and 1/rms stored beside it. But the norm's work then runs in a latency-bound kernel (one 8-warp block an
+# SM): sm_90's SASS (benchmarks/sass_counts.py) has _chunk_scan_fwd's loops over heads at 1,263 instructions a head
+# where 614 without (the norm's second pass included), 340M warp-instructions a seed layer where 187M: ~+14 ms a
+# seed step at the issue rate run 5's scan had, against ~5 ms of _rmsnorm_fwd's for the gated norm. Off
+# (benchmarks/gpu_sweep.py tries it)
+_NORM_IN_SSD = False
 
 
 def _pow2(n: int) -> int:
@@ -249,11 +265,11 @@ def _conv_backward(
 
     One kernel, ``_conv_bwd``: dx, dweight and dbias, each program over a run of steps with no reduction inside
     its loop (1.13 ms per seed layer with 64 channels a program, 0.66 ms with 128, H200, runs 3 and 5 in
-    benchmarks/results/h200-2026-11-26/; the version that reduced per 16 steps took 2.0 ms), with the SiLU's
-    derivative applied to dy as it is loaded (``_CONV_GATE_IN_BWD``; not yet timed). Otherwise two: first
+    benchmarks/results/h200-2026-11-26/; the version that reduced per 16 steps took 2.0 ms), after
     ``_conv_bwd_gate`` (the pre-activation recomputed once per element, into float32 g; 0.47 ms per seed layer),
-    then ``_conv_bwd`` from g. dy_scratch: dy is float32 and the caller's to overwrite (g is then written over
-    it); else g gets a buffer of its own."""
+    which ``_CONV_GATE_IN_BWD`` folds into it (the SiLU's derivative applied to dy as it is loaded; off, see
+    there). dy_scratch: dy is float32 and the caller's to overwrite (g is then written over it); else g gets a
+    buffer of its own."""
     b, L, C = x.shape
     w = weight.reshape(C, -1)
     K = w.shape[1]

@@ -1,0 +1,272 @@
+"""Static instruction counts of the seed Mamba-2 layer's Triton kernels, compiled for an H100 (sm_90) on a machine
+without a GPU: what each kernel's SASS executes per warp, in all and in the bodies of its outermost loops (a
+program's loops over heads, chunks, tiles or steps: each instruction there runs once an iteration), by kind, beside its registers, warps, shared memory and the
+blocks of it an SM holds at once.
+
+Why: most of the layer's kernels are latency-bound at one or two blocks (8 warps) per SM, so an instruction added to
+their loops costs time at their low issue rate (~1 warp-instruction per cycle per SM in GPU run 5, against 4 at
+most), where the same work in a streaming kernel at 32 warps per SM hides behind memory. Counting the SASS shows,
+before a GPU run, what a change adds where: the sum over a step of programs x warps x instructions per program,
+against GPU run 5's kernels (``PYTHONPATH=.baseline/src``, see ``benchmarks/export_baseline.sh``) whose times are
+measured, prices it (``benchmarks/results/h200-2026-11-26/NOTES.md``, "Static counts").
+
+The launches are recorded from the host code at the seed sizes (``tests/ssm/test_triton_compile.py``'s machinery:
+nothing is launched; each distinct specialisation compiled once with Triton's own pipeline and ptxas), disassembled
+with the ``nvdisasm`` that ships in the triton wheel. Counts are static (the SASS as written, each instruction of a
+loop once), per warp.
+
+    python benchmarks/sass_counts.py                                   # training and inference, defaults
+    bash benchmarks/export_baseline.sh bdbc8fc                          # run 5's kernels into .baseline/
+    PYTHONPATH=.baseline/src python benchmarks/sass_counts.py --out run5.json   # counted, and its own price check
+    python benchmarks/sass_counts.py --price run5.json                  # this tree priced at run 5's rates
+    python benchmarks/sass_counts.py --price run5.json --set fused._CONV_IN_SSD=1   # a switch the other way
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "0"  # before triton is imported: kernels compiled, not interpreted
+
+import argparse
+import collections
+import importlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "ssm"))  # the launch recorder of the compile test (a dev tool, as this)
+
+import test_triton_compile as recorder
+import triton
+
+# SASS opcodes by kind (the rest counted as "other": integer, predicate, moves, branches)
+KINDS = {"HGMMA": "mma", "HMMA": "mma", "BAR": "bar", "MUFU": "mufu", "LDG": "ldg", "STG": "stg", "LDS": "smem",
+         "LDSM": "smem", "STS": "smem", "SHFL": "shfl", "LDL": "local", "STL": "local", "FFMA": "fp", "FMUL": "fp",
+         "FADD": "fp", "FMNMX": "fp", "FSEL": "fp", "FSETP": "fp", "F2FP": "cvt"}
+COLUMNS = ("all", "bar", "mma", "mufu", "ldg", "stg", "smem", "shfl", "fp", "local")
+_INSTR = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)([^;]*);")
+_TARGET = re.compile(r"\.L_x_\d+")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+SM90_REGS, SM90_SMEM, SM90_WARPS, SM90_BLOCKS = 65536, 228 * 1024, 64, 32  # per SM
+
+
+def parse_sass(text: str) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
+    """(opcode, branch target label or None) per instruction, and each label's instruction index."""
+    instrs, labels = [], {}
+    for line in text.splitlines():
+        if m := _LABEL.match(line):
+            labels[m.group(1)] = len(instrs)
+        elif m := _INSTR.match(line):
+            target = _TARGET.search(m.group(2))
+            instrs.append((m.group(1), target.group(0) if target else None))
+    return instrs, labels
+
+
+def outer_loops(instrs, labels) -> list[tuple[int, int]]:
+    """[first, last] instruction of each outermost loop (a branch back to an earlier label, not inside another)."""
+    spans = sorted({(labels[target], i) for i, (op, target) in enumerate(instrs)
+                    if op == "BRA" and target in labels and labels[target] < i})
+    return [s for s in spans if not any(o != s and o[0] <= s[0] and s[1] <= o[1] for o in spans)]
+
+
+def kinds(instrs) -> dict[str, int]:
+    c = collections.Counter(KINDS.get(op, "other") for op, _ in instrs)
+    return {"all": len(instrs), **{k: c[k] for k in COLUMNS[1:]}}
+
+
+def blocks_per_sm(regs: int, warps: int, smem: int) -> int:
+    """Blocks of the kernel an SM holds at once: registers (allocated per warp in units of 256), shared memory,
+    warps and blocks, each capped (sm_90)."""
+    regs_per_warp = -(-regs * 32 // 256) * 256
+    by_regs = SM90_REGS // (regs_per_warp * warps)
+    by_smem = SM90_SMEM // smem if smem else SM90_BLOCKS
+    return max(0, min(by_regs, by_smem, SM90_WARPS // warps, SM90_BLOCKS))
+
+
+def compile_counts(kernel, args, kwargs, tmp: Path) -> dict:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs, attrs, options = recorder._specialise(kernel, args, kwargs)
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget(*recorder.TARGET), options=options)
+    binaries = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    cubin = tmp / "k.cubin"
+    cubin.write_bytes(compiled.asm["cubin"])
+    sass = subprocess.run([binaries / "nvdisasm", "-c", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    usage = subprocess.run([binaries / "cuobjdump", "--dump-resource-usage", str(cubin)], capture_output=True,
+                           text=True, check=True).stdout
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    instrs, labels = parse_sass(sass)
+    loops = outer_loops(instrs, labels)
+    warps = options.get("num_warps", 4)
+    smem = compiled.metadata.shared
+    programs, iterations = seed_launch(kernel.fn.__name__, constexprs)
+    return {"kernel": kernel.fn.__name__, "config": recorder._describe(kernel, constexprs, options), "regs": regs,
+            "seed_programs": programs, "seed_iterations": iterations,
+            "warps": warps, "smem_kb": round(smem / 1024, 1), "blocks_per_sm": blocks_per_sm(regs, warps, smem),
+            "kernel_counts": kinds(instrs), "loops": len(loops),
+            "loop_counts": kinds([ins for a, b in loops for ins in instrs[a:b + 1]]) if loops else None}
+
+
+def run(case: str) -> list[dict]:
+    """Every distinct launch of one seed layer's training step (forward and backward) or inference forward."""
+    launches = recorder._record(lambda: recorder._fused_layer(64, 64, inference=case == "inference"))
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kernel, args, kwargs in launches:
+            key = repr((kernel.fn.__name__, recorder._specialise(kernel, args, kwargs)))
+            if key not in rows:
+                rows[key] = {"case": case, "calls": 0, **compile_counts(kernel, args, kwargs, Path(tmp))}
+            rows[key]["calls"] += 1
+    return list(rows.values())
+
+
+# The seed step's sizes (configs/h100-seed.toml): batch 1024, L 120, 16 heads of 64 channels in one group, d_state
+# 64, conv_dim 1152; the recorder runs batch 2, so the seed's program counts are derived here from the host code's
+# rules (ssd._head_split, _dx_channel_blocks, _state_rows, fused._conv_backward's row split, the norms' tiles)
+SEED_B, SEED_L, SEED_HEADS, SEED_P, SEED_N, SEED_CONV = 1024, 120, 16, 64, 64, 1152
+
+
+def seed_launch(name: str, constexprs: dict) -> tuple[int | None, float | None]:
+    """(programs, iterations of its outermost loops per program) of a kernel's launch in one seed layer, from the
+    module constants in force (the tree's own: another tree's constants where they differ)."""
+    from condorbrain.ssm.triton import fused, ssd
+
+    def cdiv(a, b):
+        return -(-a // b)
+
+    chunks, rows = cdiv(SEED_L, constexprs.get("T", 64)), SEED_B * SEED_L
+    heads = getattr(ssd, "HEADS_PER_PROGRAM", 4)
+    if name == "_chunk_scan_fwd":
+        hpp = SEED_HEADS if constexprs.get("NORM") else min(SEED_HEADS, heads)
+        return SEED_B * chunks * SEED_HEADS // hpp, hpp
+    if name in ("_chunk_bwd_bc", "_chunk_bwd_dx"):
+        hpp = min(SEED_HEADS, getattr(ssd, "_BC_HEADS" if name == "_chunk_bwd_bc" else "_DX_HEADS", heads))
+        split = cdiv(SEED_N, constexprs["BN"]) if name == "_chunk_bwd_bc" else SEED_P // constexprs["BP"]
+        return SEED_B * chunks * SEED_HEADS // hpp * split, hpp
+    if name in ("_state_fwd", "_state_bwd"):  # a loop over the chunks (_state_fwd's: all but the last, no final)
+        return SEED_B * SEED_HEADS * cdiv(SEED_P, constexprs["BPS"]), chunks if name == "_state_bwd" else chunks - 1
+    if name == "_cumsum_fwd":
+        return SEED_B * chunks, 1
+    if name in ("_conv_fwd", "_conv_bwd_gate"):
+        return SEED_B * cdiv(SEED_L, constexprs["BL"]) * cdiv(SEED_CONV, constexprs["BC"]), 1
+    if name == "_conv_bwd":  # whole rows at the seed (1024 x 9 programs >= _CONV_BWD_PROGRAMS)
+        return SEED_B * cdiv(SEED_CONV, constexprs["BC"]), cdiv(SEED_L, constexprs["BL"])
+    if name == "_rmsnorm_fwd":
+        return rows // fused._BLOCK_ROWS, 1
+    if name == "_rmsnorm_bwd":  # run 5's tree: a tile of 16 rows a program
+        tiles = rows // getattr(fused, "_NORM_BWD_ROWS", 16)
+        programs = min(tiles, getattr(fused, "_NORM_BWD_PROGRAMS", tiles))
+        return programs, tiles / programs
+    return None, None
+
+
+def warp_instructions(row: dict) -> float | None:
+    """Warp-instructions of the row's launches in one seed layer: calls x programs x warps x (the kernel's
+    instructions, its loops' once per iteration)."""
+    if row["seed_programs"] is None:
+        return None
+    in_loops = row["loop_counts"]["all"] if row["loop_counts"] else 0
+    per_program = row["kernel_counts"]["all"] - in_loops + row["seed_iterations"] * in_loops
+    return row["calls"] * row["seed_programs"] * row["warps"] * per_program
+
+
+# GPU run 5 (H200, commit fd61de3 = the kernels of bdbc8fc; benchmarks/results/h200-2026-11-26/run5-gpu_profile.log):
+# ms of device time per seed layer of each kernel in the training step (its 24 layers' sum / 24), all its calls.
+# The norms' kernels also serve the blocks' norms there, which the layer here has not: not priced
+RUN5_MS_PER_LAYER = {"_chunk_scan_fwd": 16.9432 / 24, "_chunk_bwd_bc": 25.5081 / 24, "_chunk_bwd_dx": 50.2040 / 24,
+                     "_conv_bwd": 15.7561 / 24, "_conv_bwd_gate": 11.2425 / 24, "_conv_fwd": 11.8098 / 24,
+                     "_state_fwd": 5.3110 / 24, "_state_bwd": 5.7752 / 24, "_cumsum_fwd": 0.4528 / 24}
+H200_SMS = 132
+
+
+def run5_rates(baseline_rows: list[dict]) -> dict[str, float]:
+    """Each kernel's issue rate in run 5: warp-instructions per microsecond per SM, from run 5's tree's counts
+    (``PYTHONPATH=.baseline/src``, bdbc8fc) and the measured times."""
+    totals = collections.defaultdict(float)
+    for r in baseline_rows:
+        if r["case"] == "training" and r["kernel"] in RUN5_MS_PER_LAYER and (w := warp_instructions(r)):
+            totals[r["kernel"]] += w
+    return {k: totals[k] / H200_SMS / (RUN5_MS_PER_LAYER[k] * 1000) for k in totals}
+
+
+def _priced(rows: list[dict], rates: dict[str, float]) -> str:
+    lines = [(f"{'case':<9} {'kernel':<17} {'calls':>5} {'programs':>8} {'iters':>5} {'M warp-instr':>12} "
+              f"{'rate':>5} {'ms/step':>7}  (24 layers at run 5's issue rate of the kernel; rate: per us per SM)")]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        total = 0.0
+        for r in (r for r in rows if r["case"] == case):
+            w, rate = warp_instructions(r), rates.get(r["kernel"])
+            ms = 24 * w / H200_SMS / rate / 1000 if w and rate else None
+            total += ms or 0.0
+            lines.append(f"{case:<9} {r['kernel']:<17} {r['calls']:>5} {r['seed_programs'] or '':>8} "
+                         f"{r['seed_iterations'] or '':>5} {(w or 0) / 1e6:>12.1f} {round(rate) if rate else '':>5} "
+                         f"{ms if ms is not None else float('nan'):>7.1f}")
+        lines.append(f"{case:<9} {'priced kernels':<17} {'':>5} {'':>8} {'':>5} {'':>12} {'':>5} {total:>7.1f}")
+    return "\n".join(lines)
+
+
+def _table(rows: list[dict]) -> str:
+    head = f"{'case':<9} {'kernel':<17} {'regs':>4} {'warps':>5} {'blk/SM':>6} {'smem KB':>7}  " + " ".join(
+        f"{c:>5}" for c in COLUMNS) + "  (per warp: the kernel / its outermost loops' bodies)"
+    lines = [head]
+    for r in rows:
+        for label, counts in (("", r["kernel_counts"]), ("loop", r["loop_counts"])):
+            if counts is None:
+                continue
+            lead = (f"{r['case']:<9} {r['kernel']:<17} {r['regs']:>4} {r['warps']:>5} {r['blocks_per_sm']:>6} "
+                    f"{r['smem_kb']:>7}" if not label else f"{'':<9} {'  in loops (' + str(r['loops']) + ')':<17} {'':>4} {'':>5} {'':>6} {'':>7}")
+            lines.append(lead + "  " + " ".join(f"{counts[c]:>5}" for c in COLUMNS))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                        help="a module constant of condorbrain.ssm.triton set first, e.g. fused._CONV_IN_SSD=0 "
+                             "(the value is parsed as the constant's type: int, bool via 0/1)")
+    parser.add_argument("--case", choices=("training", "inference", "both"), default="both")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--price", type=Path, metavar="RUN5.json",
+                        help="this script's JSON for run 5's tree (PYTHONPATH=.baseline/src with .baseline from "
+                             "bdbc8fc): each kernel then priced at its run 5 issue rate, ms per seed step")
+    args = parser.parse_args(argv)
+    # the recorder's batch is 2 (tests/ssm/test_triton_compile.py), where the state kernels split a head's rows over
+    # programs (ssd._state_rows: fewer than _STATE_PROGRAMS); at the seed's 1024 they take whole heads
+    ssd = importlib.import_module("condorbrain.ssm.triton.ssd")
+    ssd._STATE_PROGRAMS = 1
+    settings = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        module_name, _, attr = name.partition(".")
+        module = importlib.import_module(f"condorbrain.ssm.triton.{module_name}")
+        if not hasattr(module, attr):
+            parser.error(f"--set {item}: condorbrain.ssm.triton.{module_name} has no {attr}")
+        kind = type(getattr(module, attr))
+        setattr(module, attr, kind(int(value)) if kind in (bool, int) else kind(value))
+        settings[name] = getattr(module, attr)
+    cases = ("training", "inference") if args.case == "both" else (args.case,)
+    source = Path(importlib.import_module("condorbrain").__file__).parents[1]
+    print(f"source: {source}; settings: {settings or 'defaults'}; sm_90 (H100), seed layer (d_model 512, headdim 64, "
+          f"d_state 64, L 120, bf16)")
+    rows = [r for case in cases for r in run(case)]
+    print(_table(rows))
+    if args.price:
+        rates = run5_rates(json.loads(args.price.read_text())["rows"])
+        print(_priced(rows, rates))
+    if args.out:
+        args.out.write_text(json.dumps({"source": str(source), "settings": {k: repr(v) for k, v in settings.items()},
+                                        "rows": rows}, indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
