@@ -203,6 +203,17 @@ def _mm(a, b, BF16_DOT: tl.constexpr, PREC: tl.constexpr):
 # ----------------------------------------------------------------------------------------------------------------
 
 @triton.jit
+def _decay(a, causal):
+    # (T, T): exp(a_l - a_s) where causal[l, s] (l >= s), else 0 (-inf before the exponential: exp(a_l - a_s) for
+    # s > l would overflow, as a decreases with l). As exp2 of the differences scaled by log2(e) once per step: on
+    # sm_90 tl.exp2 is one SFU instruction an element, where tl.exp is four more (the scaling and the range fix-up of
+    # a non-flushing ex2; benchmarks/sass_counts.py), in kernels whose loops over heads are latency-bound. Decays
+    # below 2^-126 come out 0 (flushed) rather than denormal: they meet bf16 or float32 operands of ~1 in a sum
+    a2 = a * 1.4426950408889634  # log2(e)
+    return tl.exp2(tl.where(causal, a2[:, None] - a2[None, :], float("-inf")))
+
+
+@triton.jit
 def _cumsum_fwd(
     dt_ptr, A_ptr, bias_ptr, dtp_ptr, a_ptr,
     L, nh, nchunks,
@@ -362,8 +373,7 @@ def _chunk_scan_fwd(
                          other=0.0)
         x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
                      w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
-        # -inf above the diagonal before exp: exp(a_l - a_s) for s > l would overflow (a decreases with l)
-        decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
+        decay = _decay(a, causal)  # (T, T)
         y = _mm(CB * decay, x * dt[:, None], BF16_DOT, PREC)  # (T, BP)
         if ci >= first_state:  # the carried state's term (no matmul in chunk 0 without an initial state)
             y += tl.exp(a)[:, None] * _mm(Cm, tl.trans(S.to(tl.float32)), BF16_DOT, PREC)
@@ -537,7 +547,7 @@ def _chunk_bwd_bc(
         S = tl.load(enter_ptr + soff, mask=(ip[:, None] < p * (ci >= first_state)) & (jn[None, :] < n), other=0.0)
         G = tl.load(dst_ptr + soff, mask=(ip[:, None] < p * (ci < last_g)) & (jn[None, :] < n), other=0.0)
         # intra-chunk: y_l = sum_s (C_l . B_s) exp(a_l - a_s) dt_s x_s
-        decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T)
+        decay = _decay(a, causal)  # (T, T)
         dCB = _mm(dy, tl.trans(x * dt[:, None]), BF16_DOT, PREC) * decay  # (T, T)
         dCBs += dCB  # the heads share B and C: their intra-chunk dC, dB are two matmuls of the sum, after the loop
         dMM = dCB * CBp  # (T, T): dL/dM[l, s], this block's part
@@ -628,7 +638,7 @@ def _chunk_bwd_dx(
                         mask=mtp, other=0.0).to(tl.float32)
             dy = dout * z * tl.sigmoid(z)
         # recompute the forward quantities of the chunk
-        M = CB * tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # (T, T) masked decay
+        M = CB * _decay(a, causal)  # (T, T) masked decay
         if HAS_D:
             tl.store(dDp_ptr + ((bi * nchunks + ci) * nh + hd) * p + ip, tl.sum(dy * x, axis=0), mask=ip < p)
 
