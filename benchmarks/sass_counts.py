@@ -1,23 +1,27 @@
-"""Static instruction counts of the seed Mamba-2 layer's Triton kernels, compiled for an H100 (sm_90) on a machine
-without a GPU: what each kernel's SASS executes per warp, in all and in the bodies of its outermost loops (a
-program's loops over heads, chunks, tiles or steps: each instruction there runs once an iteration), by kind, beside its registers, warps, shared memory and the
-blocks of it an SM holds at once.
+"""Static instruction counts of the seed Mamba-2 block's Triton kernels, compiled for an H100 (sm_90) on a machine
+without a GPU, and each kernel priced at the issue rate GPU run 5 measured for it.
 
-Why: most of the layer's kernels are latency-bound at one or two blocks (8 warps) per SM, so an instruction added to
-their loops costs time at their low issue rate (~1 warp-instruction per cycle per SM in GPU run 5, against 4 at
-most), where the same work in a streaming kernel at 32 warps per SM hides behind memory. Counting the SASS shows,
-before a GPU run, what a change adds where: the sum over a step of programs x warps x instructions per program,
-against GPU run 5's kernels (``PYTHONPATH=.baseline/src``, see ``benchmarks/export_baseline.sh``) whose times are
-measured, prices it (``benchmarks/results/h200-2026-11-26/NOTES.md``, "Static counts").
+Per kernel: registers, warps, shared memory, the blocks of it an SM holds at once, and what a warp's SASS executes,
+in all and in the bodies of its outermost loops (a program's loops over heads, chunks, tiles or steps: each
+instruction there runs once an iteration), by kind (barriers, tensor-core, SFU, global and shared memory, shuffles,
+float, spills).
 
-The launches are recorded from the host code at the seed sizes (``tests/ssm/test_triton_compile.py``'s machinery:
-nothing is launched; each distinct specialisation compiled once with Triton's own pipeline and ptxas), disassembled
-with the ``nvdisasm`` that ships in the triton wheel. Counts are static (the SASS as written, each instruction of a
-loop once), per warp.
+Why: most of the layer's kernels are latency-bound at one or two blocks (8 warps) an SM, issuing ~1
+warp-instruction a cycle an SM in GPU run 5 (of 4), so an instruction added to their loops costs time at that low
+rate, where the same work in a streaming kernel at 32 warps an SM hides behind memory. Counting shows, before a GPU
+run, what a change adds where. ``--price`` multiplies out a seed step (calls x programs x warps x instructions a
+program, loops by their trip counts at batch 1024) and divides by each kernel's rate in run 5: that tree's counts
+(``PYTHONPATH=.baseline/src``, bdbc8fc, see ``benchmarks/export_baseline.sh``) over its measured times. It assumes a
+kernel keeps its rate; a change of occupancy (registers, warps) changes the rate, which only a GPU measures.
+
+The launches (a block: the residual add and pre-norm joined to in_proj, then the fused layer with out_proj inside)
+are recorded from the host code at the seed sizes (``tests/ssm/test_triton_compile.py``'s machinery: nothing is
+launched; each distinct specialisation compiled once by Triton's own pipeline and ptxas) and disassembled with the
+``nvdisasm`` that ships in the triton wheel.
 
     python benchmarks/sass_counts.py                                   # training and inference, defaults
     bash benchmarks/export_baseline.sh bdbc8fc                          # run 5's kernels into .baseline/
-    PYTHONPATH=.baseline/src python benchmarks/sass_counts.py --out run5.json   # counted, and its own price check
+    PYTHONPATH=.baseline/src python benchmarks/sass_counts.py --out run5.json
     python benchmarks/sass_counts.py --price run5.json                  # this tree priced at run 5's rates
     python benchmarks/sass_counts.py --price run5.json --set fused._CONV_IN_SSD=1   # a switch the other way
 """
@@ -115,9 +119,26 @@ def compile_counts(kernel, args, kwargs, tmp: Path) -> dict:
             "loop_counts": kinds([ins for a, b in loops for ins in instrs[a:b + 1]]) if loops else None}
 
 
+def _block(inference: bool) -> None:
+    """One seed block as the benchmark's network runs it: the residual add and pre-norm joined to in_proj
+    (add_rmsnorm_linear_triton, d_model 512 -> 2192), then the fused layer (out_proj inside)."""
+    import torch
+
+    from condorbrain.ssm.triton.fused import add_rmsnorm_linear_triton
+
+    with torch.set_grad_enabled(not inference):
+        x, h = (torch.randn(recorder.BATCH, recorder.SEQLEN, 512, dtype=torch.bfloat16, requires_grad=not inference)
+                for _ in range(2))
+        w = torch.randn(2192, 512, dtype=torch.bfloat16, requires_grad=not inference)
+        outs = add_rmsnorm_linear_triton(x, h, torch.ones(512, requires_grad=not inference), 1e-5, w)
+    if not inference:
+        recorder._backward(*outs)
+    recorder._fused_layer(64, 64, inference=inference)
+
+
 def run(case: str) -> list[dict]:
-    """Every distinct launch of one seed layer's training step (forward and backward) or inference forward."""
-    launches = recorder._record(lambda: recorder._fused_layer(64, 64, inference=case == "inference"))
+    """Every distinct launch of one seed block's training step (forward and backward) or inference forward."""
+    launches = recorder._record(lambda: _block(case == "inference"))
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kernel, args, kwargs in launches:
@@ -179,11 +200,12 @@ def warp_instructions(row: dict) -> float | None:
 
 
 # GPU run 5 (H200, commit fd61de3 = the kernels of bdbc8fc; benchmarks/results/h200-2026-11-26/run5-gpu_profile.log):
-# ms of device time per seed layer of each kernel in the training step (its 24 layers' sum / 24), all its calls.
-# The norms' kernels also serve the blocks' norms there, which the layer here has not: not priced
+# ms of device time per seed block of each kernel in the training step (its 24 blocks' sum / 24), all its calls (the
+# norms' include the final norm's one call of 97 and 49)
 RUN5_MS_PER_LAYER = {"_chunk_scan_fwd": 16.9432 / 24, "_chunk_bwd_bc": 25.5081 / 24, "_chunk_bwd_dx": 50.2040 / 24,
                      "_conv_bwd": 15.7561 / 24, "_conv_bwd_gate": 11.2425 / 24, "_conv_fwd": 11.8098 / 24,
-                     "_state_fwd": 5.3110 / 24, "_state_bwd": 5.7752 / 24, "_cumsum_fwd": 0.4528 / 24}
+                     "_state_fwd": 5.3110 / 24, "_state_bwd": 5.7752 / 24, "_cumsum_fwd": 0.4528 / 24,
+                     "_rmsnorm_fwd": 15.6252 / 24, "_rmsnorm_bwd": 22.2366 / 24}
 H200_SMS = 132
 
 

@@ -47,7 +47,7 @@ import triton.language as tl
 from torch import Tensor
 
 from condorbrain.ssm.triton import ssd
-from condorbrain.ssm.triton.ssd import launch_options, on_device
+from condorbrain.ssm.triton.ssd import launch_options, on_device, sigmoid
 
 __all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_fused_forward",
            "rmsnorm_gated_triton", "rmsnorm_linear_triton"]
@@ -154,7 +154,7 @@ def _conv_fwd(
     mc = cc < C
     acc = _conv_pre(x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, HAS_BIAS, K, BL, BC)
     if SILU:
-        acc = acc * tl.sigmoid(acc)
+        acc = acc * sigmoid(acc)
     tl.store(y_ptr + (bi * L + t[:, None]) * C + cc[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(t[:, None] < L) & mc[None, :])
 
@@ -176,7 +176,7 @@ def _conv_bwd_gate(
     mt = (t[:, None] < L) & mc[None, :]
     g = tl.load(dy_ptr + bi * s_d_b + t[:, None] * s_d_l + cc[None, :] * s_d_c, mask=mt, other=0.0).to(tl.float32)
     pre = _conv_pre(x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, HAS_BIAS, K, BL, BC)
-    sg = tl.sigmoid(pre)
+    sg = sigmoid(pre)
     g = g * sg * (1.0 + pre * (1.0 - sg))
     tl.store(g_ptr + bi * s_g_b + t[:, None] * s_g_l + cc[None, :] * s_g_c, g, mask=mt)
 
@@ -220,7 +220,7 @@ def _conv_bwd(
             if GATE:
                 pre = _conv_pre(x_ptr, w_ptr, bias_ptr, bi, tj, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k,
                                 HAS_BIAS, K, BL, BC)
-                sg = tl.sigmoid(pre)
+                sg = sigmoid(pre)
                 g = g * sg * (1.0 + pre * (1.0 - sg))
             dx += g * tl.load(w_ptr + cc * s_w_c + (K - 1 - j) * s_w_k, mask=mc, other=0.0).to(tl.float32)[None, :]
             if j == 0:
@@ -360,7 +360,7 @@ def _rmsnorm_fwd(
         v = res.to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + (bi * s_z_b + li * s_z_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
-        gate = z * tl.sigmoid(z)
+        gate = z * sigmoid(z)
         if not NORM_BEFORE_GATE:
             v = v * gate
     rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=1) / gs + eps)  # (ROWS,)
@@ -404,7 +404,7 @@ def _rmsnorm_bwd(
         v = y
         if HAS_Z:
             z = tl.load(z_ptr + zoff, mask=m, other=0.0).to(tl.float32)
-            gate = z * tl.sigmoid(z)
+            gate = z * sigmoid(z)
             if not NORM_BEFORE_GATE:
                 v = y * gate
         vhat = v * rstd[:, None]
@@ -425,7 +425,7 @@ def _rmsnorm_bwd(
             # above: with 16 rows a tile ((16, BLOCK) float32 tiles, 64 registers per thread) and them live, this
             # kernel spilled 408 B per thread at 255 registers (140 B before the gate; sm_90)
             z = tl.load(z_ptr + zoff, mask=m, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(z)
+            sz = sigmoid(z)
             dgate = sz * (1.0 + z * (1.0 - sz))
             if NORM_BEFORE_GATE:  # out = w (y / rms) silu(z)
                 dout = tl.load(dout_ptr + doff, mask=m, other=0.0).to(tl.float32)

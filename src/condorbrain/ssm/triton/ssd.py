@@ -126,6 +126,11 @@ _BIG_TILE_WARPS = 8
 # Software-pipelining stages of the loops over heads (Triton's default on sm_90 is 3; _chunk_bwd_bc runs with 2, which
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
+# A cap on _chunk_scan_fwd's registers a thread, or None. Uncapped at the seed sizes (sm_90) it takes 182 on 8 warps:
+# one block an SM, 8 warps to hide its latencies (it is latency-bound: ~1 warp-instruction a cycle an SM in run
+# 5). At 128: two blocks an SM, 52 B a thread spilled (L1) and 10% more instructions (benchmarks/sass_counts.py).
+# Not yet timed: benchmarks/gpu_sweep.py tries 128
+_SCAN_FWD_MAXNREG = None
 _DX_STAGES = 3  # _chunk_bwd_dx
 _BC_STAGES = 2  # _chunk_bwd_bc (with the conv applied to its loads, fused._CONV_IN_SSD_BWD, 2 spills and 1 not)
 # The backward's entering states and state gradients stored in bf16 when the matmuls take bf16 operands (see
@@ -167,11 +172,13 @@ def on_device(t: Tensor) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | None = None) -> dict:
+def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | None = None,
+                   maxnreg: int | None = None) -> dict:
     """Launch options from the tile size: a fixed choice (no autotuner, so nothing needs a driver); one warp under
     the interpreter. ``num_warps`` / ``num_stages`` override the choice for a kernel tuned on ptxas' report (see
-    _BIG_TILE_WARPS). FP fusion (FMA) is named explicitly: Triton 3.9 warns when it is left to its default, and
-    the tests turn warnings into errors."""
+    _BIG_TILE_WARPS); ``maxnreg`` caps the registers a thread (ptxas spills above it), so that more blocks share an
+    SM. FP fusion (FMA) is named explicitly: Triton 3.9 warns when it is left to its default, and the tests turn
+    warnings into errors."""
     size = 1
     for t in tile:
         size *= t
@@ -182,6 +189,8 @@ def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | N
     options = {"num_warps": num_warps, "enable_fp_fusion": True}
     if num_stages is not None and not interpreting():
         options["num_stages"] = num_stages
+    if maxnreg is not None and not interpreting():
+        options["maxnreg"] = maxnreg
     return options
 
 
@@ -201,6 +210,14 @@ def _mm(a, b, BF16_DOT: tl.constexpr, PREC: tl.constexpr):
 # ----------------------------------------------------------------------------------------------------------------
 # Forward kernels
 # ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def sigmoid(x):
+    # 1 / (1 + exp(-x)) with exp2 of x scaled by -log2(e): on sm_90 three instructions an element fewer than
+    # tl.sigmoid (whose tl.exp adds the scaling and a non-flushing ex2's range fix-up; benchmarks/sass_counts.py); an
+    # exponential below 2^-126 is flushed to 0, where 1 + it rounds to 1 either way
+    return 1.0 / (1.0 + tl.exp2(x * -1.4426950408889634))
+
 
 @triton.jit
 def _decay(a, causal):
@@ -261,7 +278,7 @@ def _load_in(
             u = tl.load(ptr + src[:, None] * s_l + cols[None, :] * s_c, mask=m & (src[:, None] >= 0), other=0.0)
             wk = tl.load(w_ptr + chan * s_w_c + k * s_w_k, mask=mcol, other=0.0).to(tl.float32)
             acc += u.to(tl.float32) * wk[None, :]
-        acc = acc * tl.sigmoid(acc)
+        acc = acc * sigmoid(acc)
         return tl.where(m, acc.to(ptr.dtype.element_ty).to(tl.float32), 0.0)
     else:
         return tl.load(ptr + pos[:, None] * s_l + cols[None, :] * s_c, mask=m, other=0.0).to(tl.float32)
@@ -386,16 +403,16 @@ def _chunk_scan_fwd(
             if DZ:
                 dout = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
                                mask=mtp, other=0.0).to(tl.float32)
-                sz = tl.sigmoid(z)
+                sz = sigmoid(z)
                 y = dout * y * sz * (1.0 + z * (1.0 - sz))
             else:
-                y = y * z * tl.sigmoid(z)
+                y = y * z * sigmoid(z)
         y = y.to(out_ptr.dtype.element_ty)
         if NORM:
             v = y.to(tl.float32)
             if not NORM_BEFORE_GATE:
                 zf = zn.to(tl.float32)
-                v = v * zf * tl.sigmoid(zf)
+                v = v * zf * sigmoid(zf)
             ss += tl.sum(v * v, axis=1)
         tl.store(out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p, y, mask=mtp)
     if NORM:
@@ -408,7 +425,7 @@ def _chunk_scan_fwd(
             v = tl.load(out_ptr + ooff, mask=mtp, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                         mask=mtp, other=0.0).to(tl.float32)
-            gate = z * tl.sigmoid(z)
+            gate = z * sigmoid(z)
             if not NORM_BEFORE_GATE:
                 v = v * gate
             v = v * rstd[:, None] * tl.load(nw_ptr + hd * p + ip, mask=ip < p, other=0.0).to(tl.float32)[None, :]
@@ -471,7 +488,7 @@ def _state_bwd(
             if HAS_Z:
                 z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                             mask=mtp, other=0.0).to(tl.float32)
-                dy = dy * z * tl.sigmoid(z)
+                dy = dy * z * sigmoid(z)
             Cm = _load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
                           w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
             a = tl.load(a_ptr + base + t)
@@ -535,7 +552,7 @@ def _chunk_bwd_bc(
         if HAS_Z:
             z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                         mask=mtp, other=0.0).to(tl.float32)
-            dy = dy * z * tl.sigmoid(z)  # dL/dy before the gate
+            dy = dy * z * sigmoid(z)  # dL/dy before the gate
         base = ((bi * nh + hd) * nchunks + ci) * T
         dt = tl.load(dtp_ptr + base + t)
         a = tl.load(a_ptr + base + t)
@@ -636,7 +653,7 @@ def _chunk_bwd_dx(
         if HAS_Z:  # out = y silu(z): dL/dy = dout silu(z) (dz is _chunk_scan_fwd's, with DZ)
             z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                         mask=mtp, other=0.0).to(tl.float32)
-            dy = dout * z * tl.sigmoid(z)
+            dy = dout * z * sigmoid(z)
         # recompute the forward quantities of the chunk
         M = CB * _decay(a, causal)  # (T, T) masked decay
         if HAS_D:
@@ -678,7 +695,7 @@ def _chunk_bwd_dx(
             raw = raw.to(tl.float32)
             if HAS_BIAS:
                 raw += tl.load(bias_ptr + hd).to(tl.float32)
-            ddt = ddt * tl.sigmoid(raw)
+            ddt = ddt * sigmoid(raw)
         tl.store(ddt_ptr + ((bi * L + pos) * nh + hd) * nps + pid_q, ddt, mask=mt)
         tl.store(dx_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p,
                  dx.to(dx_ptr.dtype.element_ty), mask=mtp)
@@ -780,7 +797,7 @@ def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=N
         *s_w,
         HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, **conv_flags, NORM=norm is not None,
         NORM_BEFORE_GATE=nbg, RSTD=rstd is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
-        **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES))
+        **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES, maxnreg=_SCAN_FWD_MAXNREG))
 
 
 def _dt_cumsum(dt, A, dt_bias, d, softplus):
