@@ -253,8 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
-                        help="a module constant of condorbrain.ssm.triton set first, e.g. fused._CONV_IN_SSD=0 "
-                             "(the value is parsed as the constant's type: int, bool via 0/1)")
+                        help="a module constant of condorbrain.ssm.triton set first, e.g. fused._CONV_IN_SSD=1 "
+                             "(parsed as the constant's type: int, bool as 0/1; an optional int, None or a number)")
     parser.add_argument("--case", choices=("training", "inference", "both"), default="both")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--price", type=Path, metavar="RUN5.json",
@@ -272,8 +272,13 @@ def main(argv: list[str] | None = None) -> None:
         module = importlib.import_module(f"condorbrain.ssm.triton.{module_name}")
         if not hasattr(module, attr):
             parser.error(f"--set {item}: condorbrain.ssm.triton.{module_name} has no {attr}")
-        kind = type(getattr(module, attr))
-        setattr(module, attr, kind(int(value)) if kind in (bool, int) else kind(value))
+        current = getattr(module, attr)
+        if value == "None":
+            setattr(module, attr, None)
+        elif current is None or isinstance(current, (bool, int)):  # None: an optional int (e.g. a register cap)
+            setattr(module, attr, type(current)(int(value)) if current is not None else int(value))
+        else:
+            setattr(module, attr, type(current)(value))
         settings[name] = getattr(module, attr)
     cases = ("training", "inference") if args.case == "both" else (args.case,)
     source = Path(importlib.import_module("condorbrain").__file__).parents[1]
