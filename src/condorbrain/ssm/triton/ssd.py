@@ -95,6 +95,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra.cuda import libdevice
 
 from condorbrain.ssm.triton import interpreting
 
@@ -211,12 +212,22 @@ def _mm(a, b, BF16_DOT: tl.constexpr, PREC: tl.constexpr):
 # Forward kernels
 # ----------------------------------------------------------------------------------------------------------------
 
+# Compiled for a GPU, not run by Triton's interpreter (which has no libdevice): fixed when triton is imported
+_COMPILED: tl.constexpr = tl.constexpr(not interpreting())
+
+
 @triton.jit
 def sigmoid(x):
-    # 1 / (1 + exp(-x)) with exp2 of x scaled by -log2(e): on sm_90 three instructions an element fewer than
-    # tl.sigmoid (whose tl.exp adds the scaling and a non-flushing ex2's range fix-up; benchmarks/sass_counts.py); an
-    # exponential below 2^-126 is flushed to 0, where 1 + it rounds to 1 either way
-    return 1.0 / (1.0 + tl.exp2(x * -1.4426950408889634))
+    # 1 / (1 + exp(-x)): exp2 of x scaled by -log2(e), and compiled, the approximate division (div.approx: one SFU
+    # reciprocal and a multiply, 2 ulp) where `/` is div.full's five instructions: on sm_90 5 instructions an
+    # element where tl.sigmoid takes 11 (its tl.exp adds the scaling and a non-flushing ex2's range fix-up;
+    # benchmarks/sass_counts.py). An exponential below 2^-126 is flushed to 0, where 1 + it rounds to 1 either way;
+    # above 2^126 the division gives 0, as the sigmoid rounds to there
+    e = 1.0 + tl.exp2(x * -1.4426950408889634)
+    if _COMPILED:
+        return libdevice.fast_dividef(1.0, e)
+    else:
+        return 1.0 / e
 
 
 @triton.jit
