@@ -61,7 +61,6 @@ DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop be
     "ssd._DX_HEADS=4",
     "fused._CONV_IN_SSD=1+fused._CONV_IN_SSD_BWD=1+ssd._BC_STAGES=1+ssd._DX_WARPS=8",
     "ssd._DX_CHANNEL_BLOCKS=1+ssd._DX_WARPS=8",
-    "ssd._SCAN_FWD_MAXNREG=128",
     "ssd._SCAN_FWD_STAGES=2",
     "ssd._DX_STAGES=2",
     "ssd._MAX_CHUNK=32+ssd._BIG_TILE_WARPS=4",

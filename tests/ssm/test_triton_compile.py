@@ -192,8 +192,6 @@ def _ssd_cases():
     cases["mamba2 d_state 64, conv and norm in the SSD's kernels"] = switched(in_ssd, lambda: _fused_layer(64, 64))
     cases["mamba2 inference, conv and norm in the SSD's kernels"] = switched(
         in_ssd, lambda: _fused_layer(64, 64, inference=True))
-    cases["mamba2 inference, the scan's registers capped"] = switched(
-        {"ssd._SCAN_FWD_MAXNREG": 128}, lambda: _fused_layer(64, 64, inference=True))
     cases["mamba2 d_state 64, gate in the conv's backward"] = switched(
         {"fused._CONV_GATE_IN_BWD": True, "fused._CONV_BWD_WARPS": 8}, lambda: _fused_layer(64, 64))
     return cases
@@ -357,8 +355,7 @@ def _describe(kernel, constexprs: dict, options: dict) -> str:
             parts.extend([name] if value else [])
         else:
             parts.append(f"{name}={getattr(value, 'name', value)}")
-    extra = [f"maxnreg={options['maxnreg']}"] if options.get("maxnreg") else []
-    return " ".join(parts + [f"warps={options.get('num_warps')}"] + extra)
+    return " ".join(parts + [f"warps={options.get('num_warps')}"])
 
 
 def _compile(kernel, signature: dict, constexprs: dict, attrs: dict, options: dict) -> dict:

@@ -127,11 +127,6 @@ _BIG_TILE_WARPS = 8
 # Software-pipelining stages of the loops over heads (Triton's default on sm_90 is 3; _chunk_bwd_bc runs with 2, which
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
-# A cap on _chunk_scan_fwd's registers a thread, or None. Uncapped at the seed sizes (sm_90) it takes 182 on 8 warps:
-# one block an SM, 8 warps to hide its latencies (it is latency-bound: ~1 warp-instruction a cycle an SM in run
-# 5). At 128: two blocks an SM, 52 B a thread spilled (L1) and 10% more instructions (benchmarks/sass_counts.py).
-# Not yet timed: benchmarks/gpu_sweep.py tries 128
-_SCAN_FWD_MAXNREG = None
 _DX_STAGES = 3  # _chunk_bwd_dx
 _BC_STAGES = 2  # _chunk_bwd_bc (with the conv applied to its loads, fused._CONV_IN_SSD_BWD, 2 spills and 1 not)
 # The backward's entering states and state gradients stored in bf16 when the matmuls take bf16 operands (see
@@ -173,13 +168,11 @@ def on_device(t: Tensor) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | None = None,
-                   maxnreg: int | None = None) -> dict:
+def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | None = None) -> dict:
     """Launch options from the tile size: a fixed choice (no autotuner, so nothing needs a driver); one warp under
     the interpreter. ``num_warps`` / ``num_stages`` override the choice for a kernel tuned on ptxas' report (see
-    _BIG_TILE_WARPS); ``maxnreg`` caps the registers a thread (ptxas spills above it), so that more blocks share an
-    SM. FP fusion (FMA) is named explicitly: Triton 3.9 warns when it is left to its default, and the tests turn
-    warnings into errors."""
+    _BIG_TILE_WARPS). FP fusion (FMA) is named explicitly: Triton 3.9 warns when it is left to its default, and
+    the tests turn warnings into errors."""
     size = 1
     for t in tile:
         size *= t
@@ -190,8 +183,6 @@ def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | N
     options = {"num_warps": num_warps, "enable_fp_fusion": True}
     if num_stages is not None and not interpreting():
         options["num_stages"] = num_stages
-    if maxnreg is not None and not interpreting():
-        options["maxnreg"] = maxnreg
     return options
 
 
@@ -230,6 +221,19 @@ def sigmoid(x):
         return 1.0 / e
 
 
+_LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _log2(x):
+    # log2(x) for x > 0: compiled, lg2.approx (one SFU instruction; libdevice's fast_log2f) where tl.log2 is a
+    # precise software log2f, ~20 instructions an element on sm_90 (benchmarks/sass_counts.py)
+    if _COMPILED:
+        return libdevice.fast_log2f(x)
+    else:
+        return tl.log2(x)
+
+
 @triton.jit
 def _decay(a, causal):
     # (T, T): exp(a_l - a_s) where causal[l, s] (l >= s), else 0 (-inf before the exponential: exp(a_l - a_s) for
@@ -237,8 +241,17 @@ def _decay(a, causal):
     # sm_90 tl.exp2 is one SFU instruction an element, where tl.exp is four more (the scaling and the range fix-up of
     # a non-flushing ex2; benchmarks/sass_counts.py), in kernels whose loops over heads are latency-bound. Decays
     # below 2^-126 come out 0 (flushed) rather than denormal: they meet bf16 or float32 operands of ~1 in a sum
-    a2 = a * 1.4426950408889634  # log2(e)
+    a2 = a * _LOG2E
     return tl.exp2(tl.where(causal, a2[:, None] - a2[None, :], float("-inf")))
+
+
+@triton.jit
+def _exp2_below(rows, cols, cap):
+    # (T, T): exp2(rows_l - cols_s), as _decay's but with no mask: above the diagonal (s > l) the exponent is capped
+    # at `cap` instead, so that it stays finite. For a caller whose other factor is 0 there (C.B^T masked once a
+    # program, outside its loop over heads), which then forms no mask per head: the causal mask was 27 of the forward
+    # scan's ~440 instructions a head, recomputed each head (sm_90, benchmarks/sass_counts.py)
+    return tl.exp2(tl.minimum(rows[:, None] - cols[None, :], cap))
 
 
 @triton.jit
@@ -356,7 +369,8 @@ def _chunk_scan_fwd(
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
     s_w_c, s_w_k,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr, CONV: tl.constexpr, HAS_CB: tl.constexpr,
+    HAS_D: tl.constexpr, D_SCALAR: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr, DT_IN_DECAY: tl.constexpr,
+    CONV: tl.constexpr, HAS_CB: tl.constexpr,
     NORM: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, RSTD: tl.constexpr, K: tl.constexpr, T: tl.constexpr,
     BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
@@ -382,8 +396,8 @@ def _chunk_scan_fwd(
                   w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
     Cm = _load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
                   w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
-    CB = _mm(Cm, tl.trans(Bm), BF16_DOT, PREC)  # (T, T)
-    causal = t[:, None] >= t[None, :]
+    # (T, T), 0 above the diagonal (s > l): the decays below then need no mask (_exp2_below)
+    CB = tl.where(t[:, None] >= t[None, :], _mm(Cm, tl.trans(Bm), BF16_DOT, PREC), 0.0)
     h_lo = g * hpg + pid_s * hpp
     h_hi = tl.minimum(h_lo + hpp, (g + 1) * hpg)
     ss = tl.zeros([T], dtype=tl.float32)  # NORM: the rows' sums of squares over the group
@@ -401,13 +415,21 @@ def _chunk_scan_fwd(
                          other=0.0)
         x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
                      w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
-        decay = _decay(a, causal)  # (T, T)
-        y = _mm(CB * decay, x * dt[:, None], BF16_DOT, PREC)  # (T, BP)
+        a2 = a * _LOG2E
+        # with dt in the exponent and no mask per head, the seed's scan compiles to 120 registers a thread where it
+        # took 182 (sm_90): two 8-warp blocks an SM where one, and 440 instructions a head where 495
+        if DT_IN_DECAY:  # dt > 0 (softplus): dt_s exp(a_l - a_s) = exp2(a2_l - (a2_s - log2 dt_s)), x as it is
+            # (dt floored at 1e-30: the padding past L holds 0, and a weight of 2^-100 meets its x = 0)
+            y = _mm(CB * _exp2_below(a2, a2 - _log2(tl.maximum(dt, 1e-30)), 64.0), x, BF16_DOT, PREC)  # (T, BP)
+        else:
+            y = _mm(CB * _exp2_below(a2, a2, 0.0), x * dt[:, None], BF16_DOT, PREC)  # (T, BP)
         if ci >= first_state:  # the carried state's term (no matmul in chunk 0 without an initial state)
             y += tl.exp(a)[:, None] * _mm(Cm, tl.trans(S.to(tl.float32)), BF16_DOT, PREC)
         if HAS_D:
-            Dv = tl.load(D_ptr + hd * s_D_h + ip * s_D_p, mask=ip < p, other=0.0).to(tl.float32)
-            y += x * Dv[None, :]
+            if D_SCALAR:  # one D a head (stride 0 over the channels): one load, not p
+                y += x * tl.load(D_ptr + hd * s_D_h).to(tl.float32)
+            else:
+                y += x * tl.load(D_ptr + hd * s_D_h + ip * s_D_p, mask=ip < p, other=0.0).to(tl.float32)[None, :]
         if HAS_Z:
             z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                         mask=mtp, other=0.0).to(tl.float32)
@@ -613,7 +635,8 @@ def _chunk_bwd_dx(
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
     s_w_c, s_w_k,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CONV: tl.constexpr,
+    HAS_D: tl.constexpr, D_SCALAR: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, CONV: tl.constexpr,
     HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
     BF16_DOT: tl.constexpr,
 ):
@@ -641,7 +664,7 @@ def _chunk_bwd_dx(
                       w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K),
              tl.trans(_load_in(Bp, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
                                w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)), BF16_DOT, PREC)  # (T, T)
-    causal = t[:, None] >= t[None, :]
+    CB = tl.where(t[:, None] >= t[None, :], CB, 0.0)  # 0 above the diagonal: the decays need no mask
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
         x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
@@ -659,14 +682,18 @@ def _chunk_bwd_dx(
         wend = tl.exp(a_end - a)  # (T,) decay from step s to the chunk's end
 
         if HAS_D:
-            Dv = tl.load(D_ptr + hd * s_D_h + ip * s_D_p, mask=ip < p, other=0.0).to(tl.float32)
+            if D_SCALAR:  # one D a head: one load, not p
+                Dv = tl.load(D_ptr + hd * s_D_h).to(tl.float32)
+            else:
+                Dv = tl.load(D_ptr + hd * s_D_h + ip * s_D_p, mask=ip < p, other=0.0).to(tl.float32)[None, :]
         dy = dout
         if HAS_Z:  # out = y silu(z): dL/dy = dout silu(z) (dz is _chunk_scan_fwd's, with DZ)
             z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                         mask=mtp, other=0.0).to(tl.float32)
             dy = dout * z * sigmoid(z)
         # recompute the forward quantities of the chunk
-        M = CB * _decay(a, causal)  # (T, T) masked decay
+        a2 = a * _LOG2E
+        M = CB * _exp2_below(a2, a2, 0.0)  # (T, T) masked decay
         if HAS_D:
             tl.store(dDp_ptr + ((bi * nchunks + ci) * nh + hd) * p + ip, tl.sum(dy * x, axis=0), mask=ip < p)
 
@@ -695,7 +722,7 @@ def _chunk_bwd_dx(
             dend += own * tl.load(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + j)
         da += tl.where(t == T - 1, dend, 0.0)
         if HAS_D:
-            dx += dy * Dv[None, :]
+            dx += dy * Dv
         # a = cumsum(dt A): dL/d(dt_r A) = sum_{l >= r} dL/da_l
         dAdt = tl.sum(da, axis=0) - tl.cumsum(da, axis=0) + da
         A = tl.load(A_ptr + hd).to(tl.float32)
@@ -731,6 +758,11 @@ def _dot_options(*ts: Tensor) -> dict:
     if all(t.dtype == torch.float32 for t in ts) and not torch.backends.cuda.matmul.allow_tf32:
         return {"PREC": "ieee", "BF16_DOT": 0}
     return {"PREC": "tf32", "BF16_DOT": (2 if interpreting() else 1) if bf16 else 0}
+
+
+def _d_scalar(D2: Tensor | None) -> bool:
+    """D2 (h, p) holds one D a head (a stride-0 view over the channels, as the layers pass a per-head D)."""
+    return D2 is not None and D2.stride(1) == 0
 
 
 def _dx_channel_blocks(BP: int) -> int:
@@ -778,17 +810,19 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, c
     enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32,
                                     want_final=want_final, conv=conv)
     out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
-    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, conv=conv, norm=norm)
+    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, conv=conv, norm=norm,
+                dt_positive=softplus)
     return out, final, dtp, a
 
 
-def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=None, norm=None):
+def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=None, norm=None, dt_positive=False):
     """Kernel 3: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead.
     ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``); conv: see _conv_args.
     norm = (z (b, L, h, p), weight (h * p,), eps, norm_before_gate, nout, rstd), with z None: the gated RMSNorm
     over each group's h / g heads of y (Mamba2's norm, one group per B/C group), one program per group and chunk,
     into ``nout`` (out's shape and strides) with y kept in ``out`` and the rows' 1/rms in ``rstd`` ((b * L, g)
-    float32), or with nout and rstd None into ``out`` in place of y (y is not kept)."""
+    float32), or with nout and rstd None into ``out`` in place of y (y is not kept). dt_positive: every dtp > 0 (it
+    went through softplus), so that its factor can join the decay's exponent as log2 dt."""
     hpg = d["nh"] // d["g"]
     hpp, nsplit = _head_split(hpg) if norm is None else (hpg, 1)
     zn, nw, eps, nbg, nout, rstd = norm if norm is not None else (None, x, 0.0, False, None, None)
@@ -806,9 +840,10 @@ def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=N
         d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0, cC0, eps,
         *x.stride(), *B.stride(), *C.stride(), *_strides(zp, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
         *s_w,
-        HAS_D=D2 is not None, HAS_Z=z is not None, DZ=dout is not None, **conv_flags, NORM=norm is not None,
+        HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None, DZ=dout is not None,
+        DT_IN_DECAY=dt_positive, **conv_flags, NORM=norm is not None,
         NORM_BEFORE_GATE=nbg, RSTD=rstd is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
-        **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES, maxnreg=_SCAN_FWD_MAXNREG))
+        **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES))
 
 
 def _dt_cumsum(dt, A, dt_bias, d, softplus):
@@ -938,14 +973,15 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         dx, ddt, dDp if dDp is not None else dAp, dAp, w, cb,
         L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g, nps, cB0, cC0,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
-        *dx.stride(), *s_w, HAS_D=D2 is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+        *dx.stride(), *s_w, HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None,
+        HAS_BIAS=dt_bias is not None,
         SOFTPLUS=softplus, **conv_flags, T=T, BP=BP // nps, BN=BN, **dot,
         **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
     ddt = ddt[..., 0] if nps == 1 else ddt.sum(-1)  # (b, L, h)
     del dst, dalast, daS  # (b, c, h, p, n), as large as dx: not alive beside dz below
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 3 again, for y (in _chunk_bwd_dx, y's tiles
         # and S spilled 660-790 B per thread at T 64)
-        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None, conv=conv)
+        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None, conv=conv, dt_positive=softplus)
         del enter
     dD2 = dDp.sum((0, 1)) if dDp is not None else None  # (h, p)
     return dx, ddt, dAp.sum((0, 1, 3)), dB, dC, dD2, dz, dh0
