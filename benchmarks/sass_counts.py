@@ -23,19 +23,16 @@ launched; each distinct specialisation compiled once by Triton's own pipeline an
     bash benchmarks/export_baseline.sh bdbc8fc                          # run 5's kernels into .baseline/
     PYTHONPATH=.baseline/src python benchmarks/sass_counts.py --out run5.json
     python benchmarks/sass_counts.py --price run5.json                  # this tree priced at run 5's rates
-    python benchmarks/sass_counts.py --price run5.json --set fused._CONV_IN_SSD=1   # a switch the other way
+    python benchmarks/sass_counts.py --price run5.json --variant fused._CONV_IN_SSD=1   # a switch the other way
 """
 
 from __future__ import annotations
-
-import os
-
-os.environ["TRITON_INTERPRET"] = "0"  # before triton is imported: kernels compiled, not interpreted
 
 import argparse
 import collections
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -43,10 +40,28 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "ssm"))  # the launch recorder of the compile test (a dev tool, as this)
+# The compiling parts import triton, which must not be in interpreter mode: main() sets TRITON_INTERPRET=0 before
+# they are imported (_tools), so that the counting functions can be imported by the tests (interpreter mode) alone
+recorder = sweep = triton = None
 
-import test_triton_compile as recorder
-import triton
+
+def _tools() -> None:
+    """Import what compiling needs: triton (compiling, not interpreting), the compile test's launch recorder (a dev
+    tool, as this) and benchmarks/gpu_sweep.py (its variants: settings in force, then undone)."""
+    global recorder, sweep, triton
+    os.environ["TRITON_INTERPRET"] = "0"
+    for folder in (ROOT / "tests" / "ssm", ROOT / "benchmarks"):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    import gpu_sweep
+    import test_triton_compile
+    import triton as triton_module
+
+    if triton_module.runtime.jit.JITFunction is not type(importlib.import_module(
+            "condorbrain.ssm.triton.ssd")._chunk_scan_fwd):
+        raise RuntimeError("triton is in interpreter mode here (TRITON_INTERPRET was set when it was imported): "
+                           "run this script on its own")
+    recorder, sweep, triton = test_triton_compile, gpu_sweep, triton_module
 
 # SASS opcodes by kind (the rest counted as "other": integer, predicate, moves, branches)
 KINDS = {"HGMMA": "mma", "HMMA": "mma", "BAR": "bar", "MUFU": "mufu", "LDG": "ldg", "STG": "stg", "LDS": "smem",
@@ -252,46 +267,33 @@ def _table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
-                        help="a module constant of condorbrain.ssm.triton set first, e.g. fused._CONV_IN_SSD=1 "
-                             "(parsed as the constant's type: int, bool as 0/1; an optional int, None or a number)")
+    parser.add_argument("--variant", default="default", metavar="SETTINGS",
+                        help="settings in force, as benchmarks/gpu_sweep.py's variants: module.NAME=value joined by +, "
+                             "e.g. fused._CONV_IN_SSD=1+fused._NORM_IN_SSD=1")
     parser.add_argument("--case", choices=("training", "inference", "both"), default="both")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--price", type=Path, metavar="RUN5.json",
                         help="this script's JSON for run 5's tree (PYTHONPATH=.baseline/src with .baseline from "
                              "bdbc8fc): each kernel then priced at its run 5 issue rate, ms per seed step")
     args = parser.parse_args(argv)
+    _tools()
     # the recorder's batch is 2 (tests/ssm/test_triton_compile.py), where the state kernels split a head's rows over
     # programs (ssd._state_rows: fewer than _STATE_PROGRAMS); at the seed's 1024 they take whole heads
     ssd = importlib.import_module("condorbrain.ssm.triton.ssd")
     ssd._STATE_PROGRAMS = 1
-    settings = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        module_name, _, attr = name.partition(".")
-        module = importlib.import_module(f"condorbrain.ssm.triton.{module_name}")
-        if not hasattr(module, attr):
-            parser.error(f"--set {item}: condorbrain.ssm.triton.{module_name} has no {attr}")
-        current = getattr(module, attr)
-        if value == "None":
-            setattr(module, attr, None)
-        elif current is None or isinstance(current, (bool, int)):  # None: an optional int (e.g. a register cap)
-            setattr(module, attr, type(current)(int(value)) if current is not None else int(value))
-        else:
-            setattr(module, attr, type(current)(value))
-        settings[name] = getattr(module, attr)
+    sweep.parse(args.variant)  # a malformed variant fails before anything compiles
     cases = ("training", "inference") if args.case == "both" else (args.case,)
     source = Path(importlib.import_module("condorbrain").__file__).parents[1]
-    print(f"source: {source}; settings: {settings or 'defaults'}; sm_90 (H100), seed layer (d_model 512, headdim 64, "
-          f"d_state 64, L 120, bf16)")
-    rows = [r for case in cases for r in run(case)]
+    print(f"source: {source}; variant: {args.variant}; sm_90 (H100), seed block (d_model 512, headdim 64, d_state 64, "
+          f"L 120, bf16)")
+    with sweep.applied(args.variant):
+        rows = [r for case in cases for r in run(case)]
     print(_table(rows))
     if args.price:
         rates = run5_rates(json.loads(args.price.read_text())["rows"])
         print(_priced(rows, rates))
     if args.out:
-        args.out.write_text(json.dumps({"source": str(source), "settings": {k: repr(v) for k, v in settings.items()},
-                                        "rows": rows}, indent=1))
+        args.out.write_text(json.dumps({"source": str(source), "variant": args.variant, "rows": rows}, indent=1))
         print(f"wrote {args.out}")
 
 
