@@ -106,6 +106,14 @@ def test_bias_without_softplus_and_D_per_channel(device):
     check(inputs, device, softplus=False)
 
 
+def test_negative_dt_without_softplus(device):
+    # dt < 0 (allowed without softplus): a = cumsum(dt A) grows along the chunk, so the decays exp(a_l - a_s) below
+    # the diagonal exceed 1 (the kernels cap their exponents above it only where the other factor is 0)
+    inputs = make_inputs(1, 40, 2, 16, 1, 16, bias=False)
+    inputs["dt"] = -(inputs["dt"].abs() * 0.2 + 0.05)
+    check(inputs, device, softplus=False)
+
+
 def test_padded_head_and_state_dims(device):
     # p = 8 and n = 12 are padded (masked) to the 16 that tl.dot needs
     check(make_inputs(1, 20, 2, 8, 1, 12), device)

@@ -246,12 +246,14 @@ def _decay(a, causal):
 
 
 @triton.jit
-def _exp2_below(rows, cols, cap):
-    # (T, T): exp2(rows_l - cols_s), as _decay's but with no mask: above the diagonal (s > l) the exponent is capped
-    # at `cap` instead, so that it stays finite. For a caller whose other factor is 0 there (C.B^T masked once a
-    # program, outside its loop over heads), which then forms no mask per head: the causal mask was 27 of the forward
-    # scan's ~440 instructions a head, recomputed each head (sm_90, benchmarks/sass_counts.py)
-    return tl.exp2(tl.minimum(rows[:, None] - cols[None, :], cap))
+def _exp2_below(rows, cols):
+    # (T, T): exp2(rows_l - cols_s), as _decay's but with no mask: the exponent is capped at 64 instead, so that above
+    # the diagonal (s > l, where a_l - a_s >= 0 grows with the distance) it stays finite. For a caller whose other
+    # factor is 0 there (C.B^T masked once a program, outside its loop over heads), which then forms no mask per
+    # head: the causal mask was 27 of the forward scan's ~440 instructions a head, recomputed each head (sm_90,
+    # benchmarks/sass_counts.py). Below the diagonal the exponent is <= 0 for dt >= 0 (and, with dt < 0, which the
+    # scan allows without softplus, below 64 for any output float32 holds: 2^64 is 1.8e19)
+    return tl.exp2(tl.minimum(rows[:, None] - cols[None, :], 64.0))
 
 
 @triton.jit
@@ -420,9 +422,9 @@ def _chunk_scan_fwd(
         # took 182 (sm_90): two 8-warp blocks an SM where one, and 440 instructions a head where 495
         if DT_IN_DECAY:  # dt > 0 (softplus): dt_s exp(a_l - a_s) = exp2(a2_l - (a2_s - log2 dt_s)), x as it is
             # (dt floored at 1e-30: the padding past L holds 0, and a weight of 2^-100 meets its x = 0)
-            y = _mm(CB * _exp2_below(a2, a2 - _log2(tl.maximum(dt, 1e-30)), 64.0), x, BF16_DOT, PREC)  # (T, BP)
+            y = _mm(CB * _exp2_below(a2, a2 - _log2(tl.maximum(dt, 1e-30))), x, BF16_DOT, PREC)  # (T, BP)
         else:
-            y = _mm(CB * _exp2_below(a2, a2, 0.0), x * dt[:, None], BF16_DOT, PREC)  # (T, BP)
+            y = _mm(CB * _exp2_below(a2, a2), x * dt[:, None], BF16_DOT, PREC)  # (T, BP)
         if ci >= first_state:  # the carried state's term (no matmul in chunk 0 without an initial state)
             y += tl.exp(a)[:, None] * _mm(Cm, tl.trans(S.to(tl.float32)), BF16_DOT, PREC)
         if HAS_D:
@@ -693,7 +695,7 @@ def _chunk_bwd_dx(
             dy = dout * z * sigmoid(z)
         # recompute the forward quantities of the chunk
         a2 = a * _LOG2E
-        M = CB * _exp2_below(a2, a2, 0.0)  # (T, T) masked decay
+        M = CB * _exp2_below(a2, a2)  # (T, T) masked decay
         if HAS_D:
             tl.store(dDp_ptr + ((bi * nchunks + ci) * nh + hd) * p + ip, tl.sum(dy * x, axis=0), mask=ip < p)
 
