@@ -167,8 +167,8 @@ def _conv_bwd_gate(
     HAS_BIAS: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
 ):
     # grid (b, cdiv(L, BL), cdiv(C, BC)). g = dL/dpre = dy silu'(pre), pre = the conv before SiLU (recomputed here
-    # from x: K loads), float32 into g (strides s_g_*). g may be dy's own buffer (in place): a program reads only
-    # its own tile of dy, before it stores g there.
+    # from x: K loads), computed in float32, stored in g's dtype (strides s_g_*). g may be dy's own buffer (in
+    # place): a program reads only its own tile of dy, before it stores g there.
     bi, pid_l, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t = pid_l * BL + tl.arange(0, BL)
     cc = pid_c * BC + tl.arange(0, BC)
@@ -178,7 +178,7 @@ def _conv_bwd_gate(
     pre = _conv_pre(x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, HAS_BIAS, K, BL, BC)
     sg = sigmoid(pre)
     g = g * sg * (1.0 + pre * (1.0 - sg))
-    tl.store(g_ptr + bi * s_g_b + t[:, None] * s_g_l + cc[None, :] * s_g_c, g, mask=mt)
+    tl.store(g_ptr + bi * s_g_b + t[:, None] * s_g_l + cc[None, :] * s_g_c, g.to(g_ptr.dtype.element_ty), mask=mt)
 
 
 @triton.jit
@@ -266,9 +266,11 @@ def _conv_backward(
     One kernel, ``_conv_bwd``: dx, dweight and dbias, each program over a run of steps with no reduction inside
     its loop (1.13 ms per seed layer with 64 channels a program, 0.66 ms with 128, H200, runs 3 and 5 in
     benchmarks/results/h200-2026-11-26/; the version that reduced per 16 steps took 2.0 ms), after
-    ``_conv_bwd_gate`` (the pre-activation recomputed once per element, into float32 g; 0.47 ms per seed layer),
-    which ``_CONV_GATE_IN_BWD`` folds into it (the SiLU's derivative applied to dy as it is loaded; off, see
-    there). dy_scratch: dy is float32 and the caller's to overwrite (g is then written over it); else g gets a
+    ``_conv_bwd_gate`` (the pre-activation recomputed once per element, into g; 0.47 ms per seed layer in run 5,
+    g float32), which ``_CONV_GATE_IN_BWD`` folds into it (the SiLU's derivative applied to dy as it is loaded;
+    off, see there). dy_scratch: dy is the caller's to overwrite: g is written over it, in dy's dtype (the fused
+    layer's dxBC: bf16 under bf16 activations with ``_GRADS_IN_ACT_DTYPE``, g then rounded once, as dy was; at the
+    seed 0.57 GB a layer less written and 0.28 GB less read than a float32 g of its own); else g gets a float32
     buffer of its own."""
     b, L, C = x.shape
     w = weight.reshape(C, -1)
@@ -291,7 +293,7 @@ def _conv_backward(
     with on_device(x):
         g = dy
         if silu and not _CONV_GATE_IN_BWD:
-            g = dy if dy_scratch and dy.dtype == torch.float32 else torch.empty(b, L, C, **f32)
+            g = dy if dy_scratch else torch.empty(b, L, C, **f32)
             _conv_bwd_gate[grid](
                 x, w, bias if bias is not None else w, dy, g, L, C, *x.stride(), *w.stride(), *dy.stride(),
                 *g.stride(), HAS_BIAS=bias is not None, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
@@ -861,7 +863,8 @@ class _Mamba2Fused(torch.autograd.Function):
                 ddt = ddt * torch.sigmoid(raw) * ((sp >= cfg.dt_limit[0]) & (sp <= cfg.dt_limit[1]))
                 del raw, sp
             del s
-            # the conv: its float32 output gradient in, dxBC out straight into dzxbcdt (rounded once, in the kernel)
+            # the conv: its output gradient dxBC in (g = dL/dpre written over it), its input gradient straight into
+            # dzxbcdt (rounded once, in the kernel)
             _, dconv_w, dconv_b = _conv_backward(xBC_in, conv_weight, conv_bias, dxBC, silu=True, dx=dxBC_out,
                                                   dy_scratch=True)  # dxBC is freed after: g over it
             del dxBC
