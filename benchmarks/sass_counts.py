@@ -172,7 +172,9 @@ SEED_B, SEED_L, SEED_HEADS, SEED_P, SEED_N, SEED_CONV = 1024, 120, 16, 64, 64, 1
 
 def seed_launch(name: str, constexprs: dict) -> tuple[int | None, float | None]:
     """(programs, iterations of its outermost loops per program) of a kernel's launch in one seed layer, from the
-    module constants in force (the tree's own: another tree's constants where they differ)."""
+    module constants in force (the tree's own: another tree's constants where they differ). The host code's rules
+    are restated here rather than called: run 5's tree has not all of them (``_head_split``'s ``most``,
+    ``_BC_HEADS``, ``_DX_HEADS``), and the constexprs give what the rest decided (BPS, BP, BN, T)."""
     from condorbrain.ssm.triton import fused, ssd
 
     def cdiv(a, b):
@@ -253,14 +255,15 @@ def _priced(rows: list[dict], rates: dict[str, float]) -> str:
 def _table(rows: list[dict]) -> str:
     head = f"{'case':<9} {'kernel':<17} {'regs':>4} {'warps':>5} {'blk/SM':>6} {'smem KB':>7}  " + " ".join(
         f"{c:>5}" for c in COLUMNS) + "  (per warp: the kernel / its outermost loops' bodies)"
+    def cells(counts: dict) -> str:
+        return " ".join(f"{counts[c]:>5}" for c in COLUMNS)
+
     lines = [head]
     for r in rows:
-        for label, counts in (("", r["kernel_counts"]), ("loop", r["loop_counts"])):
-            if counts is None:
-                continue
-            lead = (f"{r['case']:<9} {r['kernel']:<17} {r['regs']:>4} {r['warps']:>5} {r['blocks_per_sm']:>6} "
-                    f"{r['smem_kb']:>7}" if not label else f"{'':<9} {'  in loops (' + str(r['loops']) + ')':<17} {'':>4} {'':>5} {'':>6} {'':>7}")
-            lines.append(lead + "  " + " ".join(f"{counts[c]:>5}" for c in COLUMNS))
+        lines.append(f"{r['case']:<9} {r['kernel']:<17} {r['regs']:>4} {r['warps']:>5} {r['blocks_per_sm']:>6} "
+                     f"{r['smem_kb']:>7}  {cells(r['kernel_counts'])}")
+        if r["loop_counts"] is not None:
+            lines.append(f"{'':<9} {'  in loops (' + str(r['loops']) + ')':<17} {'':>25}  {cells(r['loop_counts'])}")
     return "\n".join(lines)
 
 

@@ -161,30 +161,21 @@ def _ssd_cases():
     for n in (64, 128):
         cases[f"mamba2 inference d_state {n}"] = lambda n=n: _fused_layer(n, 64, inference=True)
 
-    def switched(settings: dict, case):  # a case with module switches of condorbrain.ssm.triton set, then restored
-        import importlib
-
+    def switched(variant: str, case):  # a case under a variant of benchmarks/gpu_sweep.py (settings, then undone)
         def run():
-            saved = {}
-            try:
-                for name, value in settings.items():
-                    module, attr = name.split(".")
-                    module = importlib.import_module(f"condorbrain.ssm.triton.{module}")
-                    saved[(module, attr)] = getattr(module, attr)
-                    setattr(module, attr, value)
+            sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+            import gpu_sweep
+
+            with gpu_sweep.applied(variant):
                 case()
-            finally:
-                for (module, attr), value in saved.items():
-                    setattr(module, attr, value)
 
         return run
 
     # the variants benchmarks/gpu_sweep.py tries (off by default), training and inference: the gated norm inside the
     # scan's last kernel; that and the conv inside every SSD kernel, forward and backward (at the settings the sweep
     # tries it with); the SiLU's derivative inside the conv's backward kernel
-    norm = {"fused._NORM_IN_SSD": True}
-    in_ssd = {**norm, "fused._CONV_IN_SSD": True, "fused._CONV_IN_SSD_BWD": True, "ssd._BC_STAGES": 1,
-              "ssd._DX_WARPS": 8}
+    norm = "fused._NORM_IN_SSD=1"
+    in_ssd = f"{norm}+fused._CONV_IN_SSD=1+fused._CONV_IN_SSD_BWD=1+ssd._BC_STAGES=1+ssd._DX_WARPS=8"
     for n in (64, 128):
         cases[f"mamba2 d_state {n}, norm in the scan"] = switched(norm, lambda n=n: _fused_layer(n, 64))
         cases[f"mamba2 inference d_state {n}, norm in the scan"] = switched(
@@ -193,7 +184,7 @@ def _ssd_cases():
     cases["mamba2 inference, conv and norm in the SSD's kernels"] = switched(
         in_ssd, lambda: _fused_layer(64, 64, inference=True))
     cases["mamba2 d_state 64, gate in the conv's backward"] = switched(
-        {"fused._CONV_GATE_IN_BWD": True, "fused._CONV_BWD_WARPS": 8}, lambda: _fused_layer(64, 64))
+        "fused._CONV_GATE_IN_BWD=1+fused._CONV_BWD_WARPS=8", lambda: _fused_layer(64, 64))
     return cases
 
 

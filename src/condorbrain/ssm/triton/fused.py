@@ -25,12 +25,12 @@ the backward's SSD kernels apply the conv to their loads, ``_CONV_IN_SSD_BWD``, 
 decay sums (one small kernel); the norm's backward (``_rmsnorm_bwd``) stores the norm's output
 for out_proj's weight gradient as it goes (``_NORM_OUT_IN_BWD``; else ``_rmsnorm_fwd`` reruns for it); the SSD's
 backward kernels; the conv's backward, ``_conv_bwd_gate`` (the SiLU's derivative) then ``_conv_bwd`` (or one
-kernel forming the derivative inside, ``_CONV_GATE_IN_BWD``, off). Each piece of the input gradient is written straight into
-its columns of dzxbcdt. The switches are module constants, tried side by side by ``benchmarks/gpu_sweep.py``; the
-tests run every way. The remaining small pieces (A = -exp(A_log), the d_mlp gated-MLP branch when d_ssm <
-d_inner, a dt_limit clamp, sums of per-block partial gradients, out_proj's matmuls) stay in PyTorch. The conv and
-the norms are also exposed on their own (``causal_conv1d_silu_triton``, ``rmsnorm_gated_triton``, and the
-pre-norm block's ``rmsnorm_linear_triton`` / ``add_rmsnorm_linear_triton``).
+kernel forming the derivative inside, ``_CONV_GATE_IN_BWD``, off). Each piece of the input gradient is written
+straight into its columns of dzxbcdt. The switches are module constants, tried side by side by
+``benchmarks/gpu_sweep.py``; the tests run every way. The remaining small pieces (A = -exp(A_log), the d_mlp
+gated-MLP branch when d_ssm < d_inner, a dt_limit clamp, sums of per-block partial gradients, out_proj's matmuls)
+stay in PyTorch. The conv and the norms are also exposed on their own (``causal_conv1d_silu_triton``,
+``rmsnorm_gated_triton``, and the pre-norm block's ``rmsnorm_linear_triton`` / ``add_rmsnorm_linear_triton``).
 
 Like :mod:`condorbrain.ssm.triton.ssd`, host code uses one fixed launch config (no autotuner, no device queries),
 so the same code runs under ``TRITON_INTERPRET=1`` on the CPU.
@@ -746,7 +746,7 @@ class _Mamba2Fused(torch.autograd.Function):
         dev = zxbcdt.device
         with torch.autocast(dev.type, enabled=False), on_device(zxbcdt):
             z0, x0, z, _, _ = cfg.split(zxbcdt)
-            # the conv applied inside the SSD kernels (_CONV_IN_SSD): its output (B, L, conv_dim) is never written
+            # the conv's output by _conv_fwd, or (_CONV_IN_SSD) the conv applied inside the SSD kernels, never written
             s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg,
                              run_conv=not _CONV_IN_SSD)
             norm = nout = rstd = None

@@ -205,6 +205,7 @@ def _mm(a, b, BF16_DOT: tl.constexpr, PREC: tl.constexpr):
 
 # Compiled for a GPU, not run by Triton's interpreter (which has no libdevice): fixed when triton is imported
 _COMPILED: tl.constexpr = tl.constexpr(not interpreting())
+_LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -214,14 +215,11 @@ def sigmoid(x):
     # element where tl.sigmoid takes 11 (its tl.exp adds the scaling and a non-flushing ex2's range fix-up;
     # benchmarks/sass_counts.py). An exponential below 2^-126 is flushed to 0, where 1 + it rounds to 1 either way;
     # above 2^126 the division gives 0, as the sigmoid rounds to there
-    e = 1.0 + tl.exp2(x * -1.4426950408889634)
+    e = 1.0 + tl.exp2(-x * _LOG2E)
     if _COMPILED:
         return libdevice.fast_dividef(1.0, e)
     else:
         return 1.0 / e
-
-
-_LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
