@@ -63,12 +63,13 @@ _CONV_BWD_BL, _CONV_BWD_BC, _CONV_BWD_WARPS = 16, 128, 4
 _CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
 _BLOCK_ROWS = 16  # rows (batch * time) per program of the RMSNorm's forward
 # The RMSNorm's backward: tiles of _NORM_BWD_ROWS rows, a program over a run of them with its partial weight
-# gradient in registers, about _NORM_BWD_PROGRAMS programs. Run 5 had one 16-row tile per program (the weight
-# gradient's partials per 16 rows): 248 registers on 8 warps, one block per SM, 52% of the copy floor (22.2 ms of
-# the seed's training step, benchmarks/results/h200-2026-11-26/). 4-row tiles on 8 warps: 128 registers (sm_90, the
-# seed's gated norm; 189 on 4 warps), two blocks per SM. Not yet timed: the sweep's _NORM_BWD_ROWS=16 row is run 5's
-# kernel.
-_NORM_BWD_ROWS, _NORM_BWD_PROGRAMS, _NORM_BWD_WARPS = 4, 4096, 8
+# gradient in registers, about _NORM_BWD_PROGRAMS programs (here: no cap, one 16-row tile a program, the weight
+# gradient's partials per 16 rows, as run 5 had it: 248 registers on 8 warps, one block an SM). Timed side by side
+# on an H100 (benchmarks/gpu_sweep.py, 2026-11-26, benchmarks/results/h100-2026-11-26/): 8.14 ms a layer's training
+# step where 4-row tiles in runs over 4096 programs (128 registers, two blocks an SM, fewer instructions a row by
+# sm_90's SASS) took 8.53: the static counts priced that one faster, but this kernel streams 1.5 GB a seed layer
+# and more rows a tile keep more bytes in flight
+_NORM_BWD_ROWS, _NORM_BWD_PROGRAMS, _NORM_BWD_WARPS = 16, 1 << 30, 8
 # The SiLU's derivative inside _conv_bwd (GATE) rather than _conv_bwd_gate first: g = dL/dpre, (B, L, C) float32, is
 # neither written nor read back, but the pre-activation is recomputed for each of the K shifted tiles (K loads and
 # K SiLUs an element where _conv_bwd_gate does one): sm_90's SASS (benchmarks/sass_counts.py) has 4.6x run 5's
