@@ -7,7 +7,8 @@ step; see ``_gpu_models.py``).
 Cases (the seed config: d_model 512, 24 layers, lookback 120, batch 1024, bf16 autocast, fused AdamW):
 
   a  training step (forward, MSE on the last step, backward, AdamW): tokens/s, samples/s, peak GiB
-  b  inference forward (no grad): samples/s
+  b  inference forward (no grad): samples/s, launched op by op ("eager") and replayed from a CUDA graph
+     (``condorbrain.ssm.graph.GraphedForward``, "cuda-graph")
   c  streaming: one new bar through the 24 layers with carried state, batch 1 and 1024, eager and captured in a CUDA
      graph (``condorbrain.ssm.graph``), bf16 weights and states: latency per step
   d  long sequences: L = 512 .. 32768 at 262,144 tokens per training step, 4 layers: tokens/s, per-token cost / L=512
@@ -54,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gpu_models as gm  # noqa: E402
 from _common import device_seconds  # noqa: E402
 
-from condorbrain.ssm.graph import EagerStep, GraphedStep, graph_unavailable_reason  # noqa: E402
+from condorbrain.ssm.graph import EagerStep, GraphedForward, GraphedStep, graph_unavailable_reason  # noqa: E402
 
 CASES = {"a": "training step", "b": "inference forward", "c": "streaming step", "d": "long sequences"}
 # In the order they run: the library's network and its two peers first, so that a run cut short by its time budget
@@ -201,19 +202,27 @@ def train_step(name: str, setup: Setup, L: int, batch: int, n_layers: int) -> tu
     return step, sum(p.numel() for p in net.parameters())
 
 
-def infer_step(name: str, setup: Setup) -> tuple[Callable[[], None], int]:
-    """(a forward of the wrapper over random (batch, L, 24), no grad, bf16 autocast on CUDA; its parameter count)."""
+def infer_step(name: str, setup: Setup, path: str = "eager") -> tuple[Callable[[], None], int]:
+    """(a forward of the wrapper over random (batch, L, 24), no grad, bf16 autocast on CUDA, launched op by op
+    ("eager") or replayed from a CUDA graph ("cuda-graph": ``condorbrain.ssm.graph.GraphedForward``); its parameter
+    count). Skip where the graph cannot be captured here."""
+    if path == "cuda-graph" and (reason := graph_unavailable_reason(None, torch.device(setup.device))):
+        raise Skip(reason)
     torch.manual_seed(0)
     net = build_model(name, setup, setup.layers).eval()
     x = torch.randn(setup.batch, setup.L, gm.N_IN, device=setup.device)
     device_type = torch.device(setup.device).type
+    params = sum(p.numel() for p in net.parameters())
+    if path == "cuda-graph":
+        graphed = GraphedForward(net, tuple(x.shape), autocast_dtype=torch.bfloat16)
+        return (lambda: graphed(x)), params
 
     @torch.no_grad()
     def fwd() -> None:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=setup.cuda):
             net(x)
 
-    return fwd, sum(p.numel() for p in net.parameters())
+    return fwd, params
 
 
 def stream_step(name: str, setup: Setup, batch: int, path: str) -> tuple[Callable[[], Any], int]:
@@ -244,14 +253,14 @@ def train_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any], L: 
             **floor_figures(sec, flops, nbytes, floors)}
 
 
-def infer_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any]) -> dict[str, Any]:
+def infer_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any], path: str = "eager") -> dict[str, Any]:
     """Timing of :func:`infer_step`: samples/s."""
-    fwd, params = infer_step(name, setup)
+    fwd, params = infer_step(name, setup, path)
     sec, fastest = timer(fwd, setup.warmup, setup.reps * 2)
     cost = gm.model_cost(name, setup.d, setup.layers, setup.L, setup.sizes)
     flops, nbytes = gm.forward_cost(cost, params, setup.batch * setup.L, setup.elem_bytes)
-    return {"params": params, "L": setup.L, "batch": setup.batch, "layers": setup.layers, "ms": sec * 1e3,
-            "ms_fastest": fastest * 1e3, "samples_per_s": setup.batch / sec,
+    return {"params": params, "L": setup.L, "batch": setup.batch, "layers": setup.layers, "path": path,
+            "ms": sec * 1e3, "ms_fastest": fastest * 1e3, "samples_per_s": setup.batch / sec,
             "tokens_per_s": setup.batch * setup.L / sec, **floor_figures(sec, flops, nbytes, floors)}
 
 
@@ -375,10 +384,12 @@ def case_train(run: Run) -> Iterator[dict[str, Any]]:
 
 def case_infer(run: Run) -> Iterator[dict[str, Any]]:
     for name in run.models:
-        r = {"model": name, **run.row(infer_row, name)}
-        if "ms" in r:
-            r["bars"] = {"samples_per_s": _bar(r["samples_per_s"], BAR_INFER_SAMPLES_PER_S, False, not run.setup.tiny)}
-        yield r
+        for path in ("eager", "cuda-graph"):
+            r = {"model": name, "path": path, **run.row(infer_row, name, path)}
+            if "ms" in r:
+                r["bars"] = {"samples_per_s": _bar(r["samples_per_s"], BAR_INFER_SAMPLES_PER_S, False,
+                                                   not run.setup.tiny)}
+            yield r
 
 
 def case_stream(run: Run) -> Iterator[dict[str, Any]]:

@@ -56,6 +56,8 @@ import gpu  # noqa: E402
 # default. ssd._DX_STAGES=2 ended in an illegal memory access (and ssd._BC_HEADS=4 in its long case): see NOTES.md.
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
+    "fused._NORM_LINEAR=1",
+    "fused._NORM_LINEAR=1+norm_linear._BM=128+norm_linear._BN=128",
     "fused._NORM_BWD_ROWS=4+fused._NORM_BWD_PROGRAMS=4096",
     "fused._NORM_BWD_ROWS=8",
     "fused._NORM_BWD_ROWS=8+fused._NORM_BWD_WARPS=4",
@@ -64,6 +66,7 @@ DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop be
     "fused._BLOCK_L=64",
     "ssd.HEADS_PER_PROGRAM=16",
     "ssd._MAX_CHUNK=32+ssd._BIG_TILE_WARPS=4",
+    "fused._NORM_LINEAR=1+norm_linear._STAGES=2",
     "default",
 )
 MODEL = "cb_m2n"

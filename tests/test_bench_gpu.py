@@ -77,6 +77,8 @@ def test_out_of_memory_in_one_row_is_recorded_and_the_others_run(gpu, tmp_path, 
     assert sorted(res["cases"]) == ["a", "b"]
     for case in ("a", "b"):
         rows = res["cases"][case]["rows"]
+        rows = [r for r in rows if r.get("path") != "cuda-graph"]  # the inference forward's graph rows: skipped
+        # on the CPU before a model is built
         assert [r["error"] for r in rows if r["model"] == "attn"] == ["out of memory"]
         assert all(positive(r["tokens_per_s"]) for r in rows if r["model"] in ("cb_m2", "cb_m2n", "cb_m1"))
 

@@ -12,6 +12,7 @@ from condorbrain.models import CondorBrain, CondorBrainConfig, PolicyOutput
 from condorbrain.ssm import Backbone, BackboneConfig, mamba, mamba2
 from condorbrain.ssm.graph import (
     EagerStep,
+    GraphedForward,
     GraphedStep,
     graph_unavailable_reason,
     make_stepper,
@@ -102,6 +103,8 @@ def test_paths_and_the_no_cuda_error():
     if not CUDA:
         with pytest.raises(RuntimeError, match=r"torch.cuda.is_available\(\) is False"):
             GraphedStep(tiny_model(), batch_size=1, device="cuda")
+    with pytest.raises(RuntimeError, match="GraphedForward: CUDA graphs need a CUDA device.*call the module itself"):
+        GraphedForward(tiny_model(), (2, 16, 24), device="cpu")
 
 
 def test_checks_read_no_data_only_while_capturing(monkeypatch):
@@ -156,3 +159,40 @@ def test_graph_on_a_backbone_in_bfloat16_and_refusals():
         GraphedStep(tiny_model("cuda", mixer="attention"), 1)
     with pytest.raises(ValueError, match="training mode"):
         GraphedStep(tiny_model("cuda").train(), 1)
+
+
+@needs_cuda
+@pytest.mark.parametrize("kw", SSM_MIXERS)
+def test_graphed_forward_equals_the_forward(kw, monkeypatch):
+    # whole windows through the replayed forward: the module's own forward on each of three different inputs (the
+    # static output overwritten by each call), CondorBrain's named tuple of heads included
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    m = tiny_model("cuda", **kw)
+    graphed = GraphedForward(m, (3, 16, 24))
+    for seed in (1, 2, 3):
+        x = randn(3, 16, 24, seed=seed).cuda()
+        with torch.no_grad():
+            want = m(x)
+        assert_policy_close(PolicyOutput(*(f.clone() for f in graphed(x))), want, 1e-5, 1e-5)
+    with pytest.raises(ValueError, match=r"x must have shape \(3, 16, 24\) \(the shape captured\)"):
+        graphed(randn(2, 16, 24).cuda())
+    with pytest.raises(ValueError, match="x contains NaN or inf"):  # a CPU input is checked for free
+        graphed(torch.full((3, 16, 24), float("nan")))
+
+
+@needs_cuda
+def test_graphed_forward_under_autocast_and_refusals():
+    # a float32 backbone under bf16 autocast, as the benchmark's inference forward runs: the same kernels as the
+    # eager forward under the same autocast
+    torch.manual_seed(0)
+    bb = Backbone(BackboneConfig(d_model=64, n_layer=3, d_state=16, headdim=16)).cuda().eval()
+    x = randn(4, 40, 64).cuda()
+    graphed = GraphedForward(bb, (4, 40, 64), autocast_dtype=torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        want = bb(x)
+    torch.testing.assert_close(graphed(x), want)
+    with pytest.raises(ValueError, match="training mode"):
+        GraphedForward(tiny_model("cuda").train(), (1, 16, 24))
+    with pytest.raises(ValueError, match="input_shape must be positive ints"):
+        GraphedForward(bb, (4, 0, 64))

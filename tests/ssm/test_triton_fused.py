@@ -293,6 +293,22 @@ def test_layer_norm_both_ways(device, name, out_in_bwd, norm_in_ssd, monkeypatch
         assert norms == [None]
 
 
+@pytest.mark.parametrize("joined", [True, False], ids=["norm and out_proj joined", "norm then cuBLAS"])
+@pytest.mark.parametrize("name", ["default", "groups+norm_before_gate+D_hdim+bias", "mlp+rmsnorm"])
+def test_layer_norm_linear_both_ways(device, name, joined, monkeypatch):
+    """The gated norm and out_proj in one kernel (``fused._NORM_LINEAR``, :mod:`condorbrain.ssm.triton.norm_linear`)
+    or the norm's kernel then F.linear: the float64 layer's output and gradients either way. The joined kernel runs
+    where out_proj is inside and there is no d_mlp branch ("mlp+rmsnorm" has one: the norm then F.linear)."""
+    monkeypatch.setitem(LAYERS, "mlp+rmsnorm", {"d_ssm": 32})
+    monkeypatch.setattr(fused_module, "_NORM_LINEAR", joined)
+    calls = []
+    real = fused_module.norm_linear.gated_rmsnorm_linear
+    monkeypatch.setattr(fused_module.norm_linear, "gated_rmsnorm_linear",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    test_layer_matches_mamba2(device, name, True, monkeypatch)
+    assert len(calls) == (joined and name != "mlp+rmsnorm")
+
+
 @pytest.mark.parametrize("name", ["default", "no_rmsnorm+mlp+dt_limit+no_conv_bias", "8_heads_split", "d_conv_3"])
 def test_backward_conv_inside_the_ssd_kernels(device, name, monkeypatch):
     """The conv applied inside every SSD kernel, the forward's (``fused._CONV_IN_SSD``) and the backward's

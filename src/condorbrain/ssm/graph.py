@@ -19,6 +19,9 @@ takes the eager path.
 
 :class:`EagerStep` is the same object without the graph (any device); :func:`streaming_path` names which of the
 two :func:`make_stepper` picks, for a caller to report.
+
+:class:`GraphedForward` does the same for a whole-window forward of a fixed shape (batch scoring: ``model(x)`` over
+(B, L, n_inputs) windows, again and again): the forward's few hundred launches replayed as one.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import Tensor
 
 from condorbrain.ssm.blocks import CausalSelfAttention
 
-__all__ = ["EagerStep", "GraphedStep", "graph_unavailable_reason", "make_stepper", "streaming_path"]
+__all__ = ["EagerStep", "GraphedForward", "GraphedStep", "graph_unavailable_reason", "make_stepper", "streaming_path"]
 
 StreamingPath = Literal["cuda-graph", "eager"]
 
@@ -76,12 +79,13 @@ def _state_tensors(cache: Any) -> list[Tensor]:
     return [t for layer in cache for t in layer]
 
 
-def _check_step_input(x: Tensor, shape: tuple[int, ...], name: str = "x_t") -> None:
+def _check_step_input(x: Tensor, shape: tuple[int, ...], name: str = "x_t", layout: str = "(batch, 1, n_inputs)",
+                      ) -> None:
     """Shape and dtype only (host metadata, no device sync); finiteness where x is on the CPU (free)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(x).__name__}")
     if tuple(x.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape} (batch, 1, n_inputs), got {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape {shape} {layout}, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating tensor, got {x.dtype}")
     if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
@@ -203,3 +207,65 @@ def make_stepper(module: nn.Module, batch_size: int, device: torch.device | str 
     if streaming_path(device, module) == "cuda-graph":
         return GraphedStep(module, batch_size, device, dtype, max_seqlen, n_inputs)
     return EagerStep(module, batch_size, device, dtype, max_seqlen, n_inputs)
+
+
+class GraphedForward:
+    """``module(x)`` for inputs of one fixed shape, captured once in a ``torch.cuda.CUDAGraph`` and replayed.
+
+    A whole-window forward through N layers is a few hundred kernel launches (353 for the seed's 24-layer network);
+    launched from Python, the host's time between them is device time lost: 0.85 ms of a 44.6 ms forward at batch
+    1024 on an H100 (``benchmarks/results/h100-2026-11-26``), most of the time at small batches. At construction:
+    a static input buffer, a few warm-up forwards on a side stream, the capture of one (under ``autocast_dtype``
+    autocast, if given, as the caller's eager forward would run). Each call copies x into the static input and
+    replays. The checks the forward makes on its input are skipped inside a capture (``_checks.capturing``), so
+    :meth:`__call__` checks x's shape and dtype, and its finiteness where x is on the CPU (on the GPU that check
+    would cost the host sync the graph avoids).
+
+    The output is the graph's static output, overwritten by the next call: copy what you keep. Parameters are read
+    in place, as :class:`GraphedStep`'s: updated values are seen by the next replay, re-created tensors are not.
+    Memory: the forward's activations stay allocated between calls (the graph's private pool).
+
+    Raises
+    ------
+    RuntimeError
+        Without a CUDA device (naming why): call the module itself.
+    ValueError
+        For a module in training mode, or a bad ``input_shape``.
+    """
+
+    def __init__(self, module: nn.Module, input_shape: tuple[int, ...], device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, autocast_dtype: torch.dtype | None = None,
+                 warmup: int = 2) -> None:
+        device = torch.device(next(module.parameters()).device if device is None else device)
+        no_cuda = graph_unavailable_reason(None, device)
+        if no_cuda is not None:
+            raise RuntimeError(f"GraphedForward: {no_cuda}; call the module itself")
+        if module.training:
+            raise ValueError("GraphedForward: the module is in training mode (dropout / drop-path would be frozen "
+                             "into the graph); call module.eval() first")
+        if not input_shape or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in input_shape):
+            raise ValueError(f"input_shape must be positive ints, got {input_shape!r}")
+        self.module = module
+        self.input_shape = tuple(input_shape)
+        self.dtype = _param_dtype(module) if dtype is None else dtype
+        self.autocast_dtype = autocast_dtype
+        self.static_input = torch.randn(self.input_shape, device=device, dtype=self.dtype)  # never all-zero
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), torch.no_grad(), self._autocast():
+            for _ in range(warmup):
+                module(self.static_input)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), self._autocast(), torch.cuda.graph(self.graph):
+            self.static_output = module(self.static_input)
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def __call__(self, x: Tensor) -> Any:
+        """x (the construction's input shape) -> the module's output (static buffers, see the class docstring)."""
+        _check_step_input(x, self.input_shape, name="x", layout="(the shape captured)")
+        self.static_input.copy_(x, non_blocking=True)
+        self.graph.replay()
+        return self.static_output

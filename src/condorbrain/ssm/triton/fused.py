@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from condorbrain.ssm.triton import ssd
+from condorbrain.ssm.triton import norm_linear, ssd
 from condorbrain.ssm.triton.ssd import launch_options, on_device, sigmoid
 
 __all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_fused_forward",
@@ -111,6 +111,13 @@ _GRADS_IN_ACT_DTYPE = True
 # seed step at the issue rate run 5's scan had, against ~5 ms of _rmsnorm_fwd's for the gated norm. Off
 # (benchmarks/gpu_sweep.py tries it)
 _NORM_IN_SSD = False
+# The gated RMSNorm and out_proj in one kernel (condorbrain.ssm.triton.norm_linear) rather than _rmsnorm_fwd, then
+# cuBLAS on its output: the norm's output (rows, d_ssm) is neither written nor read back, 0.63 of the pair's 1.26 GB
+# a seed layer; but the elementwise part runs once per column block and the matmul is Triton's. Where the layer has
+# out_proj inside, no d_mlp branch and a bf16 or float32 matmul. sm_90's SASS (benchmarks/sass_counts.py) has 747
+# instructions a warp per 64-channel step, 180 registers, one block an SM: ~390M warp-instructions a seed layer,
+# more than the two kernels it replaces issue at the rates run 5 measured. Off until timed (benchmarks/gpu_sweep.py)
+_NORM_LINEAR = False
 
 
 def _pow2(n: int) -> int:
@@ -690,6 +697,7 @@ class _LayerCfg:
     nheads: int
     out_dtype: torch.dtype  # out_proj's compute dtype: the autocast dtype under autocast, else zxbcdt's
     norm_in_scan: bool = False  # the gated norm inside the SSD's last kernel (see _NORM_IN_SSD)
+    norm_linear: bool = False  # the gated norm and out_proj in one kernel (see _NORM_LINEAR)
     keep_y: bool = True  # a gradient is wanted: the scan's output before the norm is kept for the backward
 
     @property
@@ -764,14 +772,20 @@ class _Mamba2Fused(torch.autograd.Function):
                              norm=norm)[0].flatten(-2)  # (B, L, d_ssm)
             del s
             out = y if nout is None else nout.flatten(-2)
-            if norm_weight is not None and not cfg.norm_in_scan:
-                out, rstd = _rmsnorm_forward(y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups,
-                                             cfg.norm_before_gate)
-            if cfg.d_mlp > 0:
-                out = torch.cat([F.silu(z0) * x0, out], dim=-1)  # (B, L, d_inner)
-            if out_weight is not None:
-                dt_ = cfg.out_dtype
-                out = F.linear(out.to(dt_), out_weight.to(dt_), out_bias.to(dt_) if out_bias is not None else None)
+            dt_ = cfg.out_dtype
+            if cfg.norm_linear:  # the norm and out_proj in one kernel: the norm's output is never written
+                out, rstd = norm_linear.gated_rmsnorm_linear(
+                    y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups, cfg.norm_before_gate, out_weight.to(dt_),
+                    out_bias.to(dt_) if out_bias is not None else None)  # (B, L, d_model)
+            else:
+                if norm_weight is not None and not cfg.norm_in_scan:
+                    out, rstd = _rmsnorm_forward(y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups,
+                                                 cfg.norm_before_gate)
+                if cfg.d_mlp > 0:
+                    out = torch.cat([F.silu(z0) * x0, out], dim=-1)  # (B, L, d_inner)
+                if out_weight is not None:
+                    out = F.linear(out.to(dt_), out_weight.to(dt_),
+                                   out_bias.to(dt_) if out_bias is not None else None)
         ctx.save_for_backward(zxbcdt, y, rstd, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight,
                               out_bias)
         ctx.cfg = cfg
@@ -930,9 +944,13 @@ def mamba2_fused_forward(
         zxbcdt = zxbcdt.contiguous()
     params = (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight, out_proj_bias)
     grad_wanted = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+    out_dtype = _mm_dtype(zxbcdt)
+    norm_in_scan = _NORM_IN_SSD and norm_weight is not None
     cfg = _LayerCfg(headdim=headdim, d_state=d_state, ngroups=ngroups, chunk_size=chunk_size,
                     norm_before_gate=norm_before_gate, eps=eps, dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
-                    d_mlp=d_mlp, nheads=nheads, out_dtype=_mm_dtype(zxbcdt),
-                    norm_in_scan=_NORM_IN_SSD and norm_weight is not None, keep_y=grad_wanted)
+                    d_mlp=d_mlp, nheads=nheads, out_dtype=out_dtype, norm_in_scan=norm_in_scan,
+                    norm_linear=(_NORM_LINEAR and not norm_in_scan and norm_weight is not None
+                                 and out_proj_weight is not None and d_mlp == 0 and norm_linear.supported(out_dtype)),
+                    keep_y=grad_wanted)
     return _Mamba2Fused.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight,
                               out_proj_bias, cfg)
