@@ -55,7 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gpu_models as gm  # noqa: E402
 from _common import device_seconds  # noqa: E402
 
-from condorbrain.ssm.graph import EagerStep, GraphedForward, GraphedStep, graph_unavailable_reason  # noqa: E402
+from condorbrain.ssm.graph import EagerStep, GraphedStep, graph_unavailable_reason  # noqa: E402
+
+try:  # an A/B against an older revision's library (PYTHONPATH=.baseline/src): its graph module may lack it
+    from condorbrain.ssm.graph import GraphedForward
+except ImportError:
+    GraphedForward = None
 
 CASES = {"a": "training step", "b": "inference forward", "c": "streaming step", "d": "long sequences"}
 # In the order they run: the library's network and its two peers first, so that a run cut short by its time budget
@@ -208,6 +213,8 @@ def infer_step(name: str, setup: Setup, path: str = "eager") -> tuple[Callable[[
     count). Skip where the graph cannot be captured here."""
     if path == "cuda-graph" and (reason := graph_unavailable_reason(None, torch.device(setup.device))):
         raise Skip(reason)
+    if path == "cuda-graph" and GraphedForward is None:
+        raise Skip("this revision of the library has no condorbrain.ssm.graph.GraphedForward")
     torch.manual_seed(0)
     net = build_model(name, setup, setup.layers).eval()
     x = torch.randn(setup.batch, setup.L, gm.N_IN, device=setup.device)
