@@ -23,7 +23,7 @@ launched; each distinct specialisation compiled once by Triton's own pipeline an
     bash benchmarks/export_baseline.sh bdbc8fc                          # run 5's kernels into .baseline/
     PYTHONPATH=.baseline/src python benchmarks/sass_counts.py --out run5.json
     python benchmarks/sass_counts.py --price run5.json                  # this tree priced at run 5's rates
-    python benchmarks/sass_counts.py --price run5.json --variant fused._CONV_IN_SSD=1   # a switch the other way
+    python benchmarks/sass_counts.py --price run5.json --variant ssd._DX_HEADS=4        # a setting the other way
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="default", metavar="SETTINGS",
                         help="settings in force, as benchmarks/gpu_sweep.py's variants: module.NAME=value joined by +, "
-                             "e.g. fused._CONV_IN_SSD=1+fused._NORM_IN_SSD=1")
+                             "e.g. ssd._DX_HEADS=4+fused._CONV_BWD_WARPS=8")
     parser.add_argument("--case", choices=("training", "inference", "both"), default="both")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--price", type=Path, metavar="RUN5.json",

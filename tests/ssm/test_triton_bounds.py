@@ -45,7 +45,6 @@ import triton.language as tl
 
 from condorbrain.ssm import triton as triton_path
 from condorbrain.ssm.triton import fused as fused_module
-from condorbrain.ssm.triton import norm_linear
 from condorbrain.ssm.triton import ssd as ssd_module
 from condorbrain.ssm.triton import step as step_module
 
@@ -484,23 +483,14 @@ VARIANTS = {
     "max_chunk_32": {"ssd._MAX_CHUNK": 32},
     # _chunk_bwd_bc split over heads and state columns at once (production's d_state 128 has 2 column blocks)
     "bc_heads_4_state_block_16": {"ssd._BC_HEADS": 4, "ssd._BWD_STATE_BLOCK": 16},
-    "conv_in_ssd": {"fused._CONV_IN_SSD": True},
-    "conv_in_ssd_bwd": {"fused._CONV_IN_SSD": True, "fused._CONV_IN_SSD_BWD": True},
-    "norm_in_ssd": {"fused._NORM_IN_SSD": True},
-    "conv_gate_in_bwd": {"fused._CONV_GATE_IN_BWD": True},
     "norm_bwd_rows_4": {"fused._NORM_BWD_ROWS": 4, "fused._NORM_BWD_PROGRAMS": 4096},
-    # the gated norm and out_proj in one kernel, at its tile and at one that leaves partial row and column blocks
-    "norm_linear": {"fused._NORM_LINEAR": True},
-    "norm_linear_tile_16": {"fused._NORM_LINEAR": True, "norm_linear._BM": 16, "norm_linear._BN": 16,
-                            "norm_linear._BK": 16},
 }
 
 
 def _set(monkeypatch, variant):
     for name, value in VARIANTS[variant].items():
         module, attr = name.split(".")
-        monkeypatch.setattr({"fused": fused_module, "ssd": ssd_module, "norm_linear": norm_linear}[module], attr,
-                            value)
+        monkeypatch.setattr({"fused": fused_module, "ssd": ssd_module}[module], attr, value)
 
 
 # (b, L, h, p, g, n, chunk_size, options): L never a multiple of the chunk
@@ -636,9 +626,8 @@ def test_fused_layer_in_bounds(variant, monkeypatch):
     assert {"_conv_bwd", "_rmsnorm_bwd", "_chunk_bwd_bc"} <= set(checked.kernels), checked.kernels
 
 
-@pytest.mark.parametrize("name,variant", [("groups_mlp", "defaults"), ("groups_mlp", "conv_in_ssd_bwd"),
-                                          ("groups_mlp", "norm_in_ssd"), ("no_norm", "defaults"),
-                                          ("no_norm", "conv_in_ssd_bwd"), ("no_norm", "dx_channel_blocks_1")])
+@pytest.mark.parametrize("name,variant", [("groups_mlp", "defaults"), ("groups_mlp", "bc_heads_4"),
+                                          ("no_norm", "defaults"), ("no_norm", "dx_channel_blocks_1")])
 def test_fused_layer_options_in_bounds(name, variant, monkeypatch):
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
     _set(monkeypatch, variant)
@@ -656,10 +645,8 @@ def test_fused_layer_autocast_in_bounds(variant, monkeypatch):
 
 
 def test_fused_layer_inference_in_bounds(monkeypatch):
-    # no gradient: the norm inside the scan normalising in place, the conv inside the forward's kernels
+    # no gradient: the forward's kernels only
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
-    _set(monkeypatch, "norm_in_ssd")
-    monkeypatch.setattr(fused_module, "_CONV_IN_SSD", True)
     from condorbrain.ssm.mamba2 import Mamba2
 
     torch.manual_seed(0)

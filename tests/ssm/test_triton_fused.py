@@ -47,15 +47,12 @@ def grads_of(fn, tensors, seed=1):
 
 # --- the two kernels on their own ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("gate_in_bwd", [True, False], ids=["one backward kernel", "gate kernel first"])
 @pytest.mark.parametrize("programs", [8192, 4, 1], ids=["a block per program", "2 runs a row", "whole rows"])
 @pytest.mark.parametrize("bias,silu", [(True, True), (False, True), (True, False)])
-def test_conv(device, bias, silu, programs, gate_in_bwd, monkeypatch):
+def test_conv(device, bias, silu, programs, monkeypatch):
     # programs: the backward's target program count, so that a program's run of steps is one block of 16, two
-    # (the row split in 2: 32 + 5 steps) or the whole row (3 blocks). gate_in_bwd: the SiLU's derivative inside
-    # _conv_bwd, or _conv_bwd_gate's g first
+    # (the row split in 2: 32 + 5 steps) or the whole row (3 blocks)
     monkeypatch.setattr(fused_module, "_CONV_BWD_PROGRAMS", programs)
-    monkeypatch.setattr(fused_module, "_CONV_GATE_IN_BWD", gate_in_bwd)
     check_conv(device, bias, silu, width=4)
 
 
@@ -148,9 +145,7 @@ LAYERS = {
     # _chunk_bwd_bc takes them all (_BC_HEADS), its dB, dC straight into the conv's gradient buffer (the seed
     # config's case: 16 heads per group)
     "8_heads_split": dict(headdim=8),
-    # 3 taps (with the conv inside the SSD kernels, test_backward_conv_inside_the_ssd_kernels: ssd._load_in across
-    # chunk boundaries)
-    "d_conv_3": {"d_conv": 3},
+    "d_conv_3": {"d_conv": 3},  # 3 taps (the conv kernels' taps padded to 4 and masked)
     # headdim 32: _chunk_bwd_dx takes each head's channels in two blocks of 16 (ssd._DX_CHANNEL_BLOCKS), its dx
     # written over dy (the norm's) in place, block by block
     "headdim_32": {"headdim": 32},
@@ -191,57 +186,16 @@ def triton_backend(monkeypatch):
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
 
 
-@pytest.mark.parametrize("conv_in_ssd", [True, False], ids=["conv_in_ssd", "conv_first"])
-def test_forward_conv_inside_the_ssd_kernels(device, conv_in_ssd, monkeypatch):
-    # the forward with the conv applied inside the SSD kernels' loads or by its own kernel first (the default):
-    # the same values (both round the conv's output to the activation dtype before the scan)
-    monkeypatch.setattr(fused_module, "_CONV_IN_SSD", conv_in_ssd)
-    torch.manual_seed(0)
-    m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16).to(device)
-    u = torch.randn(2, 37, 32, device=device)
-    with torch.no_grad():
-        y = fused_layer(m, u)[1]
-        monkeypatch.setattr(fused_module, "_CONV_IN_SSD", not conv_in_ssd)
-        y_other = fused_layer(m, u)[1]
-    torch.testing.assert_close(y, y_other, rtol=1e-6, atol=1e-6)
-    ref = copy.deepcopy(m).cpu().double()
-    y_ref = layer_grads(ref, u.cpu().double(), lambda m, u: m(u))[1]
-    assert_close("out_proj input", y, y_ref)
-
-
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_inference_norm_inside_the_scan(device, name, monkeypatch):
-    # no gradient wanted: the gated RMSNorm runs in the SSD's last kernel (fused._NORM_IN_SSD, a program per group
-    # and chunk, two passes over its outputs); against the float64 reference and the norm's own kernel
+def test_inference_matches_mamba2(device, name):
+    # no gradient wanted (nothing kept for a backward): out_proj's input against the float64 reference
     torch.manual_seed(0)
     m = Mamba2(d_model=32, **{"d_state": 16, "headdim": 16, "chunk_size": 16, **LAYERS[name]}).to(device)
     u = torch.randn(2, 37, 32, device=device)
-    calls = []
-    real = fused_module.ssd._forward
-    monkeypatch.setattr(fused_module.ssd, "_forward", lambda *a, **k: calls.append(k.get("norm")) or real(*a, **k))
     with torch.no_grad():
-        monkeypatch.setattr(fused_module, "_NORM_IN_SSD", True)
         y = fused_layer(m, u)[1]
-        monkeypatch.setattr(fused_module, "_NORM_IN_SSD", False)
-        y_apart = fused_layer(m, u)[1]
-    assert [c is not None for c in calls] == [m.rmsnorm, False]
-    torch.testing.assert_close(y, y_apart, rtol=1e-5, atol=1e-5)
     y_ref = layer_grads(copy.deepcopy(m).cpu().double(), u.cpu().double(), lambda m, u: m(u))[1]
     assert_close("out_proj input", y, y_ref)
-
-
-def test_inference_norm_inside_the_scan_bfloat16(device, monkeypatch):
-    # bf16 activations: y rounded to bf16 before the norm in both (the same numbers up to the sums' order)
-    torch.manual_seed(0)
-    m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16).to(device=device, dtype=torch.bfloat16)
-    u = torch.randn(1, 24, 32, device=device, dtype=torch.bfloat16)
-    with torch.no_grad():
-        monkeypatch.setattr(fused_module, "_NORM_IN_SSD", True)
-        y = fused_layer(m, u)[1]
-        monkeypatch.setattr(fused_module, "_NORM_IN_SSD", False)
-        y_apart = fused_layer(m, u)[1]
-    assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), y_apart.float(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("out_proj_inside", [False, True], ids=["out_proj_outside", "out_proj_inside"])
@@ -272,58 +226,15 @@ def test_layer_matches_mamba2(device, name, out_proj_inside, monkeypatch):
             assert_close(f"d{k}", g[k], g_ref[k])
 
 
-@pytest.mark.parametrize("norm_in_ssd", [True, False], ids=["norm in the scan", "norm apart"])
 @pytest.mark.parametrize("out_in_bwd", [True, False], ids=["norm output from its backward", "norm forward rerun"])
 @pytest.mark.parametrize("name", ["default", "groups+norm_before_gate+D_hdim+bias", "mlp+rmsnorm"])
-def test_layer_norm_both_ways(device, name, out_in_bwd, norm_in_ssd, monkeypatch):
-    """Training with the gated norm inside the scan's last kernel (``fused._NORM_IN_SSD``: y kept, the norm's output
-    and 1/rms stored beside it) or apart; and out_proj's input in the backward, the norm's output (with the d_mlp
-    branch's beside it in "mlp+rmsnorm"), stored by the norm's backward kernel (``fused._NORM_OUT_IN_BWD``) or by
-    its forward kernel rerun: the same output and gradients as the float64 layer each way."""
+def test_layer_norm_output_both_ways(device, name, out_in_bwd, monkeypatch):
+    """out_proj's input in the backward, the norm's output (with the d_mlp branch's beside it in "mlp+rmsnorm"),
+    stored by the norm's backward kernel (``fused._NORM_OUT_IN_BWD``) or by its forward kernel rerun: the same
+    output and gradients as the float64 layer each way."""
     monkeypatch.setitem(LAYERS, "mlp+rmsnorm", {"d_ssm": 32})
     monkeypatch.setattr(fused_module, "_NORM_OUT_IN_BWD", out_in_bwd)
-    monkeypatch.setattr(fused_module, "_NORM_IN_SSD", norm_in_ssd)
-    norms = []
-    real = fused_module.ssd._forward
-    monkeypatch.setattr(fused_module.ssd, "_forward", lambda *a, **k: norms.append(k.get("norm")) or real(*a, **k))
     test_layer_matches_mamba2(device, name, True, monkeypatch)
-    if norm_in_ssd:  # with buffers of its own for the norm's output and 1/rms: y is kept
-        assert len(norms) == 1 and norms[0][4] is not None and norms[0][5] is not None
-    else:
-        assert norms == [None]
-
-
-@pytest.mark.parametrize("joined", [True, False], ids=["norm and out_proj joined", "norm then cuBLAS"])
-@pytest.mark.parametrize("name", ["default", "groups+norm_before_gate+D_hdim+bias", "mlp+rmsnorm"])
-def test_layer_norm_linear_both_ways(device, name, joined, monkeypatch):
-    """The gated norm and out_proj in one kernel (``fused._NORM_LINEAR``, :mod:`condorbrain.ssm.triton.norm_linear`)
-    or the norm's kernel then F.linear: the float64 layer's output and gradients either way. The joined kernel runs
-    where out_proj is inside and there is no d_mlp branch ("mlp+rmsnorm" has one: the norm then F.linear)."""
-    monkeypatch.setitem(LAYERS, "mlp+rmsnorm", {"d_ssm": 32})
-    monkeypatch.setattr(fused_module, "_NORM_LINEAR", joined)
-    calls = []
-    real = fused_module.norm_linear.gated_rmsnorm_linear
-    monkeypatch.setattr(fused_module.norm_linear, "gated_rmsnorm_linear",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
-    test_layer_matches_mamba2(device, name, True, monkeypatch)
-    assert len(calls) == (joined and name != "mlp+rmsnorm")
-
-
-@pytest.mark.parametrize("name", ["default", "no_rmsnorm+mlp+dt_limit+no_conv_bias", "8_heads_split", "d_conv_3"])
-def test_backward_conv_inside_the_ssd_kernels(device, name, monkeypatch):
-    """The conv applied inside every SSD kernel, the forward's (``fused._CONV_IN_SSD``) and the backward's
-    (``fused._CONV_IN_SSD_BWD``, at the settings the sweep tries it with), rather than its output computed first:
-    the float64 layer's outputs and gradients, across chunk boundaries, with z in the scan (dz from the forward's
-    kernel), no conv bias, split heads and 3 taps."""
-    monkeypatch.setattr(fused_module, "_CONV_IN_SSD", True)
-    monkeypatch.setattr(fused_module, "_CONV_IN_SSD_BWD", True)
-    monkeypatch.setattr(fused_module.ssd, "_BC_STAGES", 1)
-    monkeypatch.setattr(fused_module.ssd, "_DX_WARPS", 8)
-    conv_runs = []
-    real = fused_module._conv_forward
-    monkeypatch.setattr(fused_module, "_conv_forward", lambda *a, **k: conv_runs.append(1) or real(*a, **k))
-    test_layer_matches_mamba2(device, name, True, monkeypatch)
-    assert conv_runs == []  # the conv's output is computed nowhere, forward or backward
 
 
 def test_layer_bfloat16(device):

@@ -4,33 +4,29 @@
 (no carried state), outputs and gradients, as one autograd node (``_Mamba2Fused``), with no copies in between:
 
 1. conv + SiLU: ``_conv_fwd`` writes silu(conv(xBC)) once, bias and SiLU fused, no pre-activation stored, reading
-   xBC as a strided view of the in_proj output. (Or the SSD's kernels apply it to what they load,
-   ``_CONV_IN_SSD``, see ``ssd._load_in``: the conv's output is never written, but its work is done twice, in two
-   latency-bound kernels; off.)
+   xBC as a strided view of the in_proj output. (The SSD's kernels applying it to what they load instead, so that
+   its output is never written, did its work twice in latency-bound kernels: slower on an H100, removed.)
 2. the SSD scan (:mod:`condorbrain.ssm.triton.ssd`'s kernels): dt a view of the in_proj output; dt + dt_bias,
    softplus and the D skip applied inside its kernels, so no processed copy of dt, x or the output is made.
 3. the gated RMSNorm (y * silu(z), z read in place from the in_proj output, the per-group RMS, the weight):
-   ``_rmsnorm_fwd`` after the scan, one pass. (Or inside the SSD's last kernel, ``_NORM_IN_SSD``, which keeps the
-   group's outputs of a chunk in one program: in training y is stored, as the backward needs it, with the norm's
-   output and 1/rms beside it, in inference y is normalised in place; off, as it adds its work to a latency-bound
-   kernel.)
+   ``_rmsnorm_fwd`` after the scan, one pass. (Inside the SSD's last kernel, or joined to out_proj in one Triton
+   GEMM, it was slower on an H100: benchmarks/results/h100-2026-11-26/NOTES.md.)
 4. out_proj (cuBLAS), inside the node, so that its input is recomputed in the backward rather than kept.
 
 The node keeps zxbcdt, the scan's output before the norm and the norm's 1/rms (4 bytes per row and group), as
 the official ``mamba_split_conv1d_scan_combined`` does: nothing else per token. Per token and layer at the seed
 sizes (bf16 autocast, d_model 512, d_state 64, headdim 64) that is 6.4 KB (+ in_proj's 1 KB input) where three
 chained autograd functions and an nn.Linear kept 10.9 KB: the conv output, the norm's output, float32 dt and decay
-sums as well (``benchmarks/activation_memory.py``). The backward recomputes the conv output (``_conv_fwd``; or
-the backward's SSD kernels apply the conv to their loads, ``_CONV_IN_SSD_BWD``, off) and the scan's dt and
-decay sums (one small kernel); the norm's backward (``_rmsnorm_bwd``) stores the norm's output
+sums as well (``benchmarks/activation_memory.py``). The backward recomputes the conv output (``_conv_fwd``) and
+the scan's dt and decay sums (one small kernel); the norm's backward (``_rmsnorm_bwd``) stores the norm's output
 for out_proj's weight gradient as it goes (``_NORM_OUT_IN_BWD``; else ``_rmsnorm_fwd`` reruns for it); the SSD's
-backward kernels; the conv's backward, ``_conv_bwd_gate`` (the SiLU's derivative) then ``_conv_bwd`` (or one
-kernel forming the derivative inside, ``_CONV_GATE_IN_BWD``, off). Each piece of the input gradient is written
-straight into its columns of dzxbcdt. The switches are module constants, tried side by side by
-``benchmarks/gpu_sweep.py``; the tests run every way. The remaining small pieces (A = -exp(A_log), the d_mlp
-gated-MLP branch when d_ssm < d_inner, a dt_limit clamp, sums of per-block partial gradients, out_proj's matmuls)
-stay in PyTorch. The conv and the norms are also exposed on their own (``causal_conv1d_silu_triton``,
-``rmsnorm_gated_triton``, and the pre-norm block's ``rmsnorm_linear_triton`` / ``add_rmsnorm_linear_triton``).
+backward kernels; the conv's backward, ``_conv_bwd_gate`` (the SiLU's derivative) then ``_conv_bwd``. Each piece
+of the input gradient is written straight into its columns of dzxbcdt. The switches are module constants, tried
+side by side by ``benchmarks/gpu_sweep.py``; the tests run every way. The remaining small pieces (A =
+-exp(A_log), the d_mlp gated-MLP branch when d_ssm < d_inner, a dt_limit clamp, sums of per-block partial
+gradients, out_proj's matmuls) stay in PyTorch. The conv and the norms are also exposed on their own
+(``causal_conv1d_silu_triton``, ``rmsnorm_gated_triton``, and the pre-norm block's ``rmsnorm_linear_triton`` /
+``add_rmsnorm_linear_triton``).
 
 Like :mod:`condorbrain.ssm.triton.ssd`, host code uses one fixed launch config (no autotuner, no device queries),
 so the same code runs under ``TRITON_INTERPRET=1`` on the CPU.
@@ -46,7 +42,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from condorbrain.ssm.triton import norm_linear, ssd
+from condorbrain.ssm.triton import ssd
 from condorbrain.ssm.triton.ssd import launch_options, on_device, sigmoid
 
 __all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_fused_forward",
@@ -56,9 +52,8 @@ _BLOCK_L = 16  # time steps per conv program
 # _conv_bwd's tile: three (K, BL, BC)-sized float32 arrays live; BC 128 was 3% faster than 64 on an H200
 # (benchmarks/gpu_sweep.py, 2026-11-26 run 3: 12.90 against 13.26 and 13.43 ms a layer), on 4 warps (252 registers,
 # two blocks an SM, as run 5 timed it). On 8 warps (sm_90, ptxas): 128 registers, two blocks an SM (16 warps where 4
-# gave 8), no barrier in its loop (8 on 4), but 34% more instructions a tile (benchmarks/sass_counts.py): faster
-# only if twice the warps raise its issue rate by more than that; the sweep's _CONV_BWD_WARPS=8 row says. With the
-# SiLU's derivative inside (GATE) 4 warps spill 156 B per thread, 8 none (250 registers, one block an SM)
+# gave 8), no barrier in its loop (8 on 4), but 34% more instructions a tile (benchmarks/sass_counts.py): 9.38
+# against 8.53 ms a layer's training step on an H100 (benchmarks/results/h100-2026-11-26/, run 6)
 _CONV_BWD_BL, _CONV_BWD_BC, _CONV_BWD_WARPS = 16, 128, 4
 _CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
 _BLOCK_ROWS = 16  # rows (batch * time) per program of the RMSNorm's forward
@@ -68,33 +63,13 @@ _BLOCK_ROWS = 16  # rows (batch * time) per program of the RMSNorm's forward
 # on an H100 (benchmarks/gpu_sweep.py, 2026-11-26, benchmarks/results/h100-2026-11-26/): 8.14 ms a layer's training
 # step where 4-row tiles in runs over 4096 programs (128 registers, two blocks an SM, fewer instructions a row by
 # sm_90's SASS) took 8.53: the static counts priced that one faster, but this kernel streams 1.5 GB a seed layer
-# and more rows a tile keep more bytes in flight
+# and more rows a tile keep more bytes in flight (ptxas, sm_90, the seed's gated norm: 255 registers and 4 B of spills
+# a thread; in run 7's profile 23.6 ms a step where the 4-row tiles took 30.7)
 _NORM_BWD_ROWS, _NORM_BWD_PROGRAMS, _NORM_BWD_WARPS = 16, 1 << 30, 8
-# The SiLU's derivative inside _conv_bwd (GATE) rather than _conv_bwd_gate first: g = dL/dpre, (B, L, C) float32, is
-# neither written nor read back, but the pre-activation is recomputed for each of the K shifted tiles (K loads and
-# K SiLUs an element where _conv_bwd_gate does one): sm_90's SASS (benchmarks/sass_counts.py) has 4.6x run 5's
-# _conv_bwd's instructions a tile, in a kernel of one 8-warp block an SM: at the ~1 warp-instruction a cycle an SM
-# that run 5's kernels of that occupancy issued, ~70 ms a seed training step where the pair took 27. Off
-# (benchmarks/gpu_sweep.py tries it)
-_CONV_GATE_IN_BWD = False
 # The norms' backward kernels store the forward's output (which the next Linear's weight gradient needs) rather
 # than the forward kernel rerunning for it first: y and z (or the block's input) are read once, not twice
 # (benchmarks/gpu_sweep.py tries both)
 _NORM_OUT_IN_BWD = True
-# The layer's forward applies the conv inside the SSD kernels' loads (ssd._load_in) rather than in _conv_fwd first:
-# the conv's output, (B, L, conv_dim), is neither written nor read back, but its work is done twice (_state_fwd and
-# _chunk_scan_fwd each convolve x), K loads an element each, in latency-bound kernels: sm_90's SASS
-# (benchmarks/sass_counts.py) has _chunk_scan_fwd's loop over heads at 1,445 instructions where 923 without,
-# _state_fwd at 1,576 where 272. Priced at run 5's issue rates, ~+19 ms a seed step against _conv_fwd's 5.9. Off
-# (benchmarks/gpu_sweep.py tries it)
-_CONV_IN_SSD = False
-# Likewise the backward's SSD kernels (_state_fwd, _state_bwd, _chunk_bwd_bc, _chunk_bwd_dx), rather than _conv_fwd
-# recomputing the conv's output for them: (B, L, conv_dim) would be neither written nor read back. Off: ptxas
-# (sm_90, seed sizes) spills in the two big backward kernels with it at their settings (_chunk_bwd_bc 84 B per
-# thread, _chunk_bwd_dx 196 B), and the settings that do not (ssd._BC_STAGES=1, ssd._DX_WARPS=8) give up the
-# pipelining of one and the two blocks per SM of the other, which take a third of the step; benchmarks/gpu_sweep.py
-# tries it with them
-_CONV_IN_SSD_BWD = False
 # The SSD's gradients in the backward (its output gradient dy from the norm, and dx, dB, dC, which the conv's backward
 # reads) stored in the activations' dtype when that is half precision, as the official layer stores them (its dxBC is
 # empty_like(xBC)), rather than float32: every kernel still computes in float32 and rounds once where it stores. A
@@ -102,22 +77,6 @@ _CONV_IN_SSD_BWD = False
 # _chunk_bwd_bc, _chunk_bwd_dx, the conv's backward), 2.3 KB per token at the seed instead of 4.6
 # (benchmarks/gpu_sweep.py tries both)
 _GRADS_IN_ACT_DTYPE = True
-# The gated RMSNorm inside the SSD's last kernel (ssd._chunk_scan, norm=...) rather than _rmsnorm_fwd after it: y is
-# not read back from memory, nor z once more, and one launch less. Where no gradient is wanted (inference) y, which
-# only the backward needs, is normalised in place and never written apart; in training it is kept, the norm's
-# output and 1/rms stored beside it. But the norm's work then runs in a latency-bound kernel (one 8-warp block an
-# SM): sm_90's SASS (benchmarks/sass_counts.py) has _chunk_scan_fwd's loops over heads at 1,263 instructions a head
-# where 614 without (the norm's second pass included), 340M warp-instructions a seed layer where 187M: ~+14 ms a
-# seed step at the issue rate run 5's scan had, against ~5 ms of _rmsnorm_fwd's for the gated norm. Off
-# (benchmarks/gpu_sweep.py tries it)
-_NORM_IN_SSD = False
-# The gated RMSNorm and out_proj in one kernel (condorbrain.ssm.triton.norm_linear) rather than _rmsnorm_fwd, then
-# cuBLAS on its output: the norm's output (rows, d_ssm) is neither written nor read back, 0.63 of the pair's 1.26 GB
-# a seed layer; but the elementwise part runs once per column block and the matmul is Triton's. Where the layer has
-# out_proj inside, no d_mlp branch and a bf16 or float32 matmul. sm_90's SASS (benchmarks/sass_counts.py) has 747
-# instructions a warp per 64-channel step, 180 registers, one block an SM: ~390M warp-instructions a seed layer,
-# more than the two kernels it replaces issue at the rates run 5 measured. Off until timed (benchmarks/gpu_sweep.py)
-_NORM_LINEAR = False
 
 
 def _pow2(n: int) -> int:
@@ -194,21 +153,19 @@ def _conv_bwd(
     x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dwp_ptr, dbp_ptr,
     L, C, nsplit, steps,
     s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_g_b, s_g_l, s_g_c, s_o_b, s_o_l, s_o_c,
-    HAS_BIAS: tl.constexpr, GATE: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BL: tl.constexpr,
-    BC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
 ):
     # grid (b, nsplit, cdiv(C, BC)): a program takes ``steps`` consecutive steps (a multiple of BL) of one row, BL at
     # a time. With g = dL/dpre (pre = the conv before its activation; _conv_bwd_gate's output, or dy itself):
     #   dx[t] = sum_j w[K-1-j] g[t+j],  dw[k] = sum_t g[t] x[t-K+1+k],  dbias = sum_t g[t]
     # dw, dbias as per-program partials (b, nsplit, K, C) and (b, nsplit, C), summed on the host. dx (strides
     # s_o_*) is stored in its buffer's dtype (e.g. bf16 straight into the xBC columns of the layer's dzxbcdt).
-    # GATE: g_ptr holds dy = dL/dsilu(pre) and g = dy silu'(pre) is formed here, from pre recomputed for each of
-    # the K shifted tiles (K loads of x each, L1 hits: what _conv_bwd_gate does, without writing g to memory and
-    # reading it back, a float32 (B, L, C) round trip; the K - 1 later steps' pre is computed K times over).
-    # Inside the loop nothing is reduced: the K shifted tiles of g and the (K, BL, BC) tile of x are loaded
-    # together and dw, dbias accumulate elementwise; one reduction over the steps at the end. (Reducing dw per
-    # block of 16 steps, each of K x loads waiting behind the previous reduction's barrier, took 2.0 ms per seed
-    # layer on an H200.)
+    # (The SiLU's derivative formed here instead, from pre recomputed for each of the K shifted tiles, without
+    # _conv_bwd_gate's g: 4.6x the instructions a tile, one block an SM on 8 warps, 9.75 against 8.53 ms a layer's
+    # training step on an H100, run 6: removed.) Inside the loop nothing is reduced: the K shifted tiles of g and
+    # the (K, BL, BC) tile of x are loaded together and dw, dbias accumulate elementwise; one reduction over the
+    # steps at the end. (Reducing dw per block of 16 steps, each of K x loads waiting behind the previous
+    # reduction's barrier, took 2.0 ms per seed layer on an H200.)
     bi, pid_s, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cc = pid_c * BC + tl.arange(0, BC)
     mc = cc < C
@@ -225,11 +182,6 @@ def _conv_bwd(
             tj = t + j  # the output step whose gradient reaches x[t] through w[K-1-j]
             g = tl.load(g_ptr + bi * s_g_b + tj[:, None] * s_g_l + cc[None, :] * s_g_c,
                         mask=(tj[:, None] < L) & mc[None, :], other=0.0).to(tl.float32)
-            if GATE:
-                pre = _conv_pre(x_ptr, w_ptr, bias_ptr, bi, tj, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k,
-                                HAS_BIAS, K, BL, BC)
-                sg = sigmoid(pre)
-                g = g * sg * (1.0 + pre * (1.0 - sg))
             dx += g * tl.load(w_ptr + cc * s_w_c + (K - 1 - j) * s_w_k, mask=mc, other=0.0).to(tl.float32)[None, :]
             if j == 0:
                 g0 = g
@@ -275,8 +227,7 @@ def _conv_backward(
     its loop (1.13 ms per seed layer with 64 channels a program, 0.66 ms with 128, H200, runs 3 and 5 in
     benchmarks/results/h200-2026-11-26/; the version that reduced per 16 steps took 2.0 ms), after
     ``_conv_bwd_gate`` (the pre-activation recomputed once per element, into g; 0.47 ms per seed layer in run 5,
-    g float32), which ``_CONV_GATE_IN_BWD`` folds into it (the SiLU's derivative applied to dy as it is loaded;
-    off, see there). dy_scratch: dy is the caller's to overwrite: g is written over it, in dy's dtype (the fused
+    g float32). dy_scratch: dy is the caller's to overwrite: g is written over it, in dy's dtype (the fused
     layer's dxBC: bf16 under bf16 activations with ``_GRADS_IN_ACT_DTYPE``, g then rounded once, as dy was; at the
     seed 0.57 GB a layer less written and 0.28 GB less read than a float32 g of its own); else g gets a float32
     buffer of its own."""
@@ -300,7 +251,7 @@ def _conv_backward(
     dbp = torch.empty(b, nsplit, C, **f32) if bias is not None else None
     with on_device(x):
         g = dy
-        if silu and not _CONV_GATE_IN_BWD:
+        if silu:
             g = dy if dy_scratch else torch.empty(b, L, C, **f32)
             _conv_bwd_gate[grid](
                 x, w, bias if bias is not None else w, dy, g, L, C, *x.stride(), *w.stride(), *dy.stride(),
@@ -308,7 +259,7 @@ def _conv_backward(
         _conv_bwd[(b, nsplit, nc)](
             x, w, bias if bias is not None else w, g, dx, dwp, dbp if dbp is not None else dwp,
             L, C, nsplit, steps, *x.stride(), *w.stride(), *g.stride(), *dx.stride(),
-            HAS_BIAS=bias is not None, GATE=silu and _CONV_GATE_IN_BWD, K=K, KP=triton.next_power_of_2(K),
+            HAS_BIAS=bias is not None, K=K, KP=triton.next_power_of_2(K),
             BL=_CONV_BWD_BL, BC=BCb, **launch_options(num_warps=_CONV_BWD_WARPS))
     dw = dwp.sum((0, 1)).t().reshape(weight.shape).to(weight.dtype)
     db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
@@ -696,9 +647,6 @@ class _LayerCfg:
     d_mlp: int
     nheads: int
     out_dtype: torch.dtype  # out_proj's compute dtype: the autocast dtype under autocast, else zxbcdt's
-    norm_in_scan: bool = False  # the gated norm inside the SSD's last kernel (see _NORM_IN_SSD)
-    norm_linear: bool = False  # the gated norm and out_proj in one kernel (see _NORM_LINEAR)
-    keep_y: bool = True  # a gradient is wanted: the scan's output before the norm is kept for the backward
 
     @property
     def d_ssm(self) -> int:
@@ -711,19 +659,12 @@ class _LayerCfg:
 
 
 def _scan_inputs(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, dt_bias: Tensor, A_log: Tensor,
-                 D: Tensor, use_z: bool, cfg: _LayerCfg, run_conv: bool = True) -> dict:
-    """The conv output and everything the SSD kernels take, from zxbcdt (run by the backward, which keeps none of
-    it): x, B, C as views of the conv output, dt as a view of zxbcdt (or, with a dt_limit, the clamped
-    softplus(dt + dt_bias) in float32, which has no kernel), and the SSD's size dict. Without ``run_conv`` (the
-    forward, whose SSD kernels apply the conv to what they load, see ``ssd._load_in``): x, B, C are views of the
-    conv's input in zxbcdt and "conv" holds what the kernels need for it; the conv's output is never written."""
+                 D: Tensor, use_z: bool, cfg: _LayerCfg) -> dict:
+    """The conv output and everything the SSD kernels take, from zxbcdt (run by the forward and again by the
+    backward, which keeps none of it): x, B, C as views of the conv output, dt as a view of zxbcdt (or, with a
+    dt_limit, the clamped softplus(dt + dt_bias) in float32, which has no kernel), and the SSD's size dict."""
     _, _, z, xBC, dt = cfg.split(zxbcdt)
-    conv = None
-    if run_conv:
-        xBC = _conv_forward(xBC, conv_weight, conv_bias, silu=True)  # (B, L, conv_dim)
-    else:
-        gn = cfg.ngroups * cfg.d_state
-        conv = (conv_weight.reshape(xBC.shape[-1], -1), conv_bias, cfg.d_ssm, cfg.d_ssm + gn)
+    xBC = _conv_forward(xBC, conv_weight, conv_bias, silu=True)  # (B, L, conv_dim)
     x, B, C = torch.split(xBC, [cfg.d_ssm, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], dim=-1)
     x = x.unflatten(-1, (cfg.nheads, cfg.headdim))  # (B, L, h, p)
     B = B.unflatten(-1, (cfg.ngroups, cfg.d_state))  # (B, L, g, n)
@@ -737,7 +678,7 @@ def _scan_inputs(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, 
         xBC=xBC, x=x, B=B, C=C, A=-torch.exp(A_log.float()),  # A: (nheads,)
         D2=D[:, None].expand(cfg.nheads, cfg.headdim) if D.dim() == 1 else D,
         z=z.unflatten(-1, (cfg.nheads, cfg.headdim)) if use_z else None,
-        d=ssd._dims(x, B, cfg.chunk_size), conv=conv, **dt_args)
+        d=ssd._dims(x, B, cfg.chunk_size), **dt_args)
 
 
 class _Mamba2Fused(torch.autograd.Function):
@@ -755,37 +696,19 @@ class _Mamba2Fused(torch.autograd.Function):
         dev = zxbcdt.device
         with torch.autocast(dev.type, enabled=False), on_device(zxbcdt):
             z0, x0, z, _, _ = cfg.split(zxbcdt)
-            # the conv's output by _conv_fwd, or (_CONV_IN_SSD) the conv applied inside the SSD kernels, never written
-            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg,
-                             run_conv=not _CONV_IN_SSD)
-            norm = nout = rstd = None
-            if cfg.norm_in_scan:  # the scan's last kernel applies the norm: into y's own buffer in place where no
-                # backward will want y (never written apart), else beside it with the rows' 1/rms
-                if cfg.keep_y:
-                    d = s["d"]
-                    nout = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=dev, dtype=zxbcdt.dtype)
-                    rstd = torch.empty(d["b"] * d["L"], cfg.ngroups, device=dev, dtype=torch.float32)
-                norm = (z.unflatten(-1, (cfg.nheads, cfg.headdim)), norm_weight, cfg.eps, cfg.norm_before_gate,
-                        nout, rstd)
+            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
             y = ssd._forward(s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None,
-                             s["d"], s["softplus"], want_final=False, conv=s["conv"],
-                             norm=norm)[0].flatten(-2)  # (B, L, d_ssm)
+                             s["d"], s["softplus"], want_final=False)[0].flatten(-2)  # (B, L, d_ssm)
             del s
-            out = y if nout is None else nout.flatten(-2)
-            dt_ = cfg.out_dtype
-            if cfg.norm_linear:  # the norm and out_proj in one kernel: the norm's output is never written
-                out, rstd = norm_linear.gated_rmsnorm_linear(
-                    y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups, cfg.norm_before_gate, out_weight.to(dt_),
-                    out_bias.to(dt_) if out_bias is not None else None)  # (B, L, d_model)
-            else:
-                if norm_weight is not None and not cfg.norm_in_scan:
-                    out, rstd = _rmsnorm_forward(y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups,
-                                                 cfg.norm_before_gate)
-                if cfg.d_mlp > 0:
-                    out = torch.cat([F.silu(z0) * x0, out], dim=-1)  # (B, L, d_inner)
-                if out_weight is not None:
-                    out = F.linear(out.to(dt_), out_weight.to(dt_),
-                                   out_bias.to(dt_) if out_bias is not None else None)
+            out, rstd = y, None
+            if norm_weight is not None:
+                out, rstd = _rmsnorm_forward(y, z, norm_weight, cfg.eps, cfg.d_ssm // cfg.ngroups,
+                                             cfg.norm_before_gate)
+            if cfg.d_mlp > 0:
+                out = torch.cat([F.silu(z0) * x0, out], dim=-1)  # (B, L, d_inner)
+            if out_weight is not None:
+                dt_ = cfg.out_dtype
+                out = F.linear(out.to(dt_), out_weight.to(dt_), out_bias.to(dt_) if out_bias is not None else None)
         ctx.save_for_backward(zxbcdt, y, rstd, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight,
                               out_bias)
         ctx.cfg = cfg
@@ -800,9 +723,8 @@ class _Mamba2Fused(torch.autograd.Function):
         f32 = torch.float32
         with torch.autocast(zxbcdt.device.type, enabled=False), on_device(zxbcdt):
             z0, x0, z, xBC_in, dt_in = cfg.split(zxbcdt)
-            # the conv applied inside the SSD's backward kernels too (_CONV_IN_SSD_BWD), or its output recomputed
-            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg,
-                             run_conv=not _CONV_IN_SSD_BWD)
+            # the conv's output recomputed
+            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
             # out_proj's input, the norm's output, recomputed for its weight gradient: by the norm's backward kernel
             # below, which forms it on the way (_NORM_OUT_IN_BWD), or by the forward's kernel here
             normed = None
@@ -867,7 +789,7 @@ class _Mamba2Fused(torch.autograd.Function):
             dx_out = dx_cols.unflatten(-1, (cfg.nheads, cfg.headdim))
             dx, ddt, dA, dB, dC, dD2, dz_scan, dh0 = ssd._backward(
                 dy, None, s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, dtp, a,
-                s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols, conv=s["conv"])
+                s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols)
             del dtp, a, dy, dh0, dx, dB, dC  # views of dxBC; dh0: None (no initial state)
             if norm_weight is None:
                 dz = dz_scan.flatten(-2)
@@ -942,15 +864,8 @@ def mamba2_fused_forward(
         raise ValueError("out_proj_bias given without out_proj_weight")
     if zxbcdt.stride(-1) != 1:  # the norm kernel reads z with unit channel stride
         zxbcdt = zxbcdt.contiguous()
-    params = (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight, out_proj_bias)
-    grad_wanted = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
-    out_dtype = _mm_dtype(zxbcdt)
-    norm_in_scan = _NORM_IN_SSD and norm_weight is not None
     cfg = _LayerCfg(headdim=headdim, d_state=d_state, ngroups=ngroups, chunk_size=chunk_size,
                     norm_before_gate=norm_before_gate, eps=eps, dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
-                    d_mlp=d_mlp, nheads=nheads, out_dtype=out_dtype, norm_in_scan=norm_in_scan,
-                    norm_linear=(_NORM_LINEAR and not norm_in_scan and norm_weight is not None
-                                 and out_proj_weight is not None and d_mlp == 0 and norm_linear.supported(out_dtype)),
-                    keep_y=grad_wanted)
+                    d_mlp=d_mlp, nheads=nheads, out_dtype=_mm_dtype(zxbcdt))
     return _Mamba2Fused.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight,
                               out_proj_bias, cfg)

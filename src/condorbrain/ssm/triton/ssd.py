@@ -24,12 +24,6 @@ Forward kernels (one launch each):
 3. ``_chunk_scan_fwd``: C.B^T, the decay mask, the intra-chunk matmul, + C.S_c, + D x, times silu(z) (the
    official code's separate ``bmm`` kernel is folded in here: C.B^T never goes to memory).
 
-The fused Mamba-2 layer's forward (``fused._CONV_IN_SSD``) passes x, B, C as views of the conv's input and the conv's
-weights: kernels 2 and 3 then apply the causal conv and its SiLU to what they load (``_load_in``: K shifted loads,
-L1/L2 hits, rounded to the activation dtype as the conv kernel stores it), and the conv's output is never written.
-With ``fused._NORM_IN_SSD``, kernel 3 also applies the layer's gated RMSNorm (a program takes all heads of its
-group: y is stored, read back from L2 and normalised): in place where no gradient is wanted, so y never goes to
-memory apart; beside y, with the rows' 1/rms, in training, so the norm's kernel does not read y and z back.
 
 Without an initial state, chunk 0's entering state is 0: it is neither stored nor read (the readers mask it out by
 ``first_state``). Forward saves only its inputs and the float32 dt and a (O(L) per head). Backward reruns kernel 2
@@ -128,7 +122,7 @@ _BIG_TILE_WARPS = 8
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
 _DX_STAGES = 3  # _chunk_bwd_dx
-_BC_STAGES = 2  # _chunk_bwd_bc (with the conv applied to its loads, fused._CONV_IN_SSD_BWD, 2 spills and 1 not)
+_BC_STAGES = 2  # _chunk_bwd_bc
 # The backward's entering states and state gradients stored in bf16 when the matmuls take bf16 operands (see
 # _backward; benchmarks/gpu_sweep.py tries float32)
 _BWD_STATES_BF16 = True
@@ -283,48 +277,29 @@ def _cumsum_fwd(
 
 
 @triton.jit
-def _load_in(
-    ptr, cols, chan, pos, mrow, mcol, s_l, s_c, w_ptr, cb_ptr, s_w_c, s_w_k,
-    CONV: tl.constexpr, HAS_CB: tl.constexpr, K: tl.constexpr,
-):
-    # A (R, BC) tile of an SSD input (x, B or C) as float32: rows = steps pos (masked by mrow), columns cols
-    # (mcol), at ptr + pos * s_l + cols * s_c. With CONV, ptr is the conv's input instead (the fused layer's
-    # forward, which then never writes the conv's output): the tile is silu(bias + sum_k w[chan, k] u[pos - K + 1 +
-    # k]) for the conv channels chan of the columns (steps before 0 read as 0), computed as _conv_fwd computes it
-    # and rounded to the input's dtype, as _conv_fwd stores it: the same values the unfused path loads.
-    m = mrow[:, None] & mcol[None, :]
-    if CONV:
-        acc = tl.zeros(m.shape, dtype=tl.float32)
-        if HAS_CB:
-            acc += tl.load(cb_ptr + chan, mask=mcol, other=0.0).to(tl.float32)[None, :]
-        for k in tl.static_range(K):
-            src = pos - (K - 1) + k
-            u = tl.load(ptr + src[:, None] * s_l + cols[None, :] * s_c, mask=m & (src[:, None] >= 0), other=0.0)
-            wk = tl.load(w_ptr + chan * s_w_c + k * s_w_k, mask=mcol, other=0.0).to(tl.float32)
-            acc += u.to(tl.float32) * wk[None, :]
-        acc = acc * sigmoid(acc)
-        return tl.where(m, acc.to(ptr.dtype.element_ty).to(tl.float32), 0.0)
-    else:
-        return tl.load(ptr + pos[:, None] * s_l + cols[None, :] * s_c, mask=m, other=0.0).to(tl.float32)
+def _load_tile(ptr, cols, pos, mrow, mcol, s_l, s_c):
+    # A (R, BC) tile of an SSD input (x, B or C) as float32: rows = steps pos (masked by mrow), columns cols (mcol),
+    # at ptr + pos * s_l + cols * s_c. (Applying the layer's causal conv to what is loaded here instead, so that the
+    # conv's output is never written, did its work twice in latency-bound kernels: 9.64 against 8.53 ms a seed
+    # layer's training step and 3.15 against 1.96 its inference forward on an H100, run 6; removed.)
+    return tl.load(ptr + pos[:, None] * s_l + cols[None, :] * s_c, mask=mrow[:, None] & mcol[None, :],
+                   other=0.0).to(tl.float32)
 
 
 @triton.jit
 def _state_fwd(
-    x_ptr, B_ptr, dtp_ptr, a_ptr, h0_ptr, enter_ptr, final_ptr, w_ptr, cb_ptr,
-    L, nh, nchunks, nrun, hpg, p, n, cB0, cC0,
+    x_ptr, B_ptr, dtp_ptr, a_ptr, h0_ptr, enter_ptr, final_ptr,
+    L, nh, nchunks, nrun, hpg, p, n,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
-    s_w_c, s_w_k,
-    HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, CONV: tl.constexpr, HAS_CB: tl.constexpr, K: tl.constexpr,
-    T: tl.constexpr, BPS: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, T: tl.constexpr, BPS: tl.constexpr, BN: tl.constexpr,
+    PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b, h, cdiv(p, BPS)): the states entering the chunks, rows ip of a head's (p, n) state. A loop over
     # the first nrun chunks (all, or all but the last when its end state, the final one, is not wanted):
     #   S_{c+1} = exp(a_T) S_c + sum_s exp(a_T - a_s) dt_s x_s B_s^T,   S_0 = h0 (or 0),
     # each chunk's own end state a tl.dot here, never stored. enter[c] = S_c for c >= 1, and for c = 0 only with
     # an initial state: without one it is zero, which the readers know (first_state, see _forward), so not stored.
-    # CONV: x and B are computed from the conv's input (see _load_in; cB0 the conv channel of B's first column,
-    # cC0 C's: unused here, the argument list is _chunk_scan_fwd's).
     bi, hd, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = hd // hpg
     t = tl.arange(0, T)
@@ -339,10 +314,8 @@ def _state_fwd(
     for ci in range(nrun):
         pos = ci * T + t
         mt = pos < L
-        x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
-                     w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BPS)
-        Bm = _load_in(B_ptr + bi * s_B_b + g * s_B_g, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
-                      w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
+        x = _load_tile(x_ptr + bi * s_x_b + hd * s_x_h, ip, pos, mt, ip < p, s_x_l, s_x_p)  # (T, BPS)
+        Bm = _load_tile(B_ptr + bi * s_B_b + g * s_B_g, jn, pos, mt, jn < n, s_B_l, s_B_n)  # (T, BN)
         base = ((bi * nh + hd) * nchunks + ci) * T
         a = tl.load(a_ptr + base + t)
         a_end = tl.load(a_ptr + base + T - 1)
@@ -358,9 +331,8 @@ def _state_fwd(
 
 @triton.jit
 def _chunk_scan_fwd(
-    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr, w_ptr, cb_ptr, nw_ptr,
-    nout_ptr, rstd_ptr,
-    L, nh, nchunks, hpg, hpp, p, n, first_state, cB0, cC0, eps,
+    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr,
+    L, nh, nchunks, hpg, hpp, p, n, first_state,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     s_C_b, s_C_l, s_C_g, s_C_n,
@@ -368,23 +340,16 @@ def _chunk_scan_fwd(
     s_D_h, s_D_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
-    s_w_c, s_w_k,
     HAS_D: tl.constexpr, D_SCALAR: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr, DT_IN_DECAY: tl.constexpr,
-    CONV: tl.constexpr, HAS_CB: tl.constexpr,
-    NORM: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, RSTD: tl.constexpr, K: tl.constexpr, T: tl.constexpr,
-    BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, cdiv(hpg, hpp)): the outputs (T, p) of one chunk for up to hpp heads of one group, which
     # share B and C, so C.B^T is computed once for all of them. With DZ (backward, z given): the gate's gradient
     # dz = dout y silu'(z) in place of the output y silu(z) (dout strides s_d_*; unused otherwise). The entering
-    # state S_c is read from chunk first_state on (before it, it is 0 and was not stored: see _state_fwd). CONV:
-    # x, B, C computed from the conv's input, as in _state_fwd. NORM (a program takes all heads of its group,
-    # hpp = hpg): the gated RMSNorm of the group's outputs (z at z_ptr, its weight at nw_ptr) into out in place of
-    # y: y rounded to out's dtype is stored and its row sums of squares (after the gate, unless NORM_BEFORE_GATE)
-    # kept per head, then a second pass over the group reads it back (this program's own stores, L2 hits) and
-    # normalises: what _rmsnorm_fwd does to the stored y, without y's round trip to memory and a launch. The
-    # normalised output goes to nout_ptr (out's strides): out itself (in place, inference) or a buffer of its own
-    # (training, which keeps y for the backward); RSTD: the rows' 1/rms too, (b * L, g) float32 at rstd_ptr.
+    # state S_c is read from chunk first_state on (before it, it is 0 and was not stored: see _state_fwd). (The
+    # layer's gated RMSNorm inside this kernel, a program over a group's heads and a second pass over its stored
+    # outputs, was slower than _rmsnorm_fwd after it: 2.27 against 1.96 ms a seed layer's inference forward on an
+    # H100, run 6; removed.)
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
@@ -392,29 +357,22 @@ def _chunk_scan_fwd(
     pos = ci * T + t
     mt = pos < L
     mtp = mt[:, None] & (ip[None, :] < p)
-    Bm = _load_in(B_ptr + bi * s_B_b + g * s_B_g, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
-                  w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
-    Cm = _load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
-                  w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
+    Bm = _load_tile(B_ptr + bi * s_B_b + g * s_B_g, jn, pos, mt, jn < n, s_B_l, s_B_n)  # (T, BN)
+    Cm = _load_tile(C_ptr + bi * s_C_b + g * s_C_g, jn, pos, mt, jn < n, s_C_l, s_C_n)  # (T, BN)
     # (T, T), 0 above the diagonal (s > l): the decays below then need no mask (_exp2_below)
     CB = tl.where(t[:, None] >= t[None, :], _mm(Cm, tl.trans(Bm), BF16_DOT, PREC), 0.0)
     h_lo = g * hpg + pid_s * hpp
     h_hi = tl.minimum(h_lo + hpp, (g + 1) * hpg)
-    ss = tl.zeros([T], dtype=tl.float32)  # NORM: the rows' sums of squares over the group
     for hd in range(h_lo, h_hi):
         base = ((bi * nh + hd) * nchunks + ci) * T
         dt = tl.load(dtp_ptr + base + t)
         a = tl.load(a_ptr + base + t)
-        # the head's other loads issued first, in their own dtypes, so that they are in flight while the conv and
-        # the intra-chunk matmul run (a program takes its heads one after another, one block of 8 warps per SM):
-        # the carried state (0 in chunk 0 without an initial state: not stored, so masked out) and the norm's z
+        # the head's other loads issued first, in their own dtypes, so that they are in flight while the
+        # intra-chunk matmul runs (a program takes its heads one after another, one block of 8 warps per SM):
+        # the carried state (0 in chunk 0 without an initial state: not stored, so masked out)
         S = tl.load(enter_ptr + (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :],
                     mask=(ip[:, None] < p * (ci >= first_state)) & (jn[None, :] < n), other=0.0)  # (BP, BN)
-        if NORM and not NORM_BEFORE_GATE:
-            zn = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p, mask=mtp,
-                         other=0.0)
-        x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
-                     w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
+        x = _load_tile(x_ptr + bi * s_x_b + hd * s_x_h, ip, pos, mt, ip < p, s_x_l, s_x_p)  # (T, BP)
         a2 = a * _LOG2E
         # with dt in the exponent and no mask per head, the seed's scan compiles to 120 registers a thread where it
         # took 182 (sm_90): two 8-warp blocks an SM where one, and 440 instructions a head where 495
@@ -440,32 +398,8 @@ def _chunk_scan_fwd(
                 y = dout * y * sz * (1.0 + z * (1.0 - sz))
             else:
                 y = y * z * sigmoid(z)
-        y = y.to(out_ptr.dtype.element_ty)
-        if NORM:
-            v = y.to(tl.float32)
-            if not NORM_BEFORE_GATE:
-                zf = zn.to(tl.float32)
-                v = v * zf * sigmoid(zf)
-            ss += tl.sum(v * v, axis=1)
-        tl.store(out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p, y, mask=mtp)
-    if NORM:
-        rstd = 1.0 / tl.sqrt(ss / ((h_hi - h_lo) * p) + eps)  # (T,)
-        if RSTD:
-            tl.store(rstd_ptr + (bi * L + pos) * (nh // hpg) + g, rstd, mask=mt)
-        tl.debug_barrier()  # every thread's y stored before any reads another's back
-        for hd in range(h_lo, h_hi):
-            ooff = bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p
-            v = tl.load(out_ptr + ooff, mask=mtp, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
-                        mask=mtp, other=0.0).to(tl.float32)
-            gate = z * sigmoid(z)
-            if not NORM_BEFORE_GATE:
-                v = v * gate
-            v = v * rstd[:, None] * tl.load(nw_ptr + hd * p + ip, mask=ip < p, other=0.0).to(tl.float32)[None, :]
-            if NORM_BEFORE_GATE:
-                v = v * gate
-            tl.debug_barrier()  # (the loads above are of this program's own stores: all done before any overwrite)
-            tl.store(nout_ptr + ooff, v.to(nout_ptr.dtype.element_ty), mask=mtp)
+        tl.store(out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p,
+                 y.to(out_ptr.dtype.element_ty), mask=mtp)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -474,14 +408,13 @@ def _chunk_scan_fwd(
 
 @triton.jit
 def _state_bwd(
-    dout_ptr, C_ptr, z_ptr, a_ptr, enter_ptr, dfinal_ptr, dst_ptr, dalast_ptr, dh0_ptr, w_ptr, cb_ptr,
-    L, nh, nchunks, hpg, p, n, first_state, last_g, dS_lo, cC0,
+    dout_ptr, C_ptr, z_ptr, a_ptr, enter_ptr, dfinal_ptr, dst_ptr, dalast_ptr, dh0_ptr,
+    L, nh, nchunks, hpg, p, n, first_state, last_g, dS_lo,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_C_b, s_C_l, s_C_g, s_C_n,
     s_z_b, s_z_l, s_z_h, s_z_p,
-    s_w_c, s_w_k,
-    HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_DH0: tl.constexpr, CONV: tl.constexpr,
-    HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BPS: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_DH0: tl.constexpr, T: tl.constexpr, BPS: tl.constexpr,
+    BN: tl.constexpr, PREC: tl.constexpr,
     BF16_DOT: tl.constexpr,
 ):
     # grid (b, h, nblocks = cdiv(p, BPS)): the reverse of _state_fwd, rows ip of a head's state. gS = dL/dS_{c+1}
@@ -522,8 +455,7 @@ def _state_bwd(
                 z = tl.load(z_ptr + bi * s_z_b + pos[:, None] * s_z_l + hd * s_z_h + ip[None, :] * s_z_p,
                             mask=mtp, other=0.0).to(tl.float32)
                 dy = dy * z * sigmoid(z)
-            Cm = _load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
-                          w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
+            Cm = _load_tile(C_ptr + bi * s_C_b + g * s_C_g, jn, pos, mt, jn < n, s_C_l, s_C_n)  # (T, BN)
             a = tl.load(a_ptr + base + t)
             gS = decay * gS + _mm(tl.trans(dy * tl.exp(a)[:, None]), Cm, BF16_DOT, PREC)  # (BPS, BN)
     if HAS_DH0:
@@ -533,17 +465,16 @@ def _state_bwd(
 @triton.jit
 def _chunk_bwd_bc(
     x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, dtp_ptr, a_ptr, enter_ptr, dst_ptr,
-    dB_ptr, dC_ptr, daS_ptr, w_ptr, cb_ptr,
-    L, nh, ng, nchunks, hpg, hpp, p, n, first_state, last_g, cB0, cC0,
+    dB_ptr, dC_ptr, daS_ptr,
+    L, nh, ng, nchunks, hpg, hpp, p, n, first_state, last_g,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     s_C_b, s_C_l, s_C_g, s_C_n,
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_g, s_o_s, s_o_n,
-    s_w_c, s_w_k,
-    HAS_Z: tl.constexpr, CONV: tl.constexpr, HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr,
-    BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * NB): dB, dC of one chunk for up to hpp heads of one group and one block of BN state
     # columns (NB = cdiv(n, BN) blocks), summed over those heads in registers: (b, L, g, nsplit, n) float32 partial
@@ -567,10 +498,8 @@ def _chunk_bwd_bc(
     mt = pos < L
     mtp = mt[:, None] & (ip[None, :] < p)
     mtn = mt[:, None] & (jn[None, :] < n)
-    Bm = _load_in(B_ptr + bi * s_B_b + g * s_B_g, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
-                  w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
-    Cm = _load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
-                  w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
+    Bm = _load_tile(B_ptr + bi * s_B_b + g * s_B_g, jn, pos, mt, jn < n, s_B_l, s_B_n)  # (T, BN)
+    Cm = _load_tile(C_ptr + bi * s_C_b + g * s_C_g, jn, pos, mt, jn < n, s_C_l, s_C_n)  # (T, BN)
     causal = t[:, None] >= t[None, :]
     CBp = _mm(Cm, tl.trans(Bm), BF16_DOT, PREC)  # (T, T): this block's columns' part of C.B^T
     dB = tl.zeros([T, BN], dtype=tl.float32)
@@ -578,8 +507,7 @@ def _chunk_bwd_bc(
     dCBs = tl.zeros([T, T], dtype=tl.float32)  # dL/d(C.B^T) summed over the heads
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
-        x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
-                     w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
+        x = _load_tile(x_ptr + bi * s_x_b + hd * s_x_h, ip, pos, mt, ip < p, s_x_l, s_x_p)  # (T, BP)
         dy = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
                      mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
         if HAS_Z:
@@ -624,8 +552,8 @@ def _chunk_bwd_bc(
 def _chunk_bwd_dx(
     x_ptr, dtraw_ptr, A_ptr, bias_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dout_ptr,
     dtp_ptr, a_ptr, dst_ptr, dalast_ptr, daS_ptr,
-    dx_ptr, ddt_ptr, dDp_ptr, dAp_ptr, w_ptr, cb_ptr,
-    L, nh, nchunks, hpg, hpp, p, n, nblocks, nbn, last_g, nps, cB0, cC0,
+    dx_ptr, ddt_ptr, dDp_ptr, dAp_ptr,
+    L, nh, nchunks, hpg, hpp, p, n, nblocks, nbn, last_g, nps,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_dt_b, s_dt_l, s_dt_h,
     s_B_b, s_B_l, s_B_g, s_B_n,
@@ -634,11 +562,9 @@ def _chunk_bwd_dx(
     s_D_h, s_D_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
-    s_w_c, s_w_k,
     HAS_D: tl.constexpr, D_SCALAR: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, CONV: tl.constexpr,
-    HAS_CB: tl.constexpr, K: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
-    BF16_DOT: tl.constexpr,
+    SOFTPLUS: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    BF16_DOT: tl.constexpr, NBN: tl.constexpr, NBLK: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * nps): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T
     # once) and one of nps blocks of BP head channels: dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the
@@ -660,15 +586,12 @@ def _chunk_bwd_dx(
     mt = pos < L
     mtp = mt[:, None] & (ip[None, :] < p)
     Bp = B_ptr + bi * s_B_b + g * s_B_g
-    CB = _mm(_load_in(C_ptr + bi * s_C_b + g * s_C_g, jn, cC0 + g * n + jn, pos, mt, jn < n, s_C_l, s_C_n,
-                      w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K),
-             tl.trans(_load_in(Bp, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
-                               w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)), BF16_DOT, PREC)  # (T, T)
+    CB = _mm(_load_tile(C_ptr + bi * s_C_b + g * s_C_g, jn, pos, mt, jn < n, s_C_l, s_C_n),
+             tl.trans(_load_tile(Bp, jn, pos, mt, jn < n, s_B_l, s_B_n)), BF16_DOT, PREC)  # (T, T)
     CB = tl.where(t[:, None] >= t[None, :], CB, 0.0)  # 0 above the diagonal: the decays need no mask
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
-        x = _load_in(x_ptr + bi * s_x_b + hd * s_x_h, ip, hd * p + ip, pos, mt, ip < p, s_x_l, s_x_p,
-                     w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BP)
+        x = _load_tile(x_ptr + bi * s_x_b + hd * s_x_h, ip, pos, mt, ip < p, s_x_l, s_x_p)  # (T, BP)
         dout = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
                        mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
         base = ((bi * nh + hd) * nchunks + ci) * T
@@ -702,15 +625,18 @@ def _chunk_bwd_dx(
         ddt = tl.sum(MtDy * x, axis=1)
         dx = MtDy * dt[:, None]
         # dL/da through the intra-chunk decays and the carried state: _chunk_bwd_bc's, per block of state columns
-        da = tl.load(daS_ptr + ((bi * nh + hd) * nchunks + ci) * nbn * T + t)  # (b, h, c, nbn, T)
-        for j in range(1, nbn):
-            da += tl.load(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nbn + j) * T + t)
+        # (the partials as one masked (NBN, T) load, and dalast's below as one (NBLK,) load, rather than loops of
+        # runtime trip counts inside the pipelined loop over heads: at the seed both are 1, the first loop then ran
+        # no iteration, and on an H100 this kernel alone, with other stages or partial sums, made illegal accesses
+        # (benchmarks/results/h100-2026-11-26/NOTES.md), which no interpreter run shows)
+        jb = tl.arange(0, NBN)
+        da = tl.sum(tl.load(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nbn + jb[:, None]) * T + t[None, :],
+                            mask=jb[:, None] < nbn, other=0.0), axis=0)  # (b, h, c, nbn, T) summed over nbn
         da = da * own
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G
         dend = a_end * 0.0  # dL/da_T through the end state
         if ci < last_g:  # G (BP, BN)
-            Bm = _load_in(Bp, jn, cB0 + g * n + jn, pos, mt, jn < n, s_B_l, s_B_n,
-                          w_ptr, cb_ptr, s_w_c, s_w_k, CONV, HAS_CB, K)  # (T, BN)
+            Bm = _load_tile(Bp, jn, pos, mt, jn < n, s_B_l, s_B_n)  # (T, BN)
             BG = _mm(Bm, tl.trans(G.to(tl.float32)), BF16_DOT, PREC)  # (T, BP): B_s . G[p, :]
             w = wend * dt
             dx += w[:, None] * BG
@@ -718,8 +644,9 @@ def _chunk_bwd_dx(
             ddt += wend * xBG
             dend = tl.sum(w * xBG)  # and minus this per step:
             da -= w * xBG
-        for j in range(nblocks):  # through the passing to the next chunk (partial sums over state blocks)
-            dend += own * tl.load(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + j)
+        jk = tl.arange(0, NBLK)  # through the passing to the next chunk (partial sums over state blocks)
+        dend += own * tl.sum(tl.load(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + jk, mask=jk < nblocks,
+                                     other=0.0))
         da += tl.where(t == T - 1, dend, 0.0)
         if HAS_D:
             dx += dy * Dv
@@ -786,20 +713,7 @@ def _dims(x: Tensor, B: Tensor, chunk_size: int) -> dict:
     return dict(b=b, L=L, nh=nh, p=p, g=g, n=n, T=T, c=triton.cdiv(L, T), BP=_pow2(p), BN=_pow2(n))
 
 
-def _conv_args(conv: tuple | None, like: Tensor) -> tuple[tuple, dict]:
-    """The kernels' conv arguments (w_ptr, cb_ptr, cB0, cC0, s_w_c, s_w_k) and constexprs (CONV, HAS_CB, K) for
-    ``conv`` = (weight (conv_dim, K), bias (conv_dim,) or None, cB0, cC0): x, B, C given as the conv's input, the
-    kernels apply it (see _load_in); None: they are the conv's output (or no conv), loaded as they are."""
-    if conv is None:
-        return (like, like, 0, 0, 0, 0), {"CONV": False, "HAS_CB": False, "K": 1}
-    w, bias, cB0, cC0 = conv
-    return ((w, bias if bias is not None else w, cB0, cC0, *w.stride()),
-            {"CONV": True, "HAS_CB": bias is not None, "K": w.shape[1]})
-
-
-def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, conv=None, norm=None):
-    # conv: see _conv_args (the fused layer's forward: x, B, C are then views of the conv's input); norm: see
-    # _chunk_scan (the output is then the gated RMSNorm's, not y)
+def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True):
     dot = _dot_options(x, B, C)
     dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
     # the entering states in C's dtype when that is half precision, as the official forward keeps them (its
@@ -808,41 +722,26 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, c
     # _backward for the dtype it stores them in)
     half = C.dtype in (torch.bfloat16, torch.float16)
     enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32,
-                                    want_final=want_final, conv=conv)
+                                    want_final=want_final)
     out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
-    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, conv=conv, norm=norm,
-                dt_positive=softplus)
+    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, dt_positive=softplus)
     return out, final, dtp, a
 
 
-def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, conv=None, norm=None, dt_positive=False):
+def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, dt_positive=False):
     """Kernel 3: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead.
-    ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``); conv: see _conv_args.
-    norm = (z (b, L, h, p), weight (h * p,), eps, norm_before_gate, nout, rstd), with z None: the gated RMSNorm
-    over each group's h / g heads of y (Mamba2's norm, one group per B/C group), one program per group and chunk,
-    into ``nout`` (out's shape and strides) with y kept in ``out`` and the rows' 1/rms in ``rstd`` ((b * L, g)
-    float32), or with nout and rstd None into ``out`` in place of y (y is not kept). dt_positive: every dtp > 0 (it
-    went through softplus), so that its factor can join the decay's exponent as log2 dt."""
+    ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``).
+    dt_positive: every dtp > 0 (it went through softplus), so that its factor can join the decay's exponent as
+    log2 dt."""
     hpg = d["nh"] // d["g"]
-    hpp, nsplit = _head_split(hpg) if norm is None else (hpg, 1)
-    zn, nw, eps, nbg, nout, rstd = norm if norm is not None else (None, x, 0.0, False, None, None)
-    if nout is not None and (nout.shape != out.shape or nout.stride() != out.stride()):
-        raise ValueError(f"nout buffer: {tuple(out.shape)} with strides {out.stride()}, got {tuple(nout.shape)} "
-                         f"strides {nout.stride()}")
-    if (nout is None) != (rstd is None):
-        raise ValueError("nout and rstd: both or neither")
-    zp = z if z is not None else zn
-    (w, cb, cB0, cC0, *s_w), conv_flags = _conv_args(conv, x)
+    hpp, nsplit = _head_split(hpg)
     _chunk_scan_fwd[(d["b"] * d["c"], d["g"], nsplit)](
-        x, B, C, zp if zp is not None else x, D2 if D2 is not None else x, dtp, a, enter,
-        dout if dout is not None else x, out, w, cb, nw, nout if nout is not None else out,
-        rstd if rstd is not None else out,
-        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1, cB0, cC0, eps,
-        *x.stride(), *B.stride(), *C.stride(), *_strides(zp, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
-        *s_w,
+        x, B, C, z if z is not None else x, D2 if D2 is not None else x, dtp, a, enter,
+        dout if dout is not None else x, out,
+        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1,
+        *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
         HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None, DZ=dout is not None,
-        DT_IN_DECAY=dt_positive, **conv_flags, NORM=norm is not None,
-        NORM_BEFORE_GATE=nbg, RSTD=rstd is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
+        DT_IN_DECAY=dt_positive, T=d["T"], BP=d["BP"], BN=d["BN"],
         **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES))
 
 
@@ -870,21 +769,19 @@ def _state_rows(d: dict) -> int:
     return rows
 
 
-def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32, want_final=True, conv=None):
+def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32, want_final=True):
     """Kernel 2: the state entering each chunk (b, c, h, p, n) in ``enter_dtype`` (chunk 0's only with an initial
     state ``h0``: else it is 0 and left unwritten) and, if wanted, the final state (b, h, p, n) in float32. Run by
-    the forward and again by the backward (float32), so that only dt and a (O(L), not O(L p n / T)) are saved.
-    conv: see _conv_args."""
+    the forward and again by the backward (float32), so that only dt and a (O(L), not O(L p n / T)) are saved."""
     b, L, nh, p, n, T, c, BN = (d[k] for k in ("b", "L", "nh", "p", "n", "T", "c", "BN"))
     enter = torch.empty(b, c, nh, p, n, device=x.device, dtype=enter_dtype)
     final = torch.empty(b, nh, p, n, device=x.device, dtype=torch.float32) if want_final else None
     rows = _state_rows(d)
-    (w, cb, cB0, cC0, *s_w), conv_flags = _conv_args(conv, x)
     # the last chunk's own end state only makes the final state: without it, c - 1 chunks (none when c is 1)
     _state_fwd[(b, nh, triton.cdiv(p, rows))](
-        x, B, dtp, a, h0 if h0 is not None else x, enter, final if want_final else enter, w, cb,
-        L, nh, c, c if want_final else c - 1, nh // d["g"], p, n, cB0, cC0, *x.stride(), *B.stride(), *s_w,
-        HAS_H0=h0 is not None, HAS_FINAL=want_final, **conv_flags, T=T, BPS=rows, BN=BN, **dot,
+        x, B, dtp, a, h0 if h0 is not None else x, enter, final if want_final else enter,
+        L, nh, c, c if want_final else c - 1, nh // d["g"], p, n, *x.stride(), *B.stride(),
+        HAS_H0=h0 is not None, HAS_FINAL=want_final, T=T, BPS=rows, BN=BN, **dot,
         **launch_options(rows, BN))
     return enter, final
 
@@ -894,9 +791,7 @@ def _check_out(name: str, buf: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} buffer: {shape} floating point (any strides), got {tuple(buf.shape)} {buf.dtype}")
 
 
-def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None, dB=None, dC=None,
-              conv=None):
-    # conv: see _conv_args (x, B, C are then views of the conv's input, which every kernel applies the conv to).
+def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None, dB=None, dC=None):
     # dx, dB, dC: buffers for them ((b, L, h, p) and (b, L, g, n), float32 or half, any strides: e.g. column slices
     # of one buffer, which the fused layer's conv backward then reads whole; stored rounded once, from float32) or
     # None (new float32 ones). dx may be dout itself
@@ -913,8 +808,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     # elementwise sum of S times its float32 gradient, which then sees S rounded (the official backward stores both
     # in the activations' dtype)
     sdt = torch.bfloat16 if dot["BF16_DOT"] and _BWD_STATES_BF16 else torch.float32
-    enter = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=sdt, want_final=False, conv=conv)[0]
-    (w, cb, cB0, cC0, *s_w), conv_flags = _conv_args(conv, x)
+    enter = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=sdt, want_final=False)[0]
     # chunks whose entering state was stored (0 before: no initial state), and those whose own end state has a
     # gradient (the last one's is 0 without one for the final state): the kernels below read them only there
     first_state, last_g = (0 if h0 is not None else 1), (c if dfinal is not None else c - 1)
@@ -925,9 +819,9 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     dh0 = torch.empty(b, nh, p, n, **f32) if h0 is not None else None  # no initial state: no gradient for it
     _state_bwd[(b, nh, nblocks)](
         dout, C, z if z is not None else x, a, enter, dfinal if dfinal is not None else dst, dst, dalast,
-        dh0 if dh0 is not None else dalast, w, cb, L, nh, c, hpg, p, n, first_state, last_g,
-        0 if h0 is not None else 1, cC0, *dout.stride(), *C.stride(), *_strides(z, 4), *s_w,
-        HAS_Z=z is not None, HAS_DFINAL=dfinal is not None, HAS_DH0=h0 is not None, **conv_flags,
+        dh0 if dh0 is not None else dalast, L, nh, c, hpg, p, n, first_state, last_g,
+        0 if h0 is not None else 1, *dout.stride(), *C.stride(), *_strides(z, 4),
+        HAS_Z=z is not None, HAS_DFINAL=dfinal is not None, HAS_DH0=h0 is not None,
         T=T, BPS=rows, BN=BN, **dot, **launch_options(rows, BN))
     hpp, nsplit = _head_split(hpg, _BC_HEADS)
     BNb = min(BN, _BWD_STATE_BLOCK)
@@ -942,10 +836,10 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         dBp, dCp = torch.empty(b, L, g, nsplit, n, **f32), torch.empty(b, L, g, nsplit, n, **f32)
     daS = torch.empty(b, nh, c, nbn, T, **f32)
     _chunk_bwd_bc[(b * c, g, nsplit * nbn)](
-        x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dBp, dCp, daS, w, cb,
-        L, nh, g, c, hpg, hpp, p, n, first_state, last_g, cB0, cC0,
-        *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(), *dBp.stride(), *s_w,
-        HAS_Z=z is not None, **conv_flags, T=T, BP=BP, BN=BNb, **dot,
+        x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dBp, dCp, daS,
+        L, nh, g, c, hpg, hpp, p, n, first_state, last_g,
+        *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(), *dBp.stride(),
+        HAS_Z=z is not None, T=T, BP=BP, BN=BNb, **dot,
         **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_BC_STAGES))
     # the head splits summed now, one at a time, so that the (b, L, g, nsplit, n) partials are not alive beside dx
     if not direct:  # (b, L, g, n): a view of the one split, or the splits' sum (into the buffer if given)
@@ -970,18 +864,19 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     _chunk_bwd_dx[(b * c, g, nsplit * nps)](
         x, dt, A, dt_bias if dt_bias is not None else A, B, C, z if z is not None else x,
         D2 if D2 is not None else x, dout, dtp, a, dst, dalast, daS,
-        dx, ddt, dDp if dDp is not None else dAp, dAp, w, cb,
-        L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g, nps, cB0, cC0,
+        dx, ddt, dDp if dDp is not None else dAp, dAp,
+        L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g, nps,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
-        *dx.stride(), *s_w, HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None,
+        *dx.stride(), HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None,
         HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=softplus, **conv_flags, T=T, BP=BP // nps, BN=BN, **dot,
+        SOFTPLUS=softplus, T=T, BP=BP // nps, BN=BN, **dot,
+        NBN=triton.next_power_of_2(nbn), NBLK=triton.next_power_of_2(nblocks),
         **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
     ddt = ddt[..., 0] if nps == 1 else ddt.sum(-1)  # (b, L, h)
     del dst, dalast, daS  # (b, c, h, p, n), as large as dx: not alive beside dz below
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 3 again, for y (in _chunk_bwd_dx, y's tiles
         # and S spilled 660-790 B per thread at T 64)
-        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None, conv=conv, dt_positive=softplus)
+        _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None, dt_positive=softplus)
         del enter
     dD2 = dDp.sum((0, 1)) if dDp is not None else None  # (h, p)
     return dx, ddt, dAp.sum((0, 1, 3)), dB, dC, dD2, dz, dh0
