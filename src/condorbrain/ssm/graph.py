@@ -26,6 +26,7 @@ two :func:`make_stepper` picks, for a caller to report.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 import torch
@@ -90,6 +91,33 @@ def _check_step_input(x: Tensor, shape: tuple[int, ...], name: str = "x_t", layo
         raise ValueError(f"{name} must be a floating tensor, got {x.dtype}")
     if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
+
+
+def _check_capturable(who: str, module: nn.Module, device: torch.device, instead: str) -> None:
+    """Raise (naming ``who`` and what to use ``instead``) where nothing can be captured on ``device``, or where
+    ``module`` is in training mode (its dropout / drop-path would be frozen into the graph)."""
+    no_cuda = graph_unavailable_reason(None, device)
+    if no_cuda is not None:
+        raise RuntimeError(f"{who}: {no_cuda}; {instead}")
+    if module.training:
+        raise ValueError(f"{who}: the module is in training mode (dropout / drop-path would be frozen into the "
+                         "graph); call module.eval() first")
+
+
+def _capture(device: torch.device, warmup: int, run: Any, context: Any = contextlib.nullcontext) -> tuple[Any, Any]:
+    """(graph, static output) of ``run()`` under no_grad and ``context()``: first ``warmup`` calls on a side stream
+    (the allocator and library handles settle), then one captured (the input checks skip their host reads meanwhile,
+    ``_checks.capturing``)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.no_grad(), context():
+        for _ in range(warmup):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), context(), torch.cuda.graph(graph):
+        out = run()
+    return graph, out
 
 
 class EagerStep:
@@ -167,26 +195,14 @@ class GraphedStep(EagerStep):
                  dtype: torch.dtype | None = None, max_seqlen: int | None = None, n_inputs: int | None = None,
                  warmup: int = 3) -> None:
         device = torch.device(next(module.parameters()).device if device is None else device)
-        no_cuda = graph_unavailable_reason(None, device)
-        if no_cuda is not None:
-            raise RuntimeError(f"GraphedStep: {no_cuda}; stream with EagerStep (make_stepper picks it)")
+        instead = "stream with EagerStep (make_stepper picks it)"
+        _check_capturable("GraphedStep", module, device, instead)
         not_static = graph_unavailable_reason(module, device)
         if not_static is not None:
-            raise ValueError(f"GraphedStep: {not_static}; stream with EagerStep (make_stepper picks it)")
-        if module.training:
-            raise ValueError("GraphedStep: the module is in training mode (dropout / drop-path would be frozen into "
-                             "the graph); call module.eval() first")
+            raise ValueError(f"GraphedStep: {not_static}; {instead}")
         super().__init__(module, batch_size, device, dtype, max_seqlen, n_inputs)
         self.static_input = torch.randn(self.input_shape, device=device, dtype=self.dtype)  # never all-zero
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(warmup):
-                module.step(self.static_input, self.cache)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):  # checks skip host reads meanwhile (_checks.capturing)
-            self.static_output = module.step(self.static_input, self.cache)
+        self.graph, self.static_output = _capture(device, warmup, lambda: module.step(self.static_input, self.cache))
         self.reset()
 
     def step(self, x_t: Tensor) -> Any:
@@ -237,12 +253,7 @@ class GraphedForward:
                  dtype: torch.dtype | None = None, autocast_dtype: torch.dtype | None = None,
                  warmup: int = 2) -> None:
         device = torch.device(next(module.parameters()).device if device is None else device)
-        no_cuda = graph_unavailable_reason(None, device)
-        if no_cuda is not None:
-            raise RuntimeError(f"GraphedForward: {no_cuda}; call the module itself")
-        if module.training:
-            raise ValueError("GraphedForward: the module is in training mode (dropout / drop-path would be frozen "
-                             "into the graph); call module.eval() first")
+        _check_capturable("GraphedForward", module, device, "call the module itself")
         if not input_shape or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in input_shape):
             raise ValueError(f"input_shape must be positive ints, got {input_shape!r}")
         self.module = module
@@ -250,15 +261,7 @@ class GraphedForward:
         self.dtype = _param_dtype(module) if dtype is None else dtype
         self.autocast_dtype = autocast_dtype
         self.static_input = torch.randn(self.input_shape, device=device, dtype=self.dtype)  # never all-zero
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.no_grad(), self._autocast():
-            for _ in range(warmup):
-                module(self.static_input)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), self._autocast(), torch.cuda.graph(self.graph):
-            self.static_output = module(self.static_input)
+        self.graph, self.static_output = _capture(device, warmup, lambda: module(self.static_input), self._autocast)
 
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
