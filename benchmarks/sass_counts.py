@@ -1,5 +1,6 @@
 """Static instruction counts of the seed Mamba-2 block's Triton kernels, compiled for an H100 (sm_90) on a machine
-without a GPU, and each kernel priced at the issue rate GPU run 5 measured for it.
+without a GPU, and each kernel priced at the issue rate a GPU run measured for it (run 7 on an H100, or run 5 on an
+H200).
 
 Per kernel: registers, warps, shared memory, the blocks of it an SM holds at once, and what a warp's SASS executes,
 in all and in the bodies of its outermost loops (a program's loops over heads, chunks, tiles or steps: each
@@ -10,9 +11,11 @@ Why: most of the layer's kernels are latency-bound at one or two blocks (8 warps
 warp-instruction a cycle an SM in GPU run 5 (of 4), so an instruction added to their loops costs time at that low
 rate, where the same work in a streaming kernel at 32 warps an SM hides behind memory. Counting shows, before a GPU
 run, what a change adds where. ``--price`` multiplies out a seed step (calls x programs x warps x instructions a
-program, loops by their trip counts at batch 1024) and divides by each kernel's rate in run 5: that tree's counts
-(``PYTHONPATH=.baseline/src``, bdbc8fc, see ``benchmarks/export_baseline.sh``) over its measured times. It assumes a
-kernel keeps its rate; a change of occupancy (registers, warps) changes the rate, which only a GPU measures.
+program, loops by their trip counts at batch 1024) and divides by each kernel's rate in a measured run
+(``--calibration``): that run's tree's counts (``PYTHONPATH=.baseline/src``, see ``benchmarks/export_baseline.sh``)
+over its measured times. It assumes a kernel keeps its rate; a change of occupancy (registers, warps) changes the
+rate, which only a GPU measures, and the rates of memory-bound kernels are the card's (run 5's H200 rates priced
+run 7's H100 times of the norms and the conv 30-50% low: benchmarks/results/h100-2026-11-26/NOTES.md).
 
 The launches (a block: the residual add and pre-norm joined to in_proj, then the fused layer with out_proj inside)
 are recorded from the host code at the seed sizes (``tests/ssm/test_triton_compile.py``'s machinery: nothing is
@@ -20,10 +23,11 @@ launched; each distinct specialisation compiled once by Triton's own pipeline an
 ``nvdisasm`` that ships in the triton wheel.
 
     python benchmarks/sass_counts.py                                   # training and inference, defaults
-    bash benchmarks/export_baseline.sh bdbc8fc                          # run 5's kernels into .baseline/
-    PYTHONPATH=.baseline/src python benchmarks/sass_counts.py --out run5.json
-    python benchmarks/sass_counts.py --price run5.json                  # this tree priced at run 5's rates
-    python benchmarks/sass_counts.py --price run5.json --variant ssd._DX_HEADS=4        # a setting the other way
+    bash benchmarks/export_baseline.sh 36832b1                          # run 7's kernels into .baseline/
+    PYTHONPATH=.baseline/src python benchmarks/sass_counts.py --out run7.json
+    python benchmarks/sass_counts.py --price run7.json                  # this tree priced at run 7's H100 rates
+    python benchmarks/sass_counts.py --price run7.json --variant ssd._DX_HEADS=4        # a setting the other way
+    python benchmarks/sass_counts.py --price run5.json --calibration h200-run5          # (bdbc8fc's counts)
 """
 
 from __future__ import annotations
@@ -216,34 +220,44 @@ def warp_instructions(row: dict) -> float | None:
     return row["calls"] * row["seed_programs"] * row["warps"] * per_program
 
 
-# GPU run 5 (H200, commit fd61de3 = the kernels of bdbc8fc; benchmarks/results/h200-2026-11-26/run5-gpu_profile.log):
-# ms of device time per seed block of each kernel in the training step (its 24 blocks' sum / 24), all its calls (the
-# norms' include the final norm's one call of 97 and 49)
-RUN5_MS_PER_LAYER = {"_chunk_scan_fwd": 16.9432 / 24, "_chunk_bwd_bc": 25.5081 / 24, "_chunk_bwd_dx": 50.2040 / 24,
-                     "_conv_bwd": 15.7561 / 24, "_conv_bwd_gate": 11.2425 / 24, "_conv_fwd": 11.8098 / 24,
-                     "_state_fwd": 5.3110 / 24, "_state_bwd": 5.7752 / 24, "_cumsum_fwd": 0.4528 / 24,
-                     "_rmsnorm_fwd": 15.6252 / 24, "_rmsnorm_bwd": 22.2366 / 24}
-H200_SMS = 132
+# Measured: ms of device time per seed block of each kernel in a training step (its 24 blocks' sum / 24, all its
+# calls; the norms' include the final norm's one call of 97 and 49), with the tree whose counts give the rates
+CALIBRATIONS = {
+    # GPU run 7 (H100 80GB HBM3, commit 36832b1; benchmarks/results/h100-2026-11-26/run7-gpu_profile.log)
+    "h100-run7": {"tree": "36832b1", "ms_per_layer": {
+        "_chunk_bwd_dx": 25.6266 / 24, "_rmsnorm_bwd": 23.6118 / 24, "_chunk_bwd_bc": 18.8286 / 24,
+        "_conv_bwd": 18.1445 / 24, "_conv_fwd": 13.8376 / 24, "_rmsnorm_fwd": 10.3974 / 24,
+        "_chunk_scan_fwd": 8.5516 / 24, "_conv_bwd_gate": 8.1167 / 24, "_state_fwd": 5.8796 / 24,
+        "_state_bwd": 3.9162 / 24, "_cumsum_fwd": 0.4909 / 24}},
+    # GPU run 5 (H200, commit fd61de3 = the kernels of bdbc8fc; benchmarks/results/h200-2026-11-26/run5-gpu_profile.log)
+    "h200-run5": {"tree": "bdbc8fc", "ms_per_layer": {
+        "_chunk_scan_fwd": 16.9432 / 24, "_chunk_bwd_bc": 25.5081 / 24, "_chunk_bwd_dx": 50.2040 / 24,
+        "_conv_bwd": 15.7561 / 24, "_conv_bwd_gate": 11.2425 / 24, "_conv_fwd": 11.8098 / 24,
+        "_state_fwd": 5.3110 / 24, "_state_bwd": 5.7752 / 24, "_cumsum_fwd": 0.4528 / 24,
+        "_rmsnorm_fwd": 15.6252 / 24, "_rmsnorm_bwd": 22.2366 / 24}},
+}
+SMS = 132  # streaming multiprocessors of an H100 SXM and of an H200
 
 
-def run5_rates(baseline_rows: list[dict]) -> dict[str, float]:
-    """Each kernel's issue rate in run 5: warp-instructions per microsecond per SM, from run 5's tree's counts
-    (``PYTHONPATH=.baseline/src``, bdbc8fc) and the measured times."""
+def rates(measured_rows: list[dict], calibration: str) -> dict[str, float]:
+    """Each kernel's issue rate in the calibration's run: warp-instructions per microsecond per SM, from its tree's
+    counts (this script's rows, run with ``PYTHONPATH=.baseline/src`` on that tree) and its measured times."""
+    ms = CALIBRATIONS[calibration]["ms_per_layer"]
     totals = collections.defaultdict(float)
-    for r in baseline_rows:
-        if r["case"] == "training" and r["kernel"] in RUN5_MS_PER_LAYER and (w := warp_instructions(r)):
+    for r in measured_rows:
+        if r["case"] == "training" and r["kernel"] in ms and (w := warp_instructions(r)):
             totals[r["kernel"]] += w
-    return {k: totals[k] / H200_SMS / (RUN5_MS_PER_LAYER[k] * 1000) for k in totals}
+    return {k: totals[k] / SMS / (ms[k] * 1000) for k in totals}
 
 
 def _priced(rows: list[dict], rates: dict[str, float]) -> str:
     lines = [(f"{'case':<9} {'kernel':<17} {'calls':>5} {'programs':>8} {'iters':>5} {'M warp-instr':>12} "
-              f"{'rate':>5} {'ms/step':>7}  (24 layers at run 5's issue rate of the kernel; rate: per us per SM)")]
+              f"{'rate':>5} {'ms/step':>7}  (24 layers at the measured issue rate of the kernel; rate: per us per SM)")]
     for case in dict.fromkeys(r["case"] for r in rows):
         total = 0.0
         for r in (r for r in rows if r["case"] == case):
             w, rate = warp_instructions(r), rates.get(r["kernel"])
-            ms = 24 * w / H200_SMS / rate / 1000 if w and rate else None
+            ms = 24 * w / SMS / rate / 1000 if w and rate else None
             total += ms or 0.0
             lines.append(f"{case:<9} {r['kernel']:<17} {r['calls']:>5} {r['seed_programs'] or '':>8} "
                          f"{r['seed_iterations'] or '':>5} {(w or 0) / 1e6:>12.1f} {round(rate) if rate else '':>5} "
@@ -275,9 +289,12 @@ def main(argv: list[str] | None = None) -> None:
                              "e.g. ssd._DX_HEADS=4+fused._CONV_BWD_WARPS=8")
     parser.add_argument("--case", choices=("training", "inference", "both"), default="both")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
-    parser.add_argument("--price", type=Path, metavar="RUN5.json",
-                        help="this script's JSON for run 5's tree (PYTHONPATH=.baseline/src with .baseline from "
-                             "bdbc8fc): each kernel then priced at its run 5 issue rate, ms per seed step")
+    parser.add_argument("--price", type=Path, metavar="COUNTS.json",
+                        help="this script's JSON for the calibration run's tree (PYTHONPATH=.baseline/src with "
+                             ".baseline from that tree: 36832b1 for h100-run7, bdbc8fc for h200-run5): each kernel "
+                             "then priced at its issue rate in that run, ms per seed step")
+    parser.add_argument("--calibration", choices=sorted(CALIBRATIONS), default="h100-run7",
+                        help="the measured run whose per-kernel times give the rates (default: run 7, H100)")
     args = parser.parse_args(argv)
     _tools()
     # the recorder's batch is 2 (tests/ssm/test_triton_compile.py), where the state kernels split a head's rows over
@@ -293,8 +310,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = [r for case in cases for r in run(case)]
     print(_table(rows))
     if args.price:
-        rates = run5_rates(json.loads(args.price.read_text())["rows"])
-        print(_priced(rows, rates))
+        print(f"priced at {args.calibration}'s rates (counts of {CALIBRATIONS[args.calibration]['tree']}: "
+              f"{args.price})")
+        print(_priced(rows, rates(json.loads(args.price.read_text())["rows"], args.calibration)))
     if args.out:
         args.out.write_text(json.dumps({"source": str(source), "variant": args.variant, "rows": rows}, indent=1))
         print(f"wrote {args.out}")

@@ -1,5 +1,5 @@
 """benchmarks/sass_counts.py: SASS parsed into instructions and loops, counted by kind; blocks an SM holds; a seed
-step's warp-instructions and their price at run 5's rates; and the script end to end (compiling for sm_90 in a
+step's warp-instructions and their price at a measured run's rates; and the script end to end (compiling for sm_90 in a
 subprocess, where ptxas and nvdisasm ship with triton)."""
 
 from __future__ import annotations
@@ -71,20 +71,26 @@ def _row(kernel, calls, programs, iterations, warps, total, in_loops, case="trai
             "loop_counts": {"all": in_loops} if in_loops else None}
 
 
-def test_seed_step_priced_at_run5_rates(sc):
+@pytest.mark.parametrize("calibration", ["h100-run7", "h200-run5"])
+def test_seed_step_priced_at_measured_rates(sc, calibration):
     # warp-instructions: calls x programs x warps x (instructions outside the loops + iterations x those inside)
     row = _row("_chunk_scan_fwd", 1, 8192, 4, 8, 1000, 600)
     assert sc.warp_instructions(row) == 8192 * 8 * (400 + 4 * 600)
     assert sc.warp_instructions(_row("_conv_fwd", 2, 100, 1, 4, 50, 0)) == 2 * 100 * 4 * 50
     assert sc.warp_instructions(_row("_other", 1, None, None, 4, 50, 0)) is None
-    # a kernel's rate from run 5's counts over its measured time; priced back, run 5's own rows give that time
-    run5 = [row, _row("_conv_fwd", 2, 100, 1, 4, 50, 0)]
-    rates = sc.run5_rates(run5)
-    ms = sc.RUN5_MS_PER_LAYER["_chunk_scan_fwd"]
-    assert rates["_chunk_scan_fwd"] == pytest.approx(sc.warp_instructions(row) / sc.H200_SMS / (ms * 1000))
-    table = sc._priced(run5, rates)
+    # a kernel's rate from the measured tree's counts over its measured time; priced back, that tree's own rows give
+    # that time
+    measured = [row, _row("_conv_fwd", 2, 100, 1, 4, 50, 0)]
+    rates = sc.rates(measured, calibration)
+    ms = sc.CALIBRATIONS[calibration]["ms_per_layer"]
+    want = sc.warp_instructions(row) / sc.SMS / (ms["_chunk_scan_fwd"] * 1000)
+    assert rates["_chunk_scan_fwd"] == pytest.approx(want)
+    table = sc._priced(measured, rates)
     total = float(table.splitlines()[-1].split()[-1])
-    assert total == pytest.approx(24 * (ms + sc.RUN5_MS_PER_LAYER["_conv_fwd"]), abs=0.05)
+    assert total == pytest.approx(24 * (ms["_chunk_scan_fwd"] + ms["_conv_fwd"]), abs=0.05)
+    # every Triton kernel of the seed block's training step has a measured time
+    assert set(ms) == {"_chunk_bwd_dx", "_rmsnorm_bwd", "_chunk_bwd_bc", "_conv_bwd", "_conv_fwd", "_rmsnorm_fwd",
+                       "_chunk_scan_fwd", "_conv_bwd_gate", "_state_fwd", "_state_bwd", "_cumsum_fwd"}
 
 
 def test_seed_launches_follow_the_host_code(sc, monkeypatch):
