@@ -7,8 +7,10 @@ phase (a training step at the seed config, an inference forward, a streaming ste
 decided: what grows with the number of chunks shows beside the seed's "train"), after
 warm-up, ``--steps`` steps are profiled. Printed per phase: the device time per step, split into kinds (matmuls,
 this project's Triton kernels, other Triton kernels, elementwise/reductions, copies, optimizer, other), and the
-``--top`` kernels with their calls and microseconds per step and their share. On the CPU (``--device cpu --tiny``,
-a smoke test of the script) the CPU time of the operators is reported instead.
+``--top`` kernels with their calls and microseconds per step and their share; on a GPU also the device timeline:
+the time from the profiled steps' first kernel to their last, and how much of it no kernel was running (the GPU
+waiting on the host: launches, Python, a host sync), with the largest gaps and the kernels around them. On the CPU
+(``--device cpu --tiny``, a smoke test of the script) the CPU time of the operators is reported instead.
 
     python3 benchmarks/gpu_profile.py --out $OUT/gpu_profile.json                      # on the GPU machine
     python benchmarks/gpu_profile.py --device cpu --tiny --models cb_m2n
@@ -80,6 +82,30 @@ def phase_fn(phase: str, model: str, setup: gpu.Setup) -> Callable[[], Any]:
     return gpu.stream_step(model, setup, 1, "cuda-graph" if setup.cuda else "eager")[0]
 
 
+def device_idle(kernels: list[tuple[float, float, str]], steps: int, top: int = 5) -> dict[str, Any]:
+    """The device timeline of ``kernels`` ((start us, end us, name), the profiled steps' kernels in any order): per
+    step, the span from the first start to the last end, the time some kernel was running (the union of the
+    intervals: concurrent kernels count once) and the rest, idle; and the ``top`` largest idle gaps, each with the
+    kernels that end before it and start after it."""
+    if not kernels:
+        return {"span_us_per_step": 0.0, "busy_us_per_step": 0.0, "idle_us_per_step": 0.0, "gaps": []}
+    ordered = sorted(kernels)
+    busy, gaps = 0.0, []
+    cur_start, cur_end, cur_name = ordered[0]
+    for start, end, name in ordered[1:]:
+        if start > cur_end:  # a gap: nothing runs from cur_end to start
+            busy += cur_end - cur_start
+            gaps.append({"us": start - cur_end, "after": cur_name, "before": name})
+            cur_start, cur_end, cur_name = start, end, name
+        elif end > cur_end:
+            cur_end, cur_name = end, name
+    busy += cur_end - cur_start
+    span = cur_end - ordered[0][0]
+    gaps.sort(key=lambda g: -g["us"])
+    return {"span_us_per_step": span / steps, "busy_us_per_step": busy / steps,
+            "idle_us_per_step": (span - busy) / steps, "gaps": gaps[:top]}
+
+
 def profile_phase(fn: Callable[[], Any], steps: int, warmup: int, cuda: bool, top: int) -> dict[str, Any]:
     """Kernels (CUDA) or operators (CPU) of ``steps`` calls of ``fn`` after ``warmup``: per-step times by kind and
     the ``top`` names."""
@@ -104,6 +130,8 @@ def profile_phase(fn: Callable[[], Any], steps: int, warmup: int, cuda: bool, to
         if us > 0:
             rows.append({"name": evt.key, "kind": kind_of(evt.key), "calls_per_step": evt.count / steps,
                          "us_per_step": us / steps})
+    timeline = device_idle([(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                            if e.device_type == torch.autograd.DeviceType.CUDA], steps) if cuda else None
     total = sum(r["us_per_step"] for r in rows)
     by_kind: dict[str, float] = collections.defaultdict(float)
     for r in rows:
@@ -112,7 +140,8 @@ def profile_phase(fn: Callable[[], Any], steps: int, warmup: int, cuda: bool, to
     rows.sort(key=lambda r: -r["us_per_step"])
     return {"unit": "device us" if cuda else "cpu us", "total_us_per_step": total, "kernels": len(rows),
             "launches_per_step": sum(r["calls_per_step"] for r in rows),
-            "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])), "top": rows[:top]}
+            "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])), "top": rows[:top],
+            "timeline": timeline}
 
 
 def print_phase(model: str, phase: str, res: dict[str, Any]) -> None:
@@ -121,6 +150,10 @@ def print_phase(model: str, phase: str, res: dict[str, Any]) -> None:
           f"time per step, {res['launches_per_step']:,.0f} {what}, {res['kernels']} distinct")
     print("  by kind: " + "; ".join(f"{k} {v / 1e3:,.3f} ms ({100 * v / res['total_us_per_step']:.0f}%)"
                                     for k, v in res["by_kind"].items()))
+    if t := res.get("timeline"):
+        print(f"  device timeline: {t['span_us_per_step'] / 1e3:,.3f} ms a step from its first kernel to its last, "
+              f"{t['idle_us_per_step'] / 1e3:,.3f} ms of it with no kernel running; largest gaps: " + "; ".join(
+                  f"{g['us']:,.0f} us after {g['after'][:40]} before {g['before'][:40]}" for g in t["gaps"]))
     print(f"  {'kernel':<72} {'calls':>7} {'us/step':>10} {'share':>6}")
     for r in res["top"]:
         print(f"  {r['name'][:72]:<72} {r['calls_per_step']:>7,.0f} {r['us_per_step']:>10,.1f} "

@@ -64,3 +64,15 @@ def test_cpu_smoke_run(prof, tmp_path):
     assert "optimizer" in res["models"]["attn"]["train"]["by_kind"]
     assert "optimizer" in res["models"]["attn"]["long"]["by_kind"]
     assert "optimizer" not in res["models"]["attn"]["infer"]["by_kind"]
+
+
+def test_device_idle_time_is_the_span_less_the_union_of_kernels(prof):
+    # two steps: kernels a [0, 10), b [5, 12) overlapping a, then a gap of 8, c [20, 30); d [30, 31) right after; a gap
+    # of 69, e [100, 140)
+    kernels = [(20.0, 30.0, "c"), (0.0, 10.0, "a"), (5.0, 12.0, "b"), (30.0, 31.0, "d"), (100.0, 140.0, "e")]
+    t = prof.device_idle(kernels, steps=2, top=1)
+    assert t["span_us_per_step"] == 70.0  # 140 us over two steps
+    assert t["busy_us_per_step"] == (12 + 11 + 40) / 2
+    assert t["idle_us_per_step"] == (8 + 69) / 2
+    assert t["gaps"] == [{"us": 69.0, "after": "d", "before": "e"}]
+    assert prof.device_idle([], steps=3)["idle_us_per_step"] == 0.0
