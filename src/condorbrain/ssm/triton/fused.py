@@ -58,13 +58,13 @@ _CONV_BWD_BL, _CONV_BWD_BC, _CONV_BWD_WARPS = 16, 128, 4
 _CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
 _BLOCK_ROWS = 16  # rows (batch * time) per program of the RMSNorm's forward
 # The RMSNorm's backward: tiles of _NORM_BWD_ROWS rows, a program over a run of them with its partial weight
-# gradient in registers, about _NORM_BWD_PROGRAMS programs (here: no cap, one 16-row tile a program, the weight
-# gradient's partials per 16 rows, as run 5 had it: 248 registers on 8 warps, one block an SM). Timed side by side
-# on an H100 (benchmarks/gpu_sweep.py, 2026-11-26, benchmarks/results/h100-2026-11-26/): 8.14 ms a layer's training
-# step where 4-row tiles in runs over 4096 programs (128 registers, two blocks an SM, fewer instructions a row by
-# sm_90's SASS) took 8.53: the static counts priced that one faster, but this kernel streams 1.5 GB a seed layer
-# and more rows a tile keep more bytes in flight (ptxas, sm_90, the seed's gated norm: 255 registers and 4 B of spills
-# a thread; in run 7's profile 23.6 ms a step where the 4-row tiles took 30.7)
+# gradient in registers, about _NORM_BWD_PROGRAMS programs. Here no cap: one 16-row tile a program, the weight
+# gradient's partials per 16 rows, as run 5 had it (ptxas, sm_90, the seed's gated norm: 255 registers on 8 warps
+# and 4 B of spills a thread, one block an SM). Timed side by side on an H100 (benchmarks/gpu_sweep.py, 2026-11-26,
+# benchmarks/results/h100-2026-11-26/): 8.14 ms a layer's training step where 4-row tiles in runs over 4096
+# programs (128 registers, two blocks an SM, fewer instructions a row by sm_90's SASS) took 8.53, and 23.6 ms of
+# the step in run 7's profile where those took 30.7: the static counts priced the small tiles faster, but this
+# kernel streams 1.5 GB a seed layer and more rows a tile keep more bytes in flight
 _NORM_BWD_ROWS, _NORM_BWD_PROGRAMS, _NORM_BWD_WARPS = 16, 1 << 30, 8
 # The norms' backward kernels store the forward's output (which the next Linear's weight gradient needs) rather
 # than the forward kernel rerunning for it first: y and z (or the block's input) are read once, not twice
