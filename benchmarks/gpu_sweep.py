@@ -64,6 +64,9 @@ DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop be
     "default",
     "ssd._DX_STAGES=2",
     "ssd._BC_HEADS=4",
+    # the norm's backward on 16 warps (one 16-warp block an SM where one 8-warp one; 128 registers, 77 spill
+    # instructions a warp: 13% more instructions, benchmarks/sass_counts.py) for a kernel at half the copy floor
+    "fused._NORM_BWD_WARPS=16",
     "default",
 )
 MODEL = "cb_m2n"
