@@ -218,11 +218,11 @@ def infer_step(name: str, setup: Setup, path: str = "eager") -> tuple[Callable[[
     torch.manual_seed(0)
     net = build_model(name, setup, setup.layers).eval()
     x = torch.randn(setup.batch, setup.L, gm.N_IN, device=setup.device)
-    device_type = torch.device(setup.device).type
     params = sum(p.numel() for p in net.parameters())
     if path == "cuda-graph":
         graphed = GraphedForward(net, tuple(x.shape), autocast_dtype=torch.bfloat16)
         return (lambda: graphed(x)), params
+    device_type = torch.device(setup.device).type
 
     @torch.no_grad()
     def fwd() -> None:

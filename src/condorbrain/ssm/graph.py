@@ -80,8 +80,8 @@ def _state_tensors(cache: Any) -> list[Tensor]:
     return [t for layer in cache for t in layer]
 
 
-def _check_step_input(x: Tensor, shape: tuple[int, ...], name: str = "x_t", layout: str = "(batch, 1, n_inputs)",
-                      ) -> None:
+def _check_step_input(x: Tensor, shape: tuple[int, ...], name: str = "x_t",
+                      layout: str = "(batch, 1, n_inputs)") -> None:
     """Shape and dtype only (host metadata, no device sync); finiteness where x is on the CPU (free)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(x).__name__}")
@@ -230,9 +230,9 @@ class GraphedForward:
 
     A whole-window forward through N layers is a few hundred kernel launches (353 for the seed's 24-layer network);
     launched from Python, the host's time between them is device time lost: 0.85 ms of a 44.6 ms forward at batch
-    1024 on an H100 (``benchmarks/results/h100-2026-11-26``), most of the time at small batches. At construction:
-    a static input buffer, a few warm-up forwards on a side stream, the capture of one (under ``autocast_dtype``
-    autocast, if given, as the caller's eager forward would run). Each call copies x into the static input and
+    1024 on an H100 (``benchmarks/results/h100-2026-11-26``); a larger share at small batches, where the kernels are
+    short (not measured). At construction: a static input buffer, a few warm-up forwards on a side stream, the
+    capture of one (under ``autocast_dtype`` autocast, if given, as the caller's eager forward would run). Each call copies x into the static input and
     replays. The checks the forward makes on its input are skipped inside a capture (``_checks.capturing``), so
     :meth:`__call__` checks x's shape and dtype, and its finiteness where x is on the CPU (on the GPU that check
     would cost the host sync the graph avoids).
