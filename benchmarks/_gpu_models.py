@@ -20,6 +20,7 @@ written once per pass in the compute dtype, plus the parameters (and AdamW's fp3
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -38,6 +39,9 @@ except ImportError:  # an A/B run against a revision from before it (gpu_checks.
     from contextlib import nullcontext as input_scanned
 
 N_IN, N_OUT = 24, 8
+# norm_then_mix may return a branch output with its gated norm pending (as the library's Backbone lets it), where
+# the library has that (an A/B run against an older revision: not)
+_DEFER = {"defer_norm": True} if "defer_norm" in inspect.signature(norm_then_mix).parameters else {}
 
 
 class RMSNorm(nn.Module):
@@ -95,8 +99,9 @@ class Net(nn.Module):
         with input_scanned():
             h, pending = self.emb(x), None  # each mixer's output is added by the next norm, as in the streaming step
             for n, m in zip(self.norms, self.mixers):
-                h, pending = norm_then_mix(n, m, h, pending)  # h += pending; pending = m(n(h)); the library's norm
-                # joins a Mamba2's in_proj on the fused path, the add included
+                h, pending = norm_then_mix(n, m, h, pending, **_DEFER)  # h += pending; pending = m(n(h)); the
+                # library's norm joins a Mamba2's in_proj on the fused path, the add included (and, in inference,
+                # the mixer's gated norm's 1/rms, pending with its output: condorbrain.ssm.pending)
             return self.head(self.fn.add_forward(h, pending)[1])
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int | None = None,

@@ -73,10 +73,10 @@ def saved_bytes_by_tag(net: gm.Net, x: torch.Tensor) -> dict[str, int]:
             hooks.append(mod.register_forward_hook(lambda *_: tag.__setitem__(0, "rest")))
     joined = Mamba2.forward_prenormed  # a pre-norm joined to in_proj (norm_then_mix): no module call, so no hook
 
-    def forward_prenormed(self, *args):
+    def forward_prenormed(self, *args, **kwargs):
         tag[0] = "mixer"
         try:
-            return joined(self, *args)
+            return joined(self, *args, **kwargs)
         finally:
             tag[0] = "rest"
 

@@ -62,7 +62,11 @@ import gpu  # noqa: E402
 # warps (10.62), ssd.HEADS_PER_PROGRAM=16 (noise), ssd._MAX_CHUNK=32 with 4 warps (9.32, inference 2.48): settled.
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
-    "ssd._DX_STAGES=2",
+    # the inference forward with each gated norm's kernel (its 1/rms left to the next norm, condorbrain.ssm.pending),
+    # as before: not yet timed; priced 25.3 against 29.1 ms of Triton kernels a seed forward (sass_counts.py)
+    "fused._DEFER_NORM=0",
+    # the deferred norm's scan on 3 stages (162 registers, one block an SM; 2 stages: 128, two)
+    "ssd._SCAN_SUMSQ_STAGES=3",
     "ssd._BC_HEADS=4",
     # the norm's backward on 16 warps (one 16-warp block an SM where one 8-warp one; 128 registers, 77 spill
     # instructions a warp: 13% more instructions, benchmarks/sass_counts.py) for a kernel at half the copy floor

@@ -140,19 +140,26 @@ def compile_counts(kernel, args, kwargs, tmp: Path) -> dict:
 
 def _block(inference: bool) -> None:
     """One seed block as the benchmark's network runs it: the residual add and pre-norm joined to in_proj
-    (add_rmsnorm_linear_triton, d_model 512 -> 2192), then the fused layer (out_proj inside)."""
+    (add_rmsnorm_linear_triton, d_model 512 -> 2192), then the fused layer (out_proj inside); in inference, where
+    the tree has it and its switch is on, with the gated norm deferred (the previous block's output pending its
+    1/rms, this block's left so)."""
     import torch
 
-    from condorbrain.ssm.triton.fused import add_rmsnorm_linear_triton
+    from condorbrain.ssm.triton import fused
 
+    deferred = inference and getattr(fused, "_DEFER_NORM", False)
     with torch.set_grad_enabled(not inference):
         x, h = (torch.randn(recorder.BATCH, recorder.SEQLEN, 512, dtype=torch.bfloat16, requires_grad=not inference)
                 for _ in range(2))
+        if deferred:
+            from condorbrain.ssm.pending import PendingScaled
+
+            h = PendingScaled(h, torch.rand(recorder.BATCH * recorder.SEQLEN, 4), 1024, 1e-5)
         w = torch.randn(2192, 512, dtype=torch.bfloat16, requires_grad=not inference)
-        outs = add_rmsnorm_linear_triton(x, h, torch.ones(512, requires_grad=not inference), 1e-5, w)
+        outs = fused.add_rmsnorm_linear_triton(x, h, torch.ones(512, requires_grad=not inference), 1e-5, w)
     if not inference:
         recorder._backward(*outs)
-    recorder._fused_layer(64, 64, inference=inference)
+    recorder._fused_layer(64, 64, inference=inference, deferred=deferred)
 
 
 def run(case: str) -> list[dict]:

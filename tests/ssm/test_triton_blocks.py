@@ -295,7 +295,7 @@ def test_block_joins_its_norm_to_the_mamba2_in_proj(device, monkeypatch):
 
     calls = []
     joined = Mamba2.forward_prenormed
-    monkeypatch.setattr(Mamba2, "forward_prenormed", lambda *a: calls.append(1) or joined(*a))
+    monkeypatch.setattr(Mamba2, "forward_prenormed", lambda *a, **k: calls.append(1) or joined(*a, **k))
     got = run(block)
     want = run(lambda h: h + block.mixer(block.norm(h)))  # the two modules apart
     assert calls == [1]

@@ -115,17 +115,23 @@ def _mamba2_zxbcdt(d_state: int):
 
 
 def _fused_layer(d_state: int, chunk_size: int, norm_weight: bool = True, dt_limit=(0.0, float("inf")),
-                 inference: bool = False):
+                 inference: bool = False, deferred: bool = False):
+    """The seed layer after in_proj: a training step, or (inference) a forward with no gradient, the gated norm
+    left pending (deferred: ``mamba2_deferred_forward``, as the library's Backbone runs it) or not."""
     import torch
 
-    from condorbrain.ssm.triton.fused import mamba2_fused_forward
+    from condorbrain.ssm.triton import fused
 
     zxbcdt, w, bias, dt_bias, A_log, D, norm = _mamba2_zxbcdt(d_state)
     out_proj = torch.randn(512, 1024, requires_grad=True)  # inside, as Mamba2.forward passes it (d_model 512)
     with torch.set_grad_enabled(not inference):  # inference: no state kept for a backward
-        y = mamba2_fused_forward(zxbcdt, w, bias, dt_bias, A_log, D, norm if norm_weight else None, headdim=64,
-                                 d_state=d_state, chunk_size=chunk_size, dt_limit=dt_limit,
-                                 out_proj_weight=out_proj)
+        if deferred:
+            fused.mamba2_deferred_forward(zxbcdt, w, bias, dt_bias, A_log, D, norm, out_proj, headdim=64,
+                                          d_state=d_state, chunk_size=chunk_size, dt_limit=dt_limit)
+            return
+        y = fused.mamba2_fused_forward(zxbcdt, w, bias, dt_bias, A_log, D, norm if norm_weight else None, headdim=64,
+                                       d_state=d_state, chunk_size=chunk_size, dt_limit=dt_limit,
+                                       out_proj_weight=out_proj)
     if not inference:
         _backward(y)
 
@@ -160,6 +166,8 @@ def _ssd_cases():
     cases["mamba2 d_state 64, rmsnorm=False, dt_limit"] = lambda: _fused_layer(64, 64, False, (0.001, 0.1))
     for n in (64, 128):
         cases[f"mamba2 inference d_state {n}"] = lambda n=n: _fused_layer(n, 64, inference=True)
+        cases[f"mamba2 inference, the norm deferred, d_state {n}"] = lambda n=n: _fused_layer(
+            n, 64, inference=True, deferred=True)
 
     def switched(variant: str, case):  # a case under a variant of benchmarks/gpu_sweep.py (settings, then undone)
         def run():
@@ -202,6 +210,14 @@ def _fused_cases():
         w = torch.randn(2192, 512, dtype=torch.bfloat16, requires_grad=True)
         _backward(*add_rmsnorm_linear_triton(x, h, torch.ones(512, requires_grad=True), 1e-5, w))
 
+    def add_pending_norm_linear():  # inference: the add of a deferred norm's output (its 1/rms), norm, in_proj
+        from condorbrain.ssm.pending import PendingScaled
+
+        x, h = (torch.randn(BATCH, SEQLEN, 512, dtype=torch.bfloat16) for _ in range(2))
+        pending = PendingScaled(h, torch.rand(BATCH * SEQLEN, 4), 1024, 1e-5)
+        with torch.no_grad():
+            add_rmsnorm_linear_triton(x, pending, torch.ones(512), 1e-5, torch.randn(2192, 512, dtype=torch.bfloat16))
+
     def norm(with_z: bool, before_gate: bool):
         y = torch.randn(BATCH, SEQLEN, 1024, dtype=torch.bfloat16, requires_grad=True)
         z = torch.randn(BATCH, SEQLEN, 2 * 1024, dtype=torch.bfloat16, requires_grad=True)[..., :1024]  # a view
@@ -215,6 +231,7 @@ def _fused_cases():
         "norm without z": lambda: norm(False, False),
         **{f"add + norm, streaming batch {batch}": lambda batch=batch: add_norm(batch) for batch in (1, BATCH)},
         "add + norm + in_proj, training": add_norm_linear,
+        "add of a pending 1/rms + norm + in_proj, inference": add_pending_norm_linear,
     }
 
 

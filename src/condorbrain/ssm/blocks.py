@@ -26,6 +26,7 @@ from torch import Tensor
 from condorbrain.ssm._checks import input_scanned
 from condorbrain.ssm.mamba import Mamba, check_hidden_states, check_state, records_grad
 from condorbrain.ssm.mamba2 import Mamba2, RMSNormGated
+from condorbrain.ssm.pending import PendingScaled, materialize
 from condorbrain.ssm.scans import scan_backend
 
 __all__ = [
@@ -80,26 +81,28 @@ class RMSNorm(nn.Module):
         rows = x.reshape(-1, 1, x.shape[-1])  # (N, 1, D): the kernel's (batch, length, channels)
         return rmsnorm_gated_triton(rows, None, self.weight, self.eps).view(x.shape)
 
-    def add_forward(self, x: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+    def add_forward(self, x: Tensor, h: Tensor | PendingScaled | None) -> tuple[Tensor, Tensor]:
         """(x + h, norm(x + h)): a residual add and this norm, as a pre-norm block's streaming step begins; h None
-        means nothing to add. One Triton launch on the Triton path when nothing needs a gradient (a streaming step
-        under ``no_grad``: :func:`condorbrain.ssm.triton.fused.add_rmsnorm_triton`), else the add and ``forward``."""
+        means nothing to add, h a :class:`~condorbrain.ssm.pending.PendingScaled` a deferred gated norm's output.
+        One Triton launch on the Triton path when nothing needs a gradient (a streaming step under ``no_grad``:
+        :func:`condorbrain.ssm.triton.fused.add_rmsnorm_triton`, which also applies a pending 1/rms), else the add
+        and ``forward``."""
         if h is None:
             return x, self(x)
         if (x.dtype == h.dtype != torch.float64 and x.shape == h.shape and scan_backend(x.device) == "triton"
-                and not records_grad(self, x, h)):
+                and not records_grad(self, x, *([h] if isinstance(h, Tensor) else []))):
             from condorbrain.ssm.triton.fused import add_rmsnorm_triton
 
             return add_rmsnorm_triton(x, h, self.weight, self.eps)
-        x = x + h
+        x = x + materialize(h)
         return x, self(x)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-def norm_then_mix(norm: nn.Module, mixer: nn.Module, x: Tensor,
-                  pending: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def norm_then_mix(norm: nn.Module, mixer: nn.Module, x: Tensor, pending: Tensor | PendingScaled | None = None,
+                  defer_norm: bool = False) -> tuple[Tensor, Tensor | PendingScaled]:
     """(x + pending, mixer(norm(x + pending))) over a whole sequence, no carried state: a pre-norm block's mixer
     branch with the previous branch's residual add pending. x, pending: (B, L, D); pending None: nothing to add.
 
@@ -107,20 +110,26 @@ def norm_then_mix(norm: nn.Module, mixer: nn.Module, x: Tensor,
     norm run inside in_proj's autograd node (``Mamba2.forward_prenormed``): the same values, the normalised input
     recomputed in the backward instead of kept (1 KB per token and layer at d_model 512 in bf16: ~2.8 GiB of the
     seed config's training activations) and no add kernel of its own, either way. Elsewhere: the add and the norm
-    (``RMSNorm.add_forward``), then the mixer."""
+    (``RMSNorm.add_forward``), then the mixer.
+
+    defer_norm: the caller passes the returned branch output on only as the ``pending`` of another
+    ``norm_then_mix`` or of :meth:`RMSNorm.add_forward` (or multiplies it out with
+    :func:`condorbrain.ssm.pending.materialize`), so it may be a :class:`~condorbrain.ssm.pending.PendingScaled`:
+    a Mamba-2 inference forward without its gated norm's kernel (``Mamba2.defers_norm``). pending may be one
+    either way."""
     if (type(norm) is RMSNorm and isinstance(mixer, Mamba2) and mixer._fused_path(x)
             and (pending is None or (pending.shape == x.shape and pending.dtype == x.dtype))):
-        return mixer.forward_prenormed(x, norm.weight, norm.eps, pending)
+        return mixer.forward_prenormed(x, norm.weight, norm.eps, pending, defer_norm=defer_norm)
     x, u = _add_then_norm(norm, x, pending)
     return x, mixer(u)
 
 
-def _add_then_norm(norm: nn.Module, x: Tensor, pending: Tensor | None) -> tuple[Tensor, Tensor]:
+def _add_then_norm(norm: nn.Module, x: Tensor, pending: Tensor | PendingScaled | None) -> tuple[Tensor, Tensor]:
     """(x + pending, norm(x + pending)), pending None: nothing to add. An :class:`RMSNorm` does both with
     ``add_forward`` (one launch on the Triton path when no gradient is wanted); another norm, the add then itself."""
     if hasattr(norm, "add_forward"):
         return norm.add_forward(x, pending)
-    x = x if pending is None else x + pending
+    x = x if pending is None else x + materialize(pending)
     return x, norm(x)
 
 
@@ -368,13 +377,16 @@ class Block(nn.Module):
             x = x + self.drop_path(self.mlp(self.norm2(x)))  # (B, L, D)
         return (x, new_state) if return_state else x
 
-    def forward_pending(self, x: Tensor, pending: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward_pending(self, x: Tensor, pending: Tensor | PendingScaled | None,
+                        defer_norm: bool = False) -> tuple[Tensor, Tensor | PendingScaled]:
         """``forward`` (no state) with the residual adds left pending, as :meth:`step_pending`: (x, pending) ->
         (x', h) with x' + h = ``forward(x + pending)``, each add done by the next norm (:func:`norm_then_mix`:
         inside the Mamba-2 in_proj's node on the fused path). x, pending, x', h: (B, L, D); pending None = nothing
-        to add."""
-        x, h = norm_then_mix(self.norm, self.mixer, x, pending)  # x += pending; h = mixer(norm(x))
-        return self._mlp_pending(x, self.drop_path(h))
+        to add. defer_norm: h may be a :class:`~condorbrain.ssm.pending.PendingScaled` (see :func:`norm_then_mix`;
+        not where drop-path would act on it)."""
+        defer_norm = defer_norm and (self.drop_path.p == 0.0 or not self.drop_path.training)
+        x, h = norm_then_mix(self.norm, self.mixer, x, pending, defer_norm)  # x += pending; h = mixer(norm(x))
+        return self._mlp_pending(x, self.drop_path(h))  # (drop-path the identity where h is pending)
 
     def step(self, x: Tensor, cache: LayerState) -> Tensor:
         """x: (B, 1, D) -> (B, 1, D), advancing the mixer's ``cache`` in place."""
@@ -518,7 +530,8 @@ class Backbone(nn.Module):
             if state is None and not return_state:  # the residual adds pending, each done by the next norm
                 pending = None
                 for layer in self.layers:
-                    x, pending = layer.forward_pending(x, pending)  # (B, L, D) each
+                    # pending: (B, L, D), or a Mamba-2 inference forward's with its gated norm's 1/rms still to apply
+                    x, pending = layer.forward_pending(x, pending, defer_norm=True)  # (B, L, D) each
                 return self.norm_f.add_forward(x, pending)[1]
             new_states: list[LayerState] = []
             for i, layer in enumerate(self.layers):

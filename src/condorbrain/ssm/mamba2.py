@@ -30,9 +30,11 @@ from condorbrain.ssm.mamba import (
     check_hidden_states,
     check_state,
     inverse_softplus,
+    records_grad,
     takes_triton_step,
     upcast,
 )
+from condorbrain.ssm.pending import PendingScaled
 from condorbrain.ssm.scans import scan_backend, ssd_scan
 
 __all__ = ["Mamba2", "RMSNormGated"]
@@ -335,26 +337,48 @@ class Mamba2(nn.Module):
             out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias)
 
     def forward_prenormed(self, x: Tensor, norm_weight: Tensor, eps: float,
-                          pending: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                          pending: Tensor | PendingScaled | None = None,
+                          defer_norm: bool = False) -> tuple[Tensor, Tensor | PendingScaled]:
         """(x + pending, forward(rmsnorm(x + pending) * norm_weight)) over a whole sequence on the fused path
         (``_fused_path(x)``): a pre-norm block's residual add and norm joined to in_proj
         (``rmsnorm_linear_triton`` / ``add_rmsnorm_linear_triton``), so that the block keeps its residual stream for
         the backward and not also the normalised copy in_proj would keep (1 KB per token at d_model 512, bf16), and
         the add is no kernel of its own. x, pending: (B, L, d_model), the same dtype; pending None: nothing to add
-        (x itself is returned). Use :func:`condorbrain.ssm.blocks.norm_then_mix`, which falls back to the modules
-        elsewhere."""
+        (x itself is returned); pending may be a :class:`~condorbrain.ssm.pending.PendingScaled`. Use
+        :func:`condorbrain.ssm.blocks.norm_then_mix`, which falls back to the modules elsewhere.
+
+        defer_norm: the caller takes a :class:`~condorbrain.ssm.pending.PendingScaled` as the output, and it is
+        returned where no gradient is recorded and the layer's gated norm allows (``defers_norm``): the inference
+        forward without the norm's own kernel (``mamba2_deferred_forward``). Else, and by default, a tensor."""
         check_hidden_states("x", x, self.d_model)
         if not self._fused_path(x):
             raise RuntimeError("Mamba2.forward_prenormed runs on the fused Triton path only; use "
                                "condorbrain.ssm.blocks.norm_then_mix, which falls back to forward(norm(x))")
-        from condorbrain.ssm.triton.fused import add_rmsnorm_linear_triton, rmsnorm_linear_triton
+        from condorbrain.ssm.triton import fused
 
         if pending is None:
-            res, zxbcdt = x, rmsnorm_linear_triton(x, norm_weight, eps, self.in_proj.weight, self.in_proj.bias)
+            res, zxbcdt = x, fused.rmsnorm_linear_triton(x, norm_weight, eps, self.in_proj.weight, self.in_proj.bias)
         else:
-            res, zxbcdt = add_rmsnorm_linear_triton(x, pending, norm_weight, eps, self.in_proj.weight,
-                                                    self.in_proj.bias)
+            res, zxbcdt = fused.add_rmsnorm_linear_triton(x, pending, norm_weight, eps, self.in_proj.weight,
+                                                          self.in_proj.bias)
+        if defer_norm and self.defers_norm(x):
+            return res, fused.mamba2_deferred_forward(
+                zxbcdt, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log, self._D(), self.norm.weight,
+                self.out_proj.weight, headdim=self.headdim, d_state=self.d_state, chunk_size=self.chunk_size,
+                eps=self.norm.eps, dt_limit=self.dt_limit)
         return res, self._fused_forward(zxbcdt)  # (B, L, d_model) each
+
+    def defers_norm(self, x: Tensor) -> bool:
+        """Whether ``forward_prenormed(x, ..., defer_norm=True)`` leaves the gated norm pending: on the fused path,
+        no gradient recorded, the switch ``condorbrain.ssm.triton.fused._DEFER_NORM`` on, and a norm whose 1/rms
+        is one factor per row that out_proj can pass (one group, ``norm_before_gate=False``, no d_mlp branch, no
+        out_proj bias)."""
+        if not (self.rmsnorm and self.ngroups == 1 and not self.norm_before_gate and self.d_mlp == 0
+                and self.out_proj.bias is None and self._fused_path(x) and not records_grad(self, x)):
+            return False
+        from condorbrain.ssm.triton import fused
+
+        return fused._DEFER_NORM
 
     def _fused_path(self, u: Tensor) -> bool:
         """Whether a whole-sequence forward of ``u`` takes the fused Triton path: not float64, and the scan backend

@@ -13,6 +13,10 @@
    GEMM, it was slower on an H100: benchmarks/results/h100-2026-11-26/NOTES.md.)
 4. out_proj (cuBLAS), inside the node, so that its input is recomputed in the backward rather than kept.
 
+With no gradient recorded (inference), :func:`mamba2_deferred_forward` drops 3.: the scan's last kernel gates
+its output by silu(z) and stores each row's sum of squares, out_proj runs on that with the norm's weight folded into
+its own, and the norm's 1/rms (one factor a row) is left to the next norm (:mod:`condorbrain.ssm.pending`).
+
 The node keeps zxbcdt, the scan's output before the norm and the norm's 1/rms (4 bytes per row and group), as
 the official ``mamba_split_conv1d_scan_combined`` does: nothing else per token. Per token and layer at the seed
 sizes (bf16 autocast, d_model 512, d_state 64, headdim 64) that is 6.4 KB (+ in_proj's 1 KB input) where three
@@ -42,11 +46,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from condorbrain.ssm.pending import PendingScaled
 from condorbrain.ssm.triton import ssd
 from condorbrain.ssm.triton.ssd import launch_options, on_device, sigmoid
 
-__all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_fused_forward",
-           "rmsnorm_gated_triton", "rmsnorm_linear_triton"]
+__all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_deferred_forward",
+           "mamba2_fused_forward", "rmsnorm_gated_triton", "rmsnorm_linear_triton"]
 
 _BLOCK_L = 16  # time steps per conv program
 # _conv_bwd's tile: three (K, BL, BC)-sized float32 arrays live; BC 128 was 3% faster than 64 on an H200
@@ -299,15 +304,17 @@ def causal_conv1d_silu_triton(x: Tensor, weight: Tensor, bias: Tensor | None = N
 
 @triton.jit
 def _rmsnorm_fwd(
-    y_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, h_ptr, res_ptr,
-    rows, L, gs, ngroups, eps,
+    y_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, h_ptr, res_ptr, ss_ptr,
+    rows, L, gs, ngroups, eps, ss_inv_group, ss_eps,
     s_y_b, s_y_l, s_z_b, s_z_l, s_h_b, s_h_l,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_ADD: tl.constexpr, ROWS: tl.constexpr,
-    BLOCK: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_ADD: tl.constexpr, SCALE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, NSS: tl.constexpr, KSS: tl.constexpr,
 ):
     # grid (cdiv(rows, ROWS), ngroups); a row is one (batch, step), a group gs contiguous channels of it. With
-    # HAS_ADD (a streaming step's residual add, no gate): y + h is rounded to res's dtype, stored in res (contiguous
-    # rows, as out), and that is what is normalised.
+    # HAS_ADD (a residual add, no gate): y + h is rounded to res's dtype, stored in res (contiguous rows, as out),
+    # and that is what is normalised. With SCALE, h is a deferred gated norm's (condorbrain.ssm.pending) and is
+    # first multiplied by its rows' 1/rms, from the NSS partial sums of squares a row has in ss (rows, NSS; KSS the
+    # power of two >= NSS).
     pid_r, gi = tl.program_id(0), tl.program_id(1)
     r = pid_r * ROWS + tl.arange(0, ROWS)
     col = gi * gs + tl.arange(0, BLOCK)
@@ -316,6 +323,11 @@ def _rmsnorm_fwd(
     v = tl.load(y_ptr + (bi * s_y_b + li * s_y_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
     if HAS_ADD:
         h = tl.load(h_ptr + (bi * s_h_b + li * s_h_l)[:, None] + col[None, :], mask=m, other=0.0).to(tl.float32)
+        if SCALE:
+            k = tl.arange(0, KSS)
+            ss = tl.sum(tl.load(ss_ptr + r[:, None] * NSS + k[None, :], mask=(r[:, None] < rows) & (k[None, :] < NSS),
+                                other=0.0), axis=1)  # (ROWS,)
+            h = h * (1.0 / tl.sqrt(ss * ss_inv_group + ss_eps))[:, None]
         res = (v + h).to(res_ptr.dtype.element_ty)
         tl.store(res_ptr + r[:, None] * (gs * ngroups) + col[None, :], res, mask=m)
         v = res.to(tl.float32)
@@ -412,40 +424,53 @@ def _rmsnorm_bwd(
 
 def _rmsnorm_forward(
     y: Tensor, z: Tensor | None, weight: Tensor, eps: float, gs: int, norm_before_gate: bool,
-    h: Tensor | None = None, res: Tensor | None = None,
+    h: Tensor | PendingScaled | None = None, res: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(out (b, L, d) contiguous in y's dtype, rstd (b * L, d // gs) float32) (no autograd). y, z: unit channel
     stride. With h (y's shape, unit channel stride; no z) the norm is of y + h, which is written into res ((b, L, d)
-    contiguous, its dtype the sum's rounding)."""
+    contiguous, its dtype the sum's rounding); h a :class:`PendingScaled` (its raw contiguous): y + raw * r."""
     b, L, d = y.shape
     ngroups = d // gs
     rows = b * L
+    ss = None
+    if isinstance(h, PendingScaled):
+        ss, ss_group, ss_eps, h = h.ss, h.group, h.eps, h.raw.reshape(y.shape)
+        h = h if h.stride(-1) == 1 else h.contiguous()
     out = torch.empty(b, L, d, device=y.device, dtype=y.dtype)
     rstd = torch.empty(rows, ngroups, device=y.device, dtype=torch.float32)
     BLOCK = _pow2(gs)
     with on_device(y):
         _rmsnorm_fwd[(triton.cdiv(rows, _BLOCK_ROWS), ngroups)](
             y, z if z is not None else y, weight, out, rstd, h if h is not None else y, res if res is not None else out,
-            rows, L, gs, ngroups, eps, y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
+            ss if ss is not None else rstd, rows, L, gs, ngroups, eps,
+            *((1.0 / ss_group, ss_eps) if ss is not None else (1.0, 0.0)),
+            y.stride(0), y.stride(1), *(z.stride()[:2] if z is not None else (0, 0)),
             *(h.stride()[:2] if h is not None else (0, 0)),
-            HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_ADD=h is not None, ROWS=_BLOCK_ROWS,
-            BLOCK=BLOCK, **launch_options(_BLOCK_ROWS * BLOCK))
+            HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_ADD=h is not None, SCALE=ss is not None,
+            ROWS=_BLOCK_ROWS, BLOCK=BLOCK, NSS=ss.shape[1] if ss is not None else 1,
+            KSS=triton.next_power_of_2(ss.shape[1]) if ss is not None else 1,
+            **launch_options(_BLOCK_ROWS * BLOCK))
     return out, rstd
 
 
-def add_rmsnorm_triton(x: Tensor, h: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def add_rmsnorm_triton(x: Tensor, h: Tensor | PendingScaled, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """(x + h, rmsnorm(x + h) * weight) in one launch, both new tensors of x's shape and dtype (no autograd): a
     streaming step's residual add joined to the next block's norm (``condorbrain.ssm.blocks.RMSNorm.add_forward``),
     one kernel where the eager pair is two. The sum is rounded to x's dtype first, as ``x + h`` in that dtype is.
 
     Args:
-        x, h: (..., d), the same shape; x's dtype is the residual stream's. weight: (d,).
+        x, h: (..., d), the same shape; x's dtype is the residual stream's. weight: (d,). h may be a
+            :class:`condorbrain.ssm.pending.PendingScaled` (a deferred gated norm's output): its 1/rms is applied
+            in the same launch.
     """
     if h.shape != x.shape:
         raise ValueError(f"x and h must have the same shape, got {tuple(x.shape)} and {tuple(h.shape)}")
     d = x.shape[-1]
-    x3, h3 = (t.reshape(-1, 1, d) for t in (x, h))  # (rows, 1, d): the kernel's (batch, length, channels)
-    x3, h3 = (t if t.stride(-1) == 1 else t.contiguous() for t in (x3, h3))
+    x3 = x.reshape(-1, 1, d)  # (rows, 1, d): the kernel's (batch, length, channels)
+    x3 = x3 if x3.stride(-1) == 1 else x3.contiguous()
+    h3 = h if isinstance(h, PendingScaled) else h.reshape(x3.shape)  # (_rmsnorm_forward makes raw's rows)
+    if isinstance(h3, Tensor) and h3.stride(-1) != 1:
+        h3 = h3.contiguous()
     res = torch.empty(x3.shape, device=x.device, dtype=x.dtype)
     out, _ = _rmsnorm_forward(x3, None, weight, eps, d, False, h=h3, res=res)
     return res.view(x.shape), out.view(x.shape)
@@ -553,8 +578,9 @@ class _RMSNormLinear(torch.autograd.Function):
         rows = x.reshape(-1, 1, x.shape[-1])  # (N, 1, D): the norm kernel's (batch, length, channels)
         with torch.autocast(x.device.type, enabled=False):
             res = torch.empty_like(rows) if h is not None else None
-            u, rstd = _rmsnorm_forward(rows, None, norm_weight, eps, x.shape[-1], False,
-                                       h=h.reshape(rows.shape) if h is not None else None, res=res)  # x's dtype
+            if isinstance(h, Tensor):
+                h = h.reshape(rows.shape)  # (a PendingScaled, forward only, is reshaped by the kernel's host code)
+            u, rstd = _rmsnorm_forward(rows, None, norm_weight, eps, x.shape[-1], False, h=h, res=res)  # x's dtype
             out = F.linear(u.view(x.shape).to(mm_dtype), weight.to(mm_dtype),
                            bias.to(mm_dtype) if bias is not None else None)  # (..., n_out)
         stream = x if h is None else res.view(x.shape)
@@ -610,14 +636,16 @@ def rmsnorm_linear_triton(x: Tensor, norm_weight: Tensor, eps: float, weight: Te
     return _RMSNormLinear.apply(x, None, norm_weight, eps, weight, bias, _mm_dtype(x))
 
 
-def add_rmsnorm_linear_triton(x: Tensor, h: Tensor, norm_weight: Tensor, eps: float, weight: Tensor,
+def add_rmsnorm_linear_triton(x: Tensor, h: Tensor | PendingScaled, norm_weight: Tensor, eps: float, weight: Tensor,
                               bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(x + h, F.linear(rmsnorm(x + h) * norm_weight, weight, bias)): :func:`rmsnorm_linear_triton` with the
     residual add of the previous branch's output h joined to it (the sum rounded to x's dtype, as ``x + h`` in that
     dtype is), differentiable in x, h and the weights.
 
     Args:
-        x, h: (..., D), the same shape and dtype. The rest as :func:`rmsnorm_linear_triton`'s.
+        x, h: (..., D), the same shape and dtype. The rest as :func:`rmsnorm_linear_triton`'s. h may be a
+            :class:`condorbrain.ssm.pending.PendingScaled` (a deferred gated norm's output, made with no gradient):
+            its 1/rms is applied by the norm's kernel when no gradient is recorded, else multiplied out first.
 
     Returns:
         (..., D) the sum (the next residual) and (..., n_out).
@@ -625,7 +653,9 @@ def add_rmsnorm_linear_triton(x: Tensor, h: Tensor, norm_weight: Tensor, eps: fl
     if h.shape != x.shape or h.dtype != x.dtype:
         raise ValueError(f"x and h must match in shape and dtype, got {tuple(x.shape)} {x.dtype} and "
                          f"{tuple(h.shape)} {h.dtype}")
-    x, h = x.contiguous(), h.contiguous()
+    if isinstance(h, PendingScaled) and torch.is_grad_enabled():
+        h = h.materialize()
+    x, h = x.contiguous(), (h if isinstance(h, PendingScaled) else h.contiguous())
     return _RMSNormLinear.apply(x, h, norm_weight, eps, weight, bias, _mm_dtype(x))
 
 
@@ -813,6 +843,71 @@ class _Mamba2Fused(torch.autograd.Function):
         dD = (dD2.sum(-1) if D.dim() == 1 else dD2).to(D.dtype)
         return (dzxbcdt, dconv_w, dconv_b, ddt.sum((0, 1)).to(dt_bias.dtype), dA_log, dD,
                 dnw, dW, db, None)
+
+
+# The inference forward (no gradient) leaves the gated norm's 1/rms to the next norm (mamba2_deferred_forward:
+# the scan stores y * silu(z) and its rows' sums of squares, out_proj runs on it with the norm's weight folded in, and
+# the norm's own kernel, 6 KB a token at the seed, is gone). Not yet timed on a GPU (benchmarks/gpu_sweep.py tries
+# both ways); the static counts (benchmarks/sass_counts.py) price it faster
+_DEFER_NORM = True
+
+
+def mamba2_deferred_forward(
+    zxbcdt: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    dt_bias: Tensor,
+    A_log: Tensor,
+    D: Tensor,
+    norm_weight: Tensor,
+    out_proj_weight: Tensor,
+    *,
+    headdim: int,
+    d_state: int,
+    chunk_size: int = 256,
+    eps: float = 1e-5,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> PendingScaled:
+    """:func:`mamba2_fused_forward` with the gated norm left pending, for inference: no autograd, one B/C group,
+    the gate after the norm's input (``norm_before_gate=False``), no d_mlp branch and no out_proj bias (so that the
+    norm's 1/rms is one factor per row, which commutes with out_proj: :mod:`condorbrain.ssm.pending`).
+
+    The scan kernel stores u = y * silu(z) and each row's sum of squares of it (in partial sums), out_proj runs on
+    u with the norm's weight folded into its own, and the result's rows are still to be multiplied by 1/rms: by
+    the next norm (``RMSNorm.add_forward``, ``norm_then_mix``) or ``PendingScaled.materialize``.
+
+    Args:
+        zxbcdt: (B, L, d_in_proj), in_proj's output, split as [z, xBC, dt] (d_ssm = nheads * headdim with
+            nheads = dt_bias.shape[0], conv_dim = d_ssm + 2 * d_state).
+        norm_weight: (d_ssm,). out_proj_weight: (d_model, d_ssm). The rest as :func:`mamba2_fused_forward`'s.
+
+    Returns:
+        a PendingScaled of (B, L, d_model) in out_proj's compute dtype (autocast's under autocast, else zxbcdt's).
+    """
+    nheads = dt_bias.shape[0]
+    d_ssm = nheads * headdim
+    if zxbcdt.shape[-1] != 2 * d_ssm + 2 * d_state + nheads:
+        raise ValueError(f"zxbcdt has {zxbcdt.shape[-1]} channels; the deferred norm takes [z, xBC, dt] of one "
+                         f"group and no d_mlp branch: 2 * d_ssm ({d_ssm}) + 2 * d_state ({d_state}) + nheads ({nheads})")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (zxbcdt, conv_weight, dt_bias, A_log, D, norm_weight,
+                                                                  out_proj_weight)):
+        raise RuntimeError("mamba2_deferred_forward has no backward: call it under torch.no_grad() or "
+                           "torch.inference_mode(), or use mamba2_fused_forward")
+    if zxbcdt.stride(-1) != 1:
+        zxbcdt = zxbcdt.contiguous()
+    cfg = _LayerCfg(headdim=headdim, d_state=d_state, ngroups=1, chunk_size=chunk_size, norm_before_gate=False,
+                    eps=eps, dt_limit=(float(dt_limit[0]), float(dt_limit[1])), d_mlp=0, nheads=nheads,
+                    out_dtype=_mm_dtype(zxbcdt))
+    with torch.autocast(zxbcdt.device.type, enabled=False), on_device(zxbcdt):
+        s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, True, cfg)  # z gates inside the scan
+        ss = torch.empty(zxbcdt.shape[:-1].numel(), ssd.scan_partials(s["d"]), device=zxbcdt.device,
+                         dtype=torch.float32)  # (B * L, K)
+        u = ssd._forward(s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, s["d"],
+                         s["softplus"], want_final=False, ss=ss)[0].flatten(-2)  # (B, L, d_ssm)
+        del s
+        w = (out_proj_weight.to(torch.float32) * norm_weight.to(torch.float32)).to(cfg.out_dtype)  # (d_model, d_ssm)
+        raw = F.linear(u.to(cfg.out_dtype), w)  # (B, L, d_model)
+    return PendingScaled(raw, ss, d_ssm, eps)
 
 
 def mamba2_fused_forward(

@@ -22,7 +22,9 @@ Forward kernels (one launch each):
    and head less, and the last chunk's own end state is not formed at all unless the final state is wanted (the
    seed: L 120 is 2 chunks, so only chunk 0's).
 3. ``_chunk_scan_fwd``: C.B^T, the decay mask, the intra-chunk matmul, + C.S_c, + D x, times silu(z) (the
-   official code's separate ``bmm`` kernel is folded in here: C.B^T never goes to memory).
+   official code's separate ``bmm`` kernel is folded in here: C.B^T never goes to memory); on request (``ss``, one
+   group) each step's sum of squares of its output too, a partial sum a program: the deferred gated norm of the
+   fused layer's inference forward (``fused.mamba2_deferred_forward``).
 
 
 Without an initial state, chunk 0's entering state is 0: it is neither stored nor read (the readers mask it out by
@@ -121,6 +123,10 @@ _BIG_TILE_WARPS = 8
 # Software-pipelining stages of the loops over heads (Triton's default on sm_90 is 3; _chunk_bwd_bc runs with 2, which
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
+# _chunk_scan_fwd with z and the rows' sums of squares (the deferred gated norm's inference forward): on 3 stages
+# 162 registers (sm_90, ptxas), one 8-warp block an SM; on 2, 128 and two, as the plain scan has on 3
+# (benchmarks/sass_counts.py)
+_SCAN_SUMSQ_STAGES = 2
 _DX_STAGES = 3  # _chunk_bwd_dx
 _BC_STAGES = 2  # _chunk_bwd_bc
 # The backward's entering states and state gradients stored in bf16 when the matmuls take bf16 operands (see
@@ -331,8 +337,8 @@ def _state_fwd(
 
 @triton.jit
 def _chunk_scan_fwd(
-    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr,
-    L, nh, nchunks, hpg, hpp, p, n, first_state,
+    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dtp_ptr, a_ptr, enter_ptr, dout_ptr, out_ptr, ss_ptr,
+    L, nh, nchunks, hpg, hpp, nsplit, p, n, first_state,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     s_C_b, s_C_l, s_C_g, s_C_n,
@@ -341,7 +347,8 @@ def _chunk_scan_fwd(
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
     HAS_D: tl.constexpr, D_SCALAR: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr, DT_IN_DECAY: tl.constexpr,
-    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, BF16_DOT: tl.constexpr,
+    SUMSQ: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+    BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, cdiv(hpg, hpp)): the outputs (T, p) of one chunk for up to hpp heads of one group, which
     # share B and C, so C.B^T is computed once for all of them. With DZ (backward, z given): the gate's gradient
@@ -349,7 +356,9 @@ def _chunk_scan_fwd(
     # state S_c is read from chunk first_state on (before it, it is 0 and was not stored: see _state_fwd). (The
     # layer's gated RMSNorm inside this kernel, a program over a group's heads and a second pass over its stored
     # outputs, was slower than _rmsnorm_fwd after it: 2.27 against 1.96 ms a seed layer's inference forward on an
-    # H100, run 6; removed.)
+    # H100, run 6; removed.) With SUMSQ (forward): also the sum over this program's heads and channels of the
+    # squared outputs, per step, into ss (b * L, nsplit) float32 at column pid_s (one group: the deferred gated
+    # norm's partial sums, see condorbrain.ssm.pending).
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
@@ -363,6 +372,8 @@ def _chunk_scan_fwd(
     CB = tl.where(t[:, None] >= t[None, :], _mm(Cm, tl.trans(Bm), BF16_DOT, PREC), 0.0)
     h_lo = g * hpg + pid_s * hpp
     h_hi = tl.minimum(h_lo + hpp, (g + 1) * hpg)
+    if SUMSQ:
+        sq = tl.zeros([T], dtype=tl.float32)
     for hd in range(h_lo, h_hi):
         base = ((bi * nh + hd) * nchunks + ci) * T
         dt = tl.load(dtp_ptr + base + t)
@@ -400,6 +411,10 @@ def _chunk_scan_fwd(
                 y = y * z * sigmoid(z)
         tl.store(out_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p,
                  y.to(out_ptr.dtype.element_ty), mask=mtp)
+        if SUMSQ:  # of the float32 values (the padded steps and channels are 0: x, z and D masked to 0)
+            sq += tl.sum(y * y, axis=1)
+    if SUMSQ:
+        tl.store(ss_ptr + (bi * L + pos) * nsplit + pid_s, sq, mask=mt)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -713,7 +728,7 @@ def _dims(x: Tensor, B: Tensor, chunk_size: int) -> dict:
     return dict(b=b, L=L, nh=nh, p=p, g=g, n=n, T=T, c=triton.cdiv(L, T), BP=_pow2(p), BN=_pow2(n))
 
 
-def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True):
+def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, ss=None):
     dot = _dot_options(x, B, C)
     dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
     # the entering states in C's dtype when that is half precision, as the official forward keeps them (its
@@ -724,25 +739,36 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True):
     enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32,
                                     want_final=want_final)
     out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
-    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, dt_positive=softplus)
+    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, dt_positive=softplus, ss=ss)
     return out, final, dtp, a
 
 
-def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, dt_positive=False):
+def scan_partials(d: dict) -> int:
+    """Columns of the ``ss`` buffer of :func:`_forward` (one group): the programs a chunk's heads are split over."""
+    return _head_split(d["nh"] // d["g"])[1]
+
+
+def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, dt_positive=False, ss=None):
     """Kernel 3: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead.
     ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``).
     dt_positive: every dtp > 0 (it went through softplus), so that its factor can join the decay's exponent as
-    log2 dt."""
+    log2 dt. ss: (b * L, scan_partials(d)) float32 (forward, one group): each step's output's sum of squares, in
+    as many partial sums, is stored there too."""
     hpg = d["nh"] // d["g"]
     hpp, nsplit = _head_split(hpg)
+    if ss is not None and (dout is not None or d["g"] != 1 or ss.shape != (d["b"] * d["L"], nsplit)
+                           or ss.dtype != torch.float32 or not ss.is_contiguous()):
+        raise ValueError(f"ss: a forward of one group only, into a contiguous float32 ({d['b'] * d['L']}, {nsplit}) "
+                         f"buffer; got {d['g']} groups, {None if ss is None else (tuple(ss.shape), ss.dtype)}")
     _chunk_scan_fwd[(d["b"] * d["c"], d["g"], nsplit)](
         x, B, C, z if z is not None else x, D2 if D2 is not None else x, dtp, a, enter,
-        dout if dout is not None else x, out,
-        d["L"], d["nh"], d["c"], hpg, hpp, d["p"], d["n"], 0 if has_h0 else 1,
+        dout if dout is not None else x, out, ss if ss is not None else a,
+        d["L"], d["nh"], d["c"], hpg, hpp, nsplit, d["p"], d["n"], 0 if has_h0 else 1,
         *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
         HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None, DZ=dout is not None,
-        DT_IN_DECAY=dt_positive, T=d["T"], BP=d["BP"], BN=d["BN"],
-        **dot, **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_SCAN_FWD_STAGES))
+        DT_IN_DECAY=dt_positive, SUMSQ=ss is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
+        **dot, **launch_options(num_warps=_BIG_TILE_WARPS,
+                                num_stages=_SCAN_SUMSQ_STAGES if ss is not None else _SCAN_FWD_STAGES))
 
 
 def _dt_cumsum(dt, A, dt_bias, d, softplus):
