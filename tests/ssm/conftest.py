@@ -16,3 +16,10 @@ def device(request):
     if not ok:
         pytest.skip(f"Triton kernels cannot run on {request.param}: {why}")
     return torch.device(request.param)
+
+
+@pytest.fixture
+def triton_layers(monkeypatch):
+    """The layers' Triton path selected (CONDORBRAIN_SCAN_BACKEND=triton: on the CPU, under the interpreter), for the
+    test modules that compare it with the other paths (``pytestmark = pytest.mark.usefixtures("triton_layers")``)."""
+    monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")

@@ -16,15 +16,9 @@ from condorbrain.ssm.blocks import Backbone, BackboneConfig, RMSNorm, norm_then_
 from condorbrain.ssm.mamba2 import Mamba2
 from condorbrain.ssm.pending import PendingScaled, materialize
 
-pytestmark = pytest.mark.skipif(not triton_path.available("cpu") and not torch.cuda.is_available(),
-                                reason=triton_path.status("cpu")[1])
-
-
-@pytest.fixture
-def device(device, monkeypatch):
-    """tests/ssm/conftest.py's device, with the layers' Triton path selected (CONDORBRAIN_SCAN_BACKEND=triton)."""
-    monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
-    return device
+pytestmark = [pytest.mark.skipif(not triton_path.available("cpu") and not torch.cuda.is_available(),
+                                 reason=triton_path.status("cpu")[1]),
+              pytest.mark.usefixtures("triton_layers")]
 
 
 def _layer(device, **kw) -> Mamba2:

@@ -15,15 +15,9 @@ from condorbrain.ssm import triton as triton_path
 from condorbrain.ssm.blocks import Backbone, BackboneConfig, Block, RMSNorm, norm_then_mix
 from condorbrain.ssm.memory import saved_activation_bytes
 
-pytestmark = pytest.mark.skipif(not triton_path.available("cpu") and not torch.cuda.is_available(),
-                                reason=triton_path.status("cpu")[1])
-
-
-@pytest.fixture
-def device(device, monkeypatch):
-    """tests/ssm/conftest.py's device, with the layers' Triton path selected (CONDORBRAIN_SCAN_BACKEND=triton)."""
-    monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
-    return device
+pytestmark = [pytest.mark.skipif(not triton_path.available("cpu") and not torch.cuda.is_available(),
+                                 reason=triton_path.status("cpu")[1]),
+              pytest.mark.usefixtures("triton_layers")]
 
 
 def _norm_and_grads(norm: RMSNorm, x: torch.Tensor, weights: torch.Tensor):

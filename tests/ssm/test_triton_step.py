@@ -29,13 +29,7 @@ from condorbrain.ssm.mamba2 import Mamba2
 from condorbrain.ssm.triton import step as step_module
 
 BF16 = torch.bfloat16
-
-
-@pytest.fixture
-def device(device, monkeypatch):
-    """tests/ssm/conftest.py's device, with the layers' Triton path selected (CONDORBRAIN_SCAN_BACKEND=triton)."""
-    monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
-    return device
+pytestmark = pytest.mark.usefixtures("triton_layers")
 
 
 def assert_close(name, got, want, rtol):
