@@ -6,7 +6,9 @@ step; see ``_gpu_models.py``).
 
 Cases (the seed config: d_model 512, 24 layers, lookback 120, batch 1024, bf16 autocast, fused AdamW):
 
-  a  training step (forward, MSE on the last step, backward, AdamW): tokens/s, samples/s, peak GiB
+  a  training step (forward, MSE on the last step, backward, AdamW): tokens/s, samples/s, peak GiB; launched op by op
+     ("eager") and, for this project's layers, the whole step captured in a CUDA graph and replayed ("cuda-graph":
+     what of the step is host time)
   b  inference forward (no grad): samples/s, launched op by op ("eager") and replayed from a CUDA graph
      (``condorbrain.ssm.graph.GraphedForward``, "cuda-graph")
   c  streaming: one new bar through the 24 layers with carried state, batch 1 and 1024, eager and captured in a CUDA
@@ -187,24 +189,48 @@ def build_model(name: str, setup: Setup, n_layers: int) -> torch.nn.Module:
     return net.to(setup.device)
 
 
-def train_step(name: str, setup: Setup, L: int, batch: int, n_layers: int) -> tuple[Callable[[], None], int]:
+def train_step(name: str, setup: Setup, L: int, batch: int, n_layers: int,
+               path: str = "eager") -> tuple[Callable[[], None], int]:
     """(one training step of the wrapper with mixer ``name``: bf16 autocast (CUDA), MSE on the last step, fused
-    AdamW; its parameter count). Random inputs of (batch, L, 24)."""
+    AdamW; its parameter count). Random inputs of (batch, L, 24). ``path`` "eager": launched op by op;
+    "cuda-graph": the whole step (forward, backward, AdamW) captured once and replayed (static inputs, a capturable
+    AdamW, autocast's weight cache off), which takes the host out of the step: the two rows side by side say how
+    much of the eager step is the GPU waiting for Python. Skip where the graph cannot be captured here."""
+    device = torch.device(setup.device)
+    graphed = path == "cuda-graph"
+    if graphed and (reason := graph_unavailable_reason(None, device)):
+        raise Skip(reason)
     torch.manual_seed(0)
     net = build_model(name, setup, n_layers).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True, capturable=graphed)
     x = torch.randn(batch, L, gm.N_IN, device=setup.device)  # (B, L, 24)
     y = torch.randn(batch, gm.N_OUT, device=setup.device)
-    device_type = torch.device(setup.device).type
+    params = sum(p.numel() for p in net.parameters())
 
     def step() -> None:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=setup.cuda):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=setup.cuda, cache_enabled=not graphed):
             out = net(x)[:, -1]  # (B, 8)
         F.mse_loss(out.float(), y).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step, sum(p.numel() for p in net.parameters())
+    if not graphed:
+        return step, params
+    # PyTorch's whole-network capture: warm-up on a side stream (the allocator, cuBLAS and autotuners settle), the
+    # gradients None before the capture so that the captured backward allocates them from the graph's pool
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False):
+            out = net(x)[:, -1]
+        F.mse_loss(out.float(), y).backward()
+        opt.step()
+    return graph.replay, params
 
 
 def infer_step(name: str, setup: Setup, path: str = "eager") -> tuple[Callable[[], None], int]:
@@ -246,9 +272,9 @@ def stream_step(name: str, setup: Setup, batch: int, path: str) -> tuple[Callabl
 
 
 def train_row(name: str, setup: Setup, timer: Timer, floors: dict[str, Any], L: int, batch: int, n_layers: int,
-              reps: int) -> dict[str, Any]:
+              reps: int, path: str = "eager") -> dict[str, Any]:
     """Timing of :func:`train_step`: tokens/s, samples/s, peak memory."""
-    step, params = train_step(name, setup, L, batch, n_layers)
+    step, params = train_step(name, setup, L, batch, n_layers, path)
     if setup.cuda:
         torch.cuda.reset_peak_memory_stats(timer.device)
     sec, fastest = timer(step, setup.warmup, reps)
@@ -382,11 +408,14 @@ class Run:
 def case_train(run: Run) -> Iterator[dict[str, Any]]:
     s = run.setup
     for name in run.models:
-        r = {"model": name, **run.row(train_row, name, s.L, s.batch, s.layers, s.reps)}
-        if "ms" in r:
-            r["bars"] = {"tokens_per_s": _bar(r["tokens_per_s"], BAR_TRAIN_TOKENS_PER_S, False, not s.tiny),
-                         "peak_gib": _bar(r["peak_gib"], BAR_TRAIN_PEAK_GIB, True, not s.tiny)}
-        yield r
+        # the captured step for this project's layers only (whether our step waits on the host; the peers' rows
+        # would cost device time the runs are short of)
+        for path in ("eager", "cuda-graph") if name.startswith("cb_") else ("eager",):
+            r = {"model": name, "path": path, **run.row(train_row, name, s.L, s.batch, s.layers, s.reps, path)}
+            if "ms" in r:
+                r["bars"] = {"tokens_per_s": _bar(r["tokens_per_s"], BAR_TRAIN_TOKENS_PER_S, False, not s.tiny),
+                             "peak_gib": _bar(r["peak_gib"], BAR_TRAIN_PEAK_GIB, True, not s.tiny)}
+            yield r
 
 
 def case_infer(run: Run) -> Iterator[dict[str, Any]]:

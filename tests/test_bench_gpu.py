@@ -77,7 +77,7 @@ def test_out_of_memory_in_one_row_is_recorded_and_the_others_run(gpu, tmp_path, 
     assert sorted(res["cases"]) == ["a", "b"]
     for case in ("a", "b"):
         rows = res["cases"][case]["rows"]
-        rows = [r for r in rows if r.get("path") != "cuda-graph"]  # the inference forward's graph rows: skipped
+        rows = [r for r in rows if r.get("path") != "cuda-graph"]  # the graph rows: skipped
         # on the CPU before a model is built
         assert [r["error"] for r in rows if r["model"] == "attn"] == ["out of memory"]
         assert all(positive(r["tokens_per_s"]) for r in rows if r["model"] in ("cb_m2", "cb_m2n", "cb_m1"))
@@ -115,14 +115,15 @@ def test_model_cost_counts_the_linears_as_torch_does(gpu):
 
 def test_models_run_in_the_order_given_and_a_spent_budget_skips_rows(gpu, tmp_path):
     res = run(gpu, tmp_path, "--case", "a,c", "--models", "cb_m1,attn")
-    assert [r["model"] for r in res["cases"]["a"]["rows"]] == ["cb_m1", "attn"]
+    assert [(r["model"], r["path"]) for r in res["cases"]["a"]["rows"]] == [
+        ("cb_m1", "eager"), ("cb_m1", "cuda-graph"), ("attn", "eager")]  # the captured step: the library's layers
     assert {r["model"] for r in res["cases"]["c"]["rows"]} == {"cb_m1"}  # attention has no streaming row
     assert res["config"]["models"] == ["cb_m1", "attn"]
-    assert all(positive(r["tokens_per_s"]) for r in res["cases"]["a"]["rows"])
+    assert all(positive(r["tokens_per_s"]) for r in res["cases"]["a"]["rows"] if r["path"] == "eager")
     # a budget spent before the first row: every row is recorded as skipped, naming the budget, and the JSON is written
     res = run(gpu, tmp_path, "--case", "a,d", "--models", "cb_m2n", "--deadline-s", "0")
     rows = res["cases"]["a"]["rows"] + res["cases"]["d"]["rows"]
-    assert len(rows) == 1 + 4
+    assert len(rows) == 2 + 4
     assert all(r["skipped"] == "time budget (--deadline-s 0) spent before this row started" for r in rows)
 
 
@@ -139,7 +140,9 @@ def test_rows_are_saved_as_they_finish(gpu, tmp_path, monkeypatch):
 
     monkeypatch.setattr(gpu, "train_row", spying_row)
     run(gpu, tmp_path, "--case", "a", "--models", "cb_m2n,cb_m1,attn")
-    assert seen == [("cb_m1", ["cb_m2n"]), ("attn", ["cb_m2n", "cb_m1"])]
+    # each model's eager row, then (this project's layers) its CUDA-graph row (skipped on the CPU)
+    assert seen == [("cb_m2n", ["cb_m2n"]), ("cb_m1", ["cb_m2n", "cb_m2n"]), ("cb_m1", ["cb_m2n", "cb_m2n", "cb_m1"]),
+                    ("attn", ["cb_m2n", "cb_m2n", "cb_m1", "cb_m1"])]
 
 
 def test_unknown_model_is_named(gpu, tmp_path, capsys):
