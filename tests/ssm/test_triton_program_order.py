@@ -170,6 +170,23 @@ def test_inference_forward(split_small, mixer):
     assert_order_free(run)
 
 
+def test_inference_forward_deferred_norm(split_small):
+    # one group: the gated norms deferred (condorbrain.ssm.pending): a scan program per head storing its column of
+    # the rows' sums of squares, which the next block's add + norm and the final norm read
+    torch.manual_seed(0)
+    model = Backbone(BackboneConfig(d_model=64, n_layer=2, mixer="mamba2", d_state=32, headdim=32,
+                                    chunk_size=16)).eval()
+    x = torch.randn(2, L, model.config.d_model)
+    with torch.no_grad():
+        assert model.layers[0].mixer.defers_norm(x)
+
+    def run():
+        with torch.no_grad():
+            return {"out": model(x)}
+
+    assert_order_free(run)
+
+
 def test_mamba_training_step(split_small):
     model = _backbone("mamba", d_intermediate=0)
     x = torch.randn(2, L, model.config.d_model)
