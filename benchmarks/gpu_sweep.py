@@ -67,6 +67,7 @@ DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop be
     "fused._DEFER_NORM=0",
     # the deferred norm's scan on 3 stages (162 registers, one block an SM; 2 stages: 128, two)
     "ssd._SCAN_SUMSQ_STAGES=3",
+    "ssd._DX_STAGES=2",
     "ssd._BC_HEADS=4",
     # the norm's backward on 16 warps (one 16-warp block an SM where one 8-warp one; 128 registers, 77 spill
     # instructions a warp: 13% more instructions, benchmarks/sass_counts.py) for a kernel at half the copy floor
