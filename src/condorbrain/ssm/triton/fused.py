@@ -427,14 +427,16 @@ def _rmsnorm_forward(
     h: Tensor | PendingScaled | None = None, res: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(out (b, L, d) contiguous in y's dtype, rstd (b * L, d // gs) float32) (no autograd). y, z: unit channel
-    stride. With h (y's shape, unit channel stride; no z) the norm is of y + h, which is written into res ((b, L, d)
-    contiguous, its dtype the sum's rounding); h a :class:`PendingScaled` (its raw contiguous): y + raw * r."""
+    stride. With h (as many elements as y, any layout: taken as y's shape; no z) the norm is of y + h, which is
+    written into res ((b, L, d) contiguous, its dtype the sum's rounding); h a :class:`PendingScaled`: y + raw * r."""
     b, L, d = y.shape
     ngroups = d // gs
     rows = b * L
     ss = None
     if isinstance(h, PendingScaled):
-        ss, ss_group, ss_eps, h = h.ss, h.group, h.eps, h.raw.reshape(y.shape)
+        ss, ss_group, ss_eps, h = h.ss, h.group, h.eps, h.raw
+    if h is not None:  # the kernel reads rows of y's layout with unit channel stride
+        h = h.reshape(y.shape)
         h = h if h.stride(-1) == 1 else h.contiguous()
     out = torch.empty(b, L, d, device=y.device, dtype=y.dtype)
     rstd = torch.empty(rows, ngroups, device=y.device, dtype=torch.float32)
@@ -468,11 +470,8 @@ def add_rmsnorm_triton(x: Tensor, h: Tensor | PendingScaled, weight: Tensor, eps
     d = x.shape[-1]
     x3 = x.reshape(-1, 1, d)  # (rows, 1, d): the kernel's (batch, length, channels)
     x3 = x3 if x3.stride(-1) == 1 else x3.contiguous()
-    h3 = h if isinstance(h, PendingScaled) else h.reshape(x3.shape)  # (_rmsnorm_forward makes raw's rows)
-    if isinstance(h3, Tensor) and h3.stride(-1) != 1:
-        h3 = h3.contiguous()
     res = torch.empty(x3.shape, device=x.device, dtype=x.dtype)
-    out, _ = _rmsnorm_forward(x3, None, weight, eps, d, False, h=h3, res=res)
+    out, _ = _rmsnorm_forward(x3, None, weight, eps, d, False, h=h, res=res)  # (h taken as x3's shape there)
     return res.view(x.shape), out.view(x.shape)
 
 
@@ -578,8 +577,6 @@ class _RMSNormLinear(torch.autograd.Function):
         rows = x.reshape(-1, 1, x.shape[-1])  # (N, 1, D): the norm kernel's (batch, length, channels)
         with torch.autocast(x.device.type, enabled=False):
             res = torch.empty_like(rows) if h is not None else None
-            if isinstance(h, Tensor):
-                h = h.reshape(rows.shape)  # (a PendingScaled, forward only, is reshaped by the kernel's host code)
             u, rstd = _rmsnorm_forward(rows, None, norm_weight, eps, x.shape[-1], False, h=h, res=res)  # x's dtype
             out = F.linear(u.view(x.shape).to(mm_dtype), weight.to(mm_dtype),
                            bias.to(mm_dtype) if bias is not None else None)  # (..., n_out)
@@ -655,7 +652,7 @@ def add_rmsnorm_linear_triton(x: Tensor, h: Tensor | PendingScaled, norm_weight:
                          f"{tuple(h.shape)} {h.dtype}")
     if isinstance(h, PendingScaled) and torch.is_grad_enabled():
         h = h.materialize()
-    x, h = x.contiguous(), (h if isinstance(h, PendingScaled) else h.contiguous())
+    x = x.contiguous()
     return _RMSNormLinear.apply(x, h, norm_weight, eps, weight, bias, _mm_dtype(x))
 
 
