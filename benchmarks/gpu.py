@@ -38,6 +38,7 @@ streaming batch 1 <= 0.2 ms; per-token cost flat within 15% across L.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -496,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated, in the order they run (default: {','.join(TRAIN_MODELS)})")
     ap.add_argument("--deadline-s", type=float, default=None,
                     help="start no row after this many seconds (later rows are recorded as skipped)")
+    ap.add_argument("--settings", default="default", metavar="VARIANT",
+                    help="the library's kernel settings for the whole run, written as benchmarks/gpu_sweep.py's "
+                         "variants (e.g. ssd._SCAN_SUMSQ_HEADS=2+fused._CONV_BC=64); default: the library's own")
     ap.add_argument("--out", default="bench-results/gpu.json")
     args = ap.parse_args(argv)
     cases = [c for c in args.case.split(",") if c]
@@ -504,6 +508,16 @@ def main(argv: list[str] | None = None) -> int:
     models = tuple(m for m in args.models.split(",") if m)
     if bad := sorted(set(models) - set(TRAIN_MODELS)):
         ap.error(f"unknown model(s) {bad}; choose from {','.join(TRAIN_MODELS)}")
+    with contextlib.ExitStack() as stack:
+        if args.settings != "default":
+            import gpu_sweep  # here, not at the top: it imports this module
+
+            stack.enter_context(gpu_sweep.applied(args.settings))
+        return _run(args, cases, models)
+
+
+def _run(args: argparse.Namespace, cases: list[str], models: tuple[str, ...]) -> int:
+    """main's measurements, under its settings."""
     budget = Budget.start(args.deadline_s)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -516,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     setup = make_setup(args.device, args.tiny, args.quick)
     timer = Timer(device)
-    env = environment(setup)
+    env = {**environment(setup), "settings": args.settings}
     print("; ".join(f"{k} {v}" for k, v in env.items() if k != "mamba_ssm_fused"))
     print(f"d_model {setup.d}, {setup.layers} layers, lookback {setup.L}, batch {setup.batch}; "
           f"{'bf16 autocast, CUDA events' if setup.cuda else 'float32, perf_counter'}; median of repeats"

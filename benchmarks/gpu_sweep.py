@@ -60,19 +60,23 @@ import gpu  # noqa: E402
 # against 1.99 inference; its 128 x 128 tile and 2 stages no better: the kernel is deleted), fused._BLOCK_L=32
 # (noise) and 64 (slower), fused._NORM_BWD_ROWS=4 with 4096 programs (8.52), 8 (8.47; 8.46 on 4 warps), 32 on 16
 # warps (10.62), ssd.HEADS_PER_PROGRAM=16 (noise), ssd._MAX_CHUNK=32 with 4 warps (9.32, inference 2.48): settled.
+# Run 8 (24 layers; ms a layer, training / inference): the deferred gated norm (fused._DEFER_NORM, default on) 1.81
+# against 1.89 once its scan ran unpipelined (ssd._SCAN_SUMSQ_STAGES=1; 2 stages 2.33 at 4 layers, 3 stages 2.27),
+# then all of a group's heads a program on 4 warps (ssd._SCAN_SUMSQ_HEADS=16, ssd._SCAN_SUMSQ_WARPS=4: 1.745; the
+# others are in ssd.py's comment); ssd._SCAN_Z_EARLY and ssd._SCAN_SQ_TILE (slower: deleted), fused._CONV_BC=64
+# (8.94 / 2.21) and 256 (7.87 / 1.83) against 7.80 / 1.81, fused._BLOCK_ROWS=4, 8 and 32, fused._BLOCK_L=8 and 32
+# (noise): settled. ssd._DX_STAGES=2 faulted again: compute-sanitizer names a shared-memory read out of bounds in
+# _chunk_bwd_dx (the compiler's pipelined buffers; see ssd.py), so it is out of the list; ssd._BC_HEADS=4, which
+# faulted in runs 6b and 7, is last, where a fault (which ends the process's CUDA context) costs no other row.
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
-    # the inference forward with each gated norm's kernel (its 1/rms left to the next norm, condorbrain.ssm.pending),
-    # as before: not yet timed; priced 25.3 against 29.1 ms of Triton kernels a seed forward (sass_counts.py)
-    "fused._DEFER_NORM=0",
-    # the deferred norm's scan on 3 stages (162 registers, one block an SM; 2 stages: 128, two)
-    "ssd._SCAN_SUMSQ_STAGES=3",
-    "ssd._DX_STAGES=2",
-    "ssd._BC_HEADS=4",
+    "fused._DEFER_NORM=0",  # the inference forward with each gated norm's own kernel
+    "ssd._SCAN_SUMSQ_HEADS=4+ssd._SCAN_SUMSQ_WARPS=8",  # run 8f's settings of the deferred norm's scan
     # the norm's backward on 16 warps (one 16-warp block an SM where one 8-warp one; 128 registers, 77 spill
     # instructions a warp: 13% more instructions, benchmarks/sass_counts.py) for a kernel at half the copy floor
     "fused._NORM_BWD_WARPS=16",
     "default",
+    "ssd._BC_HEADS=4",
 )
 MODEL = "cb_m2n"
 

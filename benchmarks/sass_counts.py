@@ -194,6 +194,8 @@ def seed_launch(name: str, constexprs: dict) -> tuple[int | None, float | None]:
     chunks, rows = cdiv(SEED_L, constexprs.get("T", 64)), SEED_B * SEED_L
     heads = getattr(ssd, "HEADS_PER_PROGRAM", 4)
     if name == "_chunk_scan_fwd":
+        if constexprs.get("SUMSQ"):  # the deferred norm's scan: heads a program of its own
+            heads = getattr(ssd, "_SCAN_SUMSQ_HEADS", heads)
         hpp = SEED_HEADS if constexprs.get("NORM") else min(SEED_HEADS, heads)
         return SEED_B * chunks * SEED_HEADS // hpp, hpp
     if name in ("_chunk_bwd_bc", "_chunk_bwd_dx"):

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.skipif(not triton_path.available("cpu") and not torch.
 
 def _layer(device, **kw) -> Mamba2:
     torch.manual_seed(0)
-    m = Mamba2(32, d_state=16, headdim=8, chunk_size=8, **kw).to(device).eval()  # 8 heads: 2 scan programs a chunk
+    m = Mamba2(32, d_state=16, headdim=8, chunk_size=8, **kw).to(device).eval()  # 8 heads
     with torch.no_grad():  # a norm weight and D that are not all ones, so that folding them shows
         if m.rmsnorm:
             m.norm.weight.uniform_(0.5, 1.5)
@@ -36,10 +36,13 @@ def _input(device, shape=(2, 19, 32), seed=1):
     return (torch.randn(shape, generator=g) * 1.5).to(device)
 
 
-def test_scan_sums_of_squares(device):
-    """The scan kernel's per-row partial sums of squares add up to the squared gated output over the row."""
+@pytest.mark.parametrize("heads", [4, 2, 8])
+def test_scan_sums_of_squares(device, heads, monkeypatch):
+    """The scan kernel's per-row partial sums of squares add up to the squared gated output over the row, whatever
+    the heads a program (one partial sum a program: 2, 4 or 1 of them here)."""
     from condorbrain.ssm.triton import ssd
 
+    monkeypatch.setattr(ssd, "_SCAN_SUMSQ_HEADS", heads)
     g = torch.Generator().manual_seed(0)
     b, L, h, p, n = 2, 21, 8, 8, 16
     x, z = (torch.randn(b, L, h, p, generator=g).to(device) for _ in range(2))
@@ -48,16 +51,18 @@ def test_scan_sums_of_squares(device):
     A, D2 = -torch.rand(h, generator=g).to(device), torch.randn(h, p, generator=g).to(device)
     d = ssd._dims(x, B, 8)
     ss = torch.empty(b * L, ssd.scan_partials(d), device=device)
-    assert ss.shape[1] == 2  # 8 heads over programs of HEADS_PER_PROGRAM (4)
+    assert ss.shape[1] == 8 // heads  # 8 heads over programs of _SCAN_SUMSQ_HEADS
     out, *_ = ssd._forward(x, dt, A, B, C, D2, z, None, None, d, False, want_final=False, ss=ss)
     want = out.double().square().sum((-1, -2)).flatten()
     torch.testing.assert_close(ss.double().sum(-1), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="ss: a forward of one group"):
-        ssd._forward(x, dt, A, B, C, D2, z, None, None, d, False, want_final=False, ss=ss[:, :1])
+        ssd._forward(x, dt, A, B, C, D2, z, None, None, d, False, want_final=False,
+                     ss=torch.empty(b * L, ss.shape[1] + 1, device=device))
 
 
 def test_deferred_forward_multiplied_out_is_the_layer(device):
     """mamba2_deferred_forward, its 1/rms applied, equals the layer's fused forward (norm, then out_proj)."""
+    from condorbrain.ssm.triton import ssd
     from condorbrain.ssm.triton.fused import mamba2_deferred_forward
 
     m = _layer(device)
@@ -68,7 +73,7 @@ def test_deferred_forward_multiplied_out_is_the_layer(device):
                                       m.norm.weight, m.out_proj.weight, headdim=m.headdim, d_state=m.d_state,
                                       chunk_size=m.chunk_size, eps=m.norm.eps)
     assert isinstance(got, PendingScaled) and got.shape == want.shape and got.dtype == want.dtype
-    assert got.ss.shape == (2 * 19, 2)
+    assert got.ss.shape == (2 * 19, 8 // min(8, ssd._SCAN_SUMSQ_HEADS))  # 8 heads: a partial sum a scan program
     torch.testing.assert_close(got.materialize(), want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(materialize(got), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="no backward"):  # autograd recording: refused, not silently wrong
@@ -76,15 +81,20 @@ def test_deferred_forward_multiplied_out_is_the_layer(device):
                                 m.out_proj.weight, headdim=m.headdim, d_state=m.d_state)
 
 
-def test_pending_consumers_match_the_multiplied_out_tensor(device):
+@pytest.mark.parametrize("sumsq_heads", [16, 4], ids=["one partial sum", "two partial sums"])
+def test_pending_consumers_match_the_multiplied_out_tensor(device, sumsq_heads, monkeypatch):
     """Each reader of a branch output takes a PendingScaled as it takes the tensor it stands for: the next
     block's add + norm + in_proj, RMSNorm.add_forward (one kernel), and a norm without add_forward (multiplied
-    out first)."""
+    out first); with the rows' sums of squares in one partial sum a row (the scan's default: a program over all of
+    a group's heads) or in several."""
+    from condorbrain.ssm.triton import ssd
+
+    monkeypatch.setattr(ssd, "_SCAN_SUMSQ_HEADS", sumsq_heads)
     m = _layer(device)
     x, u = _input(device), _input(device, seed=2)
     with torch.no_grad():
         res, pending = m.forward_prenormed(u, torch.full((32,), 0.9, device=device), 1e-5, defer_norm=True)
-        assert isinstance(pending, PendingScaled)
+        assert isinstance(pending, PendingScaled) and pending.ss.shape[1] == 8 // min(8, sumsq_heads)
         h = pending.materialize()
         nxt = _layer(device)
         norm = RMSNorm(32).to(device)

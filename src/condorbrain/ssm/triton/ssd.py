@@ -123,11 +123,25 @@ _BIG_TILE_WARPS = 8
 # Software-pipelining stages of the loops over heads (Triton's default on sm_90 is 3; _chunk_bwd_bc runs with 2, which
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
-# _chunk_scan_fwd with z and the rows' sums of squares (the deferred gated norm's inference forward): on 3 stages
-# 162 registers (sm_90, ptxas), one 8-warp block an SM; on 2, 128 and two, as the plain scan has on 3
-# (benchmarks/sass_counts.py)
-_SCAN_SUMSQ_STAGES = 2
-_DX_STAGES = 3  # _chunk_bwd_dx
+# _chunk_scan_fwd with z and the rows' sums of squares (the deferred gated norm's inference forward) has settings of
+# its own, each timed on an H100 (benchmarks/results/h100-2026-11-26/, run 8; ms a layer of the seed's 24-layer
+# inference forward, benchmarks/gpu_sweep.py):
+# - not pipelined: on 2 stages this kernel took 21.9 ms a forward (128 registers, two 8-warp blocks an SM), on 1
+#   13.7 (126), where the plain scan (no z, no sums; pipelined on 3) takes 8.5 and the gated norm it replaces 6.3.
+#   Also slower: the z tile loaded with the head's x and state, before the matmuls (160 registers: 2.09 against
+#   1.83), and the squares summed elementwise over the heads and reduced once (166: 2.13);
+# - all of a group's heads a program (16 at the seed: C.B^T once a chunk, and ss one column, which the next norm reads),
+#   on 4 warps (231 registers, no spill, two blocks an SM): 1.745 against 1.808 with 4 heads on 8 warps (4 heads on
+#   4 warps 1.785, 16 on 8 1.770, 8 on 4 1.762, 2 on 8 1.883, 4 on 16 warps 2.266; 16 on 4 on 2 stages 1.772).
+# The seed's forward in a CUDA graph: 41.23 ms (24,837 samples/s, run 8g), where 4 heads on 8 warps took 42.70 (8f)
+# and run 7's tree, without the deferral, 44.07 (run 8's A/B)
+_SCAN_SUMSQ_STAGES = 1
+_SCAN_SUMSQ_HEADS = 16
+_SCAN_SUMSQ_WARPS = 4
+# _chunk_bwd_dx's stages. On 2 it faults (an illegal memory access, H100 runs 6b, 7, 8): compute-sanitizer (run 8b)
+# names an out-of-bounds *shared*-memory read of 1,024 bytes inside the kernel, so the compiler's pipelined buffers,
+# not an index of ours (tests/ssm/test_triton_bounds.py checks those at every setting); left at 3
+_DX_STAGES = 3
 _BC_STAGES = 2  # _chunk_bwd_bc
 # The backward's entering states and state gradients stored in bf16 when the matmuls take bf16 operands (see
 # _backward; benchmarks/gpu_sweep.py tries float32)
@@ -745,7 +759,7 @@ def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, s
 
 def scan_partials(d: dict) -> int:
     """Columns of the ``ss`` buffer of :func:`_forward` (one group): the programs a chunk's heads are split over."""
-    return _head_split(d["nh"] // d["g"])[1]
+    return _head_split(d["nh"] // d["g"], _SCAN_SUMSQ_HEADS)[1]
 
 
 def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, dt_positive=False, ss=None):
@@ -755,7 +769,7 @@ def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, dt_pos
     log2 dt. ss: (b * L, scan_partials(d)) float32 (forward, one group): each step's output's sum of squares, in
     as many partial sums, is stored there too."""
     hpg = d["nh"] // d["g"]
-    hpp, nsplit = _head_split(hpg)
+    hpp, nsplit = _head_split(hpg, _SCAN_SUMSQ_HEADS if ss is not None else None)
     if ss is not None and (dout is not None or d["g"] != 1 or ss.shape != (d["b"] * d["L"], nsplit)
                            or ss.dtype != torch.float32 or not ss.is_contiguous()):
         raise ValueError(f"ss: a forward of one group only, into a contiguous float32 ({d['b'] * d['L']}, {nsplit}) "
@@ -767,7 +781,7 @@ def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, dt_pos
         *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
         HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None, DZ=dout is not None,
         DT_IN_DECAY=dt_positive, SUMSQ=ss is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
-        **dot, **launch_options(num_warps=_BIG_TILE_WARPS,
+        **dot, **launch_options(num_warps=_SCAN_SUMSQ_WARPS if ss is not None else _BIG_TILE_WARPS,
                                 num_stages=_SCAN_SUMSQ_STAGES if ss is not None else _SCAN_FWD_STAGES))
 
 
