@@ -78,8 +78,8 @@ state pass 0.24 (0.97 + 0.34 for dL/dS_c), the forward's 0.11 a call (0.40 + 0.2
 went from 167 to 104 ms. The official layer's ``_chunk_scan_chunk_state_bwd_dx_kernel`` alone takes 0.96 ms: since
 run 5, dL/dM (a T x T matmul and two reductions per head) moved from ``_chunk_bwd_dx`` to ``_chunk_bwd_bc``, which
 forms its first factor anyway (255 -> 223 registers, 16 B of spills -> none; 219 -> 232 registers), and
-``_chunk_bwd_dx`` takes a head's channels in two blocks on 4 warps (_DX_CHANNEL_BLOCKS): not yet timed
-(``benchmarks/results/h200-2026-11-26/NOTES.md``).
+``_chunk_bwd_dx`` takes a head's channels in two blocks on 4 warps (_DX_CHANNEL_BLOCKS; one block on 8 warps timed
+the same on an H100: ``benchmarks/results/h100-2026-11-26/NOTES.md``, run 6b).
 """
 
 from __future__ import annotations
@@ -106,11 +106,13 @@ _BWD_STATE_BLOCK = 64  # state columns per program of _chunk_bwd_bc (d_state 128
 # a group: its intra-chunk dB, dC are two matmuls of the heads' summed dL/d(C.B^T) after its loop, so more heads a
 # program means fewer of those and of the partial C.B^T, and with one program a group dB, dC are stored straight
 # into their buffers (4 float32 partials a step summed on the host, ~0.5 GB a seed layer, otherwise). Its 8-warp
-# block fills an SM's registers either way (one program an SM at a time); not yet timed (the sweep tries 4)
+# block fills an SM's registers either way (one program an SM at a time). H100 run 6b: 4 heads 12.89 ms a seed
+# layer's training step against 8.53 (benchmarks/gpu_sweep.py)
 _BC_HEADS = 16
 # Heads per program of _chunk_bwd_dx: all of a group's, so that C.B^T is formed once a group and channel block rather
 # than once every 4 heads (the seed: 2 T x T x n matmuls a (sequence, chunk) where there were 8, of 72); its blocks
-# are small enough (4 warps) for two an SM either way. Not yet timed (the sweep tries 4)
+# are small enough (4 warps) for two an SM either way. H100 run 6b: 4 heads 8.48 ms a seed layer's training step
+# against 8.53 / 8.44 (noise)
 _DX_HEADS = 16
 # Warps of the kernels that hold several (T, 64)-or-larger float32 tiles and T x T ones at once (_chunk_scan_fwd,
 # _chunk_bwd_bc, _chunk_bwd_dx). ptxas' report at the seed sizes (sm_90, T 64, headdim 64, d_state 64): with 4
@@ -150,7 +152,8 @@ _BWD_STATES_BF16 = True
 # the seed sizes: 1 block on 8 warps 223 registers (one 8-warp block per SM: as run 5 timed it, with dL/dM still
 # there, 255); 2 blocks of 32 on 8 warps 233 (no better: ptxas takes what the cap allows; capped at 128, 224 B of
 # spills); 2 blocks on 4 warps 242 and no spills: two 4-warp blocks per SM, twice the programs, the T x T decay
-# recomputed by both halves. Not yet timed: benchmarks/gpu_sweep.py tries 1 block on 8 warps beside it.
+# recomputed by both halves. H100 run 6b: 1 block on 8 warps 8.45 ms a seed layer's training step against 8.53 /
+# 8.44 (noise), 2.04 its inference forward against 1.955
 _DX_CHANNEL_BLOCKS = 2
 _DX_WARPS = 4
 
