@@ -106,6 +106,24 @@ def device_idle(kernels: list[tuple[float, float, str]], steps: int, top: int = 
             "idle_us_per_step": (span - busy) / steps, "gaps": gaps[:top]}
 
 
+def launchers(events: Any, steps: int, top: int) -> list[dict[str, Any]]:
+    """Who launches the small kernels: each kernel that is neither ours nor a matmul, counted by the operator that
+    launched it (the innermost, and its outermost ancestor), calls a step, the most first."""
+    calls: collections.Counter = collections.Counter()
+    for e in events:
+        if e.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        for k in e.kernels:
+            if kind_of(k.name) in ("condorbrain triton", "matmul"):
+                continue
+            root = e
+            while root.cpu_parent is not None:
+                root = root.cpu_parent
+            calls[(k.name[:48], e.name, root.name)] += 1
+    return [{"kernel": k, "op": op, "under": root, "calls_per_step": n / steps}
+            for (k, op, root), n in calls.most_common(top)]
+
+
 def profile_phase(fn: Callable[[], Any], steps: int, warmup: int, cuda: bool, top: int) -> dict[str, Any]:
     """Kernels (CUDA) or operators (CPU) of ``steps`` calls of ``fn`` after ``warmup``: per-step times by kind and
     the ``top`` names."""
@@ -132,6 +150,7 @@ def profile_phase(fn: Callable[[], Any], steps: int, warmup: int, cuda: bool, to
                          "us_per_step": us / steps})
     timeline = device_idle([(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
                             if e.device_type == torch.autograd.DeviceType.CUDA], steps) if cuda else None
+    small = launchers(prof.events(), steps, top) if cuda else []
     total = sum(r["us_per_step"] for r in rows)
     by_kind: dict[str, float] = collections.defaultdict(float)
     for r in rows:
@@ -141,7 +160,7 @@ def profile_phase(fn: Callable[[], Any], steps: int, warmup: int, cuda: bool, to
     return {"unit": "device us" if cuda else "cpu us", "total_us_per_step": total, "kernels": len(rows),
             "launches_per_step": sum(r["calls_per_step"] for r in rows),
             "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])), "top": rows[:top],
-            "timeline": timeline}
+            "timeline": timeline, "launchers": small}
 
 
 def print_phase(model: str, phase: str, res: dict[str, Any]) -> None:
@@ -158,6 +177,10 @@ def print_phase(model: str, phase: str, res: dict[str, Any]) -> None:
     for r in res["top"]:
         print(f"  {r['name'][:72]:<72} {r['calls_per_step']:>7,.0f} {r['us_per_step']:>10,.1f} "
               f"{100 * r['share']:>5.1f}%")
+    if res.get("launchers"):
+        print(f"  small kernels by the operator that launched them ({'kernel':<48} {'operator':<28} under, calls a step)")
+        for r in res["launchers"]:
+            print(f"    {r['kernel']:<48} {r['op'][:28]:<28} {r['under'][:40]:<40} {r['calls_per_step']:>6,.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ recorded and the others still run.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib
 import os
@@ -68,10 +69,16 @@ import gpu  # noqa: E402
 # (noise): settled. ssd._DX_STAGES=2 faulted again: compute-sanitizer names a shared-memory read out of bounds in
 # _chunk_bwd_dx (the compiler's pipelined buffers; see ssd.py), so it is out of the list; ssd._BC_HEADS=4, which
 # faulted in runs 6b and 7, is last, where a fault (which ends the process's CUDA context) costs no other row.
+# Run 9 (24 layers): ssd._PREV_CHUNK_TERM (default on: chunk 1's term formed in the scan, no state passed) 1.646 /
+# 1.656 against 1.748; with it ssd._SCAN_SUMSQ_WARPS=8 (1.870) and ssd._SCAN_FWD_STAGES=2 (1.656; training 8.00);
+# a 128-step chunk for the inference forward alone (one chunk at L 120: 1.764 on 8 warps, 1.776 with 8 heads a
+# program, 2.203 on 16; removed), fused._CONV_WARPS=2 (1.742 against 1.742 / 1.757), 8 (2.715), fused._BLOCK_L=64
+# on 4 or 8 warps (1.741, 1.866), 32 or 8 on 2 warps (1.787, 1.767): settled. ssd._BC_HEADS=4 ran clean under
+# compute-sanitizer at one layer (0 errors), so its faults of runs 6b and 7 are still unexplained.
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
+    "ssd._PREV_CHUNK_TERM=0",  # the deferred scan with the states passed between chunks (_state_fwd)
     "fused._DEFER_NORM=0",  # the inference forward with each gated norm's own kernel
-    "ssd._SCAN_SUMSQ_HEADS=4+ssd._SCAN_SUMSQ_WARPS=8",  # run 8f's settings of the deferred norm's scan
     # the norm's backward on 16 warps (one 16-warp block an SM where one 8-warp one; 128 registers, 77 spill
     # instructions a warp: 13% more instructions, benchmarks/sass_counts.py) for a kernel at half the copy floor
     "fused._NORM_BWD_WARPS=16",
@@ -101,7 +108,10 @@ def parse(variant: str) -> list[tuple[str, str, str]]:
 
 
 def _convert(value: str, like: Any) -> Any:
-    """``value`` as the type of the setting it replaces (a bool from 0/1/true/false: bool("False") is True)."""
+    """``value`` as the type of the setting it replaces (a bool from 0/1/true/false: bool("False") is True; a
+    Python literal where the setting is None: "auto" by default)."""
+    if like is None:
+        return ast.literal_eval(value)
     if isinstance(like, bool):
         if value.lower() not in ("0", "1", "true", "false"):
             raise ValueError(f"{value!r} is not a bool setting (0, 1, true, false)")

@@ -123,9 +123,12 @@ def test_script_counts_the_inference_forward(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["kernel"]: r for r in json.loads(out.read_text())["rows"]}
-    assert {"_chunk_scan_fwd", "_state_fwd", "_conv_fwd", "_cumsum_fwd", "_rmsnorm_fwd"} <= set(rows)
+    assert {"_chunk_scan_fwd", "_conv_fwd", "_cumsum_fwd", "_rmsnorm_fwd"} <= set(rows)
+    assert "_state_fwd" not in rows  # L 120 is two chunks: the scan forms chunk 1's term itself (ssd.PREV)
     scan = rows["_chunk_scan_fwd"]
     assert scan["loops"] == 1 and 0 < scan["loop_counts"]["all"] < scan["kernel_counts"]["all"]
-    assert scan["loop_counts"]["mma"] > 0 and scan["kernel_counts"]["local"] == 0  # tensor cores, no spills
+    # tensor cores; no spill in the loop over heads. Outside it one 2-byte spill store and load (255 registers:
+    # C.B0^T is held too), in the form timed on an H100 (run 9d: faster than the state passed between chunks)
+    assert scan["loop_counts"]["mma"] > 0 and scan["loop_counts"]["local"] == 0 and scan["kernel_counts"]["local"] <= 2
     assert scan["blocks_per_sm"] >= 1 and scan["seed_programs"] and scan["seed_iterations"]
     assert "priced" not in proc.stdout and "_chunk_scan_fwd" in proc.stdout

@@ -196,3 +196,31 @@ def test_graphed_forward_under_autocast_and_refusals():
         GraphedForward(tiny_model("cuda").train(), (1, 16, 24))
     with pytest.raises(ValueError, match="input_shape must be positive ints"):
         GraphedForward(bb, (4, 0, 64))
+
+
+@needs_cuda
+def test_graphed_forward_reads_updated_weights_through_their_inference_casts():
+    # the graph reads in_proj's bf16 weight and out_proj's with the norm's folded in from condorbrain.ssm.casts
+    # (made once, before the capture); a new checkpoint loaded in place has them remade in place before the next
+    # replay, so the replay equals the eager forward with the new weights
+    from condorbrain.ssm import casts
+
+    torch.manual_seed(0)
+    config = BackboneConfig(d_model=64, n_layer=3, d_state=16, headdim=16)
+    bb = Backbone(config).cuda().eval()
+    other = Backbone(config).cuda().eval()  # another draw of the weights
+    x = randn(4, 40, 64).cuda().to(torch.bfloat16)  # a bf16 stream, as the models' embedding gives under autocast
+    graphed = GraphedForward(bb, (4, 40, 64), dtype=torch.bfloat16, autocast_dtype=torch.bfloat16)
+    assert graphed._casts  # the graph reads cached casts (else this test tests nothing)
+
+    def eager() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return bb(x)
+
+    torch.testing.assert_close(graphed(x), eager())
+    before = graphed(x).clone()
+    bb.load_state_dict(other.state_dict())
+    got = graphed(x)
+    assert not torch.equal(got, before)
+    casts.clear()  # the eager forward's casts made anew from the new weights
+    torch.testing.assert_close(got, eager())

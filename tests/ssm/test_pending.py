@@ -81,6 +81,29 @@ def test_deferred_forward_multiplied_out_is_the_layer(device):
                                 m.out_proj.weight, headdim=m.headdim, d_state=m.d_state)
 
 
+@pytest.mark.parametrize("L,passed", [(19, False), (32, False), (40, True)],
+                         ids=["two chunks", "two full chunks", "three chunks"])
+def test_deferred_forward_two_chunks_pass_no_state(device, L, passed, monkeypatch):
+    """Over two chunks (T 16 here) the deferred scan forms chunk 1's term from chunk 0's inputs and no state is
+    passed (ssd._PREV_CHUNK_TERM): the layer's fused forward either way; over three the states are passed."""
+    from condorbrain.ssm.triton import ssd
+    from condorbrain.ssm.triton.fused import mamba2_deferred_forward
+
+    m = _layer(device)
+    zxbcdt = m.in_proj(_input(device, shape=(2, L, 32)))
+    passes = []
+    real = ssd._entering_states
+    monkeypatch.setattr(ssd, "_entering_states", lambda *a, **k: passes.append(1) or real(*a, **k))
+    with torch.no_grad():
+        want = m._fused_forward(zxbcdt)
+        got = mamba2_deferred_forward(zxbcdt, m.conv1d.weight, m.conv1d.bias, m.dt_bias, m.A_log, m._D(),
+                                      m.norm.weight, m.out_proj.weight, headdim=m.headdim, d_state=m.d_state,
+                                      chunk_size=m.chunk_size, eps=m.norm.eps)
+    assert ssd._dims(zxbcdt.new_empty(2, L, 8, 8), zxbcdt.new_empty(2, L, 1, 16), m.chunk_size)["T"] == 16
+    assert len(passes) == 2 if passed else len(passes) == 1  # the fused forward's own pass (not the deferred one)
+    torch.testing.assert_close(got.materialize(), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("sumsq_heads", [16, 4], ids=["one partial sum", "two partial sums"])
 def test_pending_consumers_match_the_multiplied_out_tensor(device, sumsq_heads, monkeypatch):
     """Each reader of a branch output takes a PendingScaled as it takes the tensor it stands for: the next
@@ -163,6 +186,40 @@ def test_backbone_inference_deferred_bfloat16_autocast(device, monkeypatch):
     err_deferred, err_plain = ((outs[d] - exact).abs().max().item() for d in (True, False))
     assert err_deferred <= 3e-2 * scale and err_plain <= 3e-2 * scale
     assert err_deferred <= 2 * err_plain + 1e-3 * scale  # no worse than bf16 makes the plain path
+
+
+@pytest.mark.parametrize("defer", [True, False], ids=["deferred norm", "norm kept"])
+def test_backbone_inference_casts_made_once_and_follow_the_weights(device, defer, monkeypatch):
+    """Under bf16 autocast with no gradient, in_proj's weight in bf16 and out_proj's (with the norm's weight folded
+    in, where the norm is deferred) come from condorbrain.ssm.casts, made once: the output is bit for bit the one
+    with them made anew, and after a training step (AdamW, in place) the next forward reads the new weights."""
+    from condorbrain.ssm import casts
+    from condorbrain.ssm.triton import fused
+
+    monkeypatch.setattr(fused, "_DEFER_NORM", defer)
+    torch.manual_seed(0)
+    model = Backbone(BackboneConfig(d_model=32, n_layer=2, mixer="mamba2", d_state=16, headdim=8,
+                                    chunk_size=8)).to(device).eval()
+    x = _input(device).to(torch.bfloat16)  # a bf16 stream, as the models' embedding gives under autocast
+
+    def forward(anew: bool) -> torch.Tensor:
+        if anew:
+            casts.clear()
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            return model(x).float()
+
+    first = forward(anew=True)
+    assert len(casts._CACHE) == 4  # in_proj's and out_proj's weights, 2 layers
+    assert torch.equal(forward(anew=False), first)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    model(x).square().mean().backward()
+    opt.step()
+    model.eval()
+    after = forward(anew=False)
+    assert not torch.equal(after, first)
+    assert torch.equal(after, forward(anew=True))
+    casts.clear()
 
 
 def test_where_the_norm_is_deferred(device):

@@ -655,22 +655,25 @@ def test_fused_layer_inference_in_bounds(monkeypatch):
         m(torch.randn(2, 70, m.d_model))
 
 
+@pytest.mark.parametrize("L", [37, 27], ids=["three chunks", "two chunks, no state passed"])
 @pytest.mark.parametrize("headdim", [16, 8], ids=["6 heads, 2 scan programs a chunk", "12 heads, 3 (4 in the norm)"])
-def test_backbone_inference_deferred_norm_in_bounds(headdim, monkeypatch):
+def test_backbone_inference_deferred_norm_in_bounds(headdim, L, monkeypatch):
     # the inference forward with the gated norms deferred (condorbrain.ssm.pending): the scan storing its rows'
     # partial sums of squares (a program of fewer heads last), the next block's add + norm and the final norm
-    # reading them (their count padded to a power of two, masked)
+    # reading them (their count padded to a power of two, masked); over two chunks (T 16) the scan reading chunk 0's
+    # inputs for chunk 1 (ssd._PREV_CHUNK_TERM), masked out in chunk 0's programs, and no state pass
     from condorbrain.ssm.blocks import Backbone, BackboneConfig
 
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
     torch.manual_seed(0)
     model = Backbone(BackboneConfig(d_model=48, n_layer=2, mixer="mamba2", d_state=16, headdim=headdim,
                                     chunk_size=16)).eval()
-    x = torch.randn(2, 37, 48)
+    x = torch.randn(2, L, 48)
     with bounds_checked() as checked, torch.no_grad():
         assert model.layers[0].mixer.defers_norm(x)
         model(x)
     assert {"_chunk_scan_fwd", "_rmsnorm_fwd"} <= set(checked.kernels), checked.kernels
+    assert ("_state_fwd" in checked.kernels) == (L > 32), checked.kernels
 
 
 # --- the backbone's streaming step and the selective scan --------------------------------------------------------------

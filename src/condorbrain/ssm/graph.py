@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from condorbrain.ssm import casts
 from condorbrain.ssm.blocks import CausalSelfAttention
 
 __all__ = ["EagerStep", "GraphedForward", "GraphedStep", "graph_unavailable_reason", "make_stepper", "streaming_path"]
@@ -104,10 +105,13 @@ def _check_capturable(who: str, module: nn.Module, device: torch.device, instead
                          "graph); call module.eval() first")
 
 
-def _capture(device: torch.device, warmup: int, run: Any, context: Any = contextlib.nullcontext) -> tuple[Any, Any]:
-    """(graph, static output) of ``run()`` under no_grad and ``context()``: first ``warmup`` calls on a side stream
-    (the allocator and library handles settle), then one captured (the input checks skip their host reads meanwhile,
-    ``_checks.capturing``)."""
+def _capture(device: torch.device, warmup: int, run: Any,
+             context: Any = contextlib.nullcontext) -> tuple[Any, Any, list]:
+    """(graph, static output, cast entries) of ``run()`` under no_grad and ``context()``: first ``warmup`` calls on
+    a side stream (the allocator and library handles settle, the weights' inference casts are made:
+    :mod:`condorbrain.ssm.casts`), then one captured (the input checks skip their host reads meanwhile,
+    ``_checks.capturing``). The cast entries are those the graph reads: ``casts.refresh(entries)`` before each
+    replay remakes, in place, any whose parameters changed."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side), torch.no_grad(), context():
@@ -115,9 +119,9 @@ def _capture(device: torch.device, warmup: int, run: Any, context: Any = context
             run()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), context(), torch.cuda.graph(graph):
+    with torch.no_grad(), context(), casts.recording() as entries, torch.cuda.graph(graph):
         out = run()
-    return graph, out
+    return graph, out, entries
 
 
 class EagerStep:
@@ -202,13 +206,16 @@ class GraphedStep(EagerStep):
             raise ValueError(f"GraphedStep: {not_static}; {instead}")
         super().__init__(module, batch_size, device, dtype, max_seqlen, n_inputs)
         self.static_input = torch.randn(self.input_shape, device=device, dtype=self.dtype)  # never all-zero
-        self.graph, self.static_output = _capture(device, warmup, lambda: module.step(self.static_input, self.cache))
+        self.graph, self.static_output, self._casts = _capture(device, warmup,
+                                                               lambda: module.step(self.static_input, self.cache))
         self.reset()
 
     def step(self, x_t: Tensor) -> Any:
         """x_t (B, 1, n_inputs) -> the module's step output (static buffers, see the class docstring)."""
         _check_step_input(x_t, self.input_shape)
         self.static_input.copy_(x_t, non_blocking=True)
+        if self._casts:  # none for the SSM steps, whose kernels read the weights as they are
+            casts.refresh(self._casts)
         self.graph.replay()
         self.steps += 1
         return self.static_output
@@ -238,7 +245,9 @@ class GraphedForward:
     would cost the host sync the graph avoids).
 
     The output is the graph's static output, overwritten by the next call: copy what you keep. Parameters are read
-    in place, as :class:`GraphedStep`'s: updated values are seen by the next replay, re-created tensors are not.
+    in place, as :class:`GraphedStep`'s: updated values are seen by the next replay, re-created tensors are not
+    (the weights' inference casts the graph reads, :mod:`condorbrain.ssm.casts`, are remade in place first where
+    their parameters changed).
     Memory: the forward's activations stay allocated between calls (the graph's private pool).
 
     Raises
@@ -261,7 +270,8 @@ class GraphedForward:
         self.dtype = _param_dtype(module) if dtype is None else dtype
         self.autocast_dtype = autocast_dtype
         self.static_input = torch.randn(self.input_shape, device=device, dtype=self.dtype)  # never all-zero
-        self.graph, self.static_output = _capture(device, warmup, lambda: module(self.static_input), self._autocast)
+        self.graph, self.static_output, self._casts = _capture(device, warmup, lambda: module(self.static_input),
+                                                               self._autocast)
 
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
@@ -270,5 +280,6 @@ class GraphedForward:
         """x (the construction's input shape) -> the module's output (static buffers, see the class docstring)."""
         _check_step_input(x, self.input_shape, name="x", layout="(the shape captured)")
         self.static_input.copy_(x, non_blocking=True)
+        casts.refresh(self._casts)  # the weights' inference casts the graph reads, remade where they changed
         self.graph.replay()
         return self.static_output

@@ -27,10 +27,11 @@ for out_proj's weight gradient as it goes (``_NORM_OUT_IN_BWD``; else ``_rmsnorm
 backward kernels; the conv's backward, ``_conv_bwd_gate`` (the SiLU's derivative) then ``_conv_bwd``. Each piece
 of the input gradient is written straight into its columns of dzxbcdt. The switches are module constants, tried
 side by side by ``benchmarks/gpu_sweep.py``; the tests run every way. The remaining small pieces (A =
--exp(A_log), the d_mlp gated-MLP branch when d_ssm < d_inner, a dt_limit clamp, sums of per-block partial
-gradients, out_proj's matmuls) stay in PyTorch. The conv and the norms are also exposed on their own
-(``causal_conv1d_silu_triton``, ``rmsnorm_gated_triton``, and the pre-norm block's ``rmsnorm_linear_triton`` /
-``add_rmsnorm_linear_triton``).
+-exp(A_log) in the backward, the d_mlp gated-MLP branch when d_ssm < d_inner, a dt_limit clamp, sums of per-block
+partial gradients, out_proj's matmuls) stay in PyTorch; in the forward, A is formed inside the scan's first kernel,
+and where no gradient is recorded the weights in the matmul dtype come from :mod:`condorbrain.ssm.casts` (made
+once). The conv and the norms are also exposed on their own (``causal_conv1d_silu_triton``,
+``rmsnorm_gated_triton``, and the pre-norm block's ``rmsnorm_linear_triton`` / ``add_rmsnorm_linear_triton``).
 
 Like :mod:`condorbrain.ssm.triton.ssd`, host code uses one fixed launch config (no autotuner, no device queries),
 so the same code runs under ``TRITON_INTERPRET=1`` on the CPU.
@@ -46,6 +47,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from condorbrain.ssm import casts
 from condorbrain.ssm.pending import PendingScaled
 from condorbrain.ssm.triton import ssd
 from condorbrain.ssm.triton.ssd import launch_options, on_device, sigmoid
@@ -57,6 +59,9 @@ _BLOCK_L = 16  # time steps per conv program
 # channels per program of _conv_fwd and _conv_bwd_gate: 128 (H100 run 8f, ms a seed layer's training step /
 # inference forward: 7.80 / 1.81; 64: 8.94 / 2.21; 256: 7.87 / 1.83)
 _CONV_BC = 128
+# warps of _conv_fwd and _conv_bwd_gate; None: by the tile's size (launch_options: 4 at 16 x 128). H100 run 9c (ms a
+# seed layer's inference forward): 2 warps 1.742 against 1.742 / 1.757 (noise), 8 warps 2.715
+_CONV_WARPS: int | None = None
 # _conv_bwd's tile: three (K, BL, BC)-sized float32 arrays live; BC 128 was 3% faster than 64 on an H200
 # (benchmarks/gpu_sweep.py, 2026-11-26 run 3: 12.90 against 13.26 and 13.43 ms a layer), on 4 warps (252 registers,
 # two blocks an SM, as run 5 timed it). On 8 warps (sm_90, ptxas): 128 registers, two blocks an SM (16 warps where 4
@@ -221,7 +226,8 @@ def _conv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) ->
     with on_device(x):
         _conv_fwd[grid](
             x, w, bias if bias is not None else w, y, L, C, *x.stride(), *w.stride(),
-            HAS_BIAS=bias is not None, SILU=silu, K=w.shape[1], BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
+            HAS_BIAS=bias is not None, SILU=silu, K=w.shape[1], BL=_BLOCK_L, BC=BC,
+            **launch_options(_BLOCK_L * BC, num_warps=_CONV_WARPS))
     return y
 
 
@@ -264,7 +270,8 @@ def _conv_backward(
             g = dy if dy_scratch else torch.empty(b, L, C, **f32)
             _conv_bwd_gate[grid](
                 x, w, bias if bias is not None else w, dy, g, L, C, *x.stride(), *w.stride(), *dy.stride(),
-                *g.stride(), HAS_BIAS=bias is not None, K=K, BL=_BLOCK_L, BC=BC, **launch_options(_BLOCK_L * BC))
+                *g.stride(), HAS_BIAS=bias is not None, K=K, BL=_BLOCK_L, BC=BC,
+                **launch_options(_BLOCK_L * BC, num_warps=_CONV_WARPS))
         _conv_bwd[(b, nsplit, nc)](
             x, w, bias if bias is not None else w, g, dx, dwp, dbp if dbp is not None else dwp,
             L, C, nsplit, steps, *x.stride(), *w.stride(), *g.stride(), *dx.stride(),
@@ -634,7 +641,8 @@ def rmsnorm_linear_triton(x: Tensor, norm_weight: Tensor, eps: float, weight: Te
         (..., n_out).
     """
     x = x.contiguous()
-    return _RMSNormLinear.apply(x, None, norm_weight, eps, weight, bias, _mm_dtype(x))
+    mm = _mm_dtype(x)
+    return _RMSNormLinear.apply(x, None, norm_weight, eps, casts.cast(weight, mm), casts.cast(bias, mm), mm)
 
 
 def add_rmsnorm_linear_triton(x: Tensor, h: Tensor | PendingScaled, norm_weight: Tensor, eps: float, weight: Tensor,
@@ -657,7 +665,8 @@ def add_rmsnorm_linear_triton(x: Tensor, h: Tensor | PendingScaled, norm_weight:
     if isinstance(h, PendingScaled) and torch.is_grad_enabled():
         h = h.materialize()
     x = x.contiguous()
-    return _RMSNormLinear.apply(x, h, norm_weight, eps, weight, bias, _mm_dtype(x))
+    mm = _mm_dtype(x)
+    return _RMSNormLinear.apply(x, h, norm_weight, eps, casts.cast(weight, mm), casts.cast(bias, mm), mm)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -706,7 +715,7 @@ def _scan_inputs(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, 
         dt_c = F.softplus(dt.float() + dt_bias.float()).clamp(min=cfg.dt_limit[0], max=cfg.dt_limit[1])
         dt_args = dict(dt=dt_c, dt_bias=None, softplus=False)
     return dict(
-        xBC=xBC, x=x, B=B, C=C, A=-torch.exp(A_log.float()),  # A: (nheads,)
+        xBC=xBC, x=x, B=B, C=C, A_log=A_log,  # (nheads,): A = -exp(A_log) is formed by the scan's first kernel
         D2=D[:, None].expand(cfg.nheads, cfg.headdim) if D.dim() == 1 else D,
         z=z.unflatten(-1, (cfg.nheads, cfg.headdim)) if use_z else None,
         d=ssd._dims(x, B, cfg.chunk_size), **dt_args)
@@ -728,8 +737,8 @@ class _Mamba2Fused(torch.autograd.Function):
         with torch.autocast(dev.type, enabled=False), on_device(zxbcdt):
             z0, x0, z, _, _ = cfg.split(zxbcdt)
             s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
-            y = ssd._forward(s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None,
-                             s["d"], s["softplus"], want_final=False)[0].flatten(-2)  # (B, L, d_ssm)
+            y = ssd._forward(s["x"], s["dt"], s["A_log"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None,
+                             s["d"], s["softplus"], want_final=False, a_is_log=True)[0].flatten(-2)  # (B, L, d_ssm)
             del s
             out, rstd = y, None
             if norm_weight is not None:
@@ -813,13 +822,14 @@ class _Mamba2Fused(torch.autograd.Function):
                 del out_in, g
             del normed
             # the SSD scan
-            dtp, a = ssd._dt_cumsum(s["dt"], s["A"], s["dt_bias"], s["d"], s["softplus"])
+            A = -torch.exp(A_log.to(f32))  # (nheads,)
+            dtp, a = ssd._dt_cumsum(s["dt"], A, s["dt_bias"], s["d"], s["softplus"])
             dy = dy.unflatten(-1, (cfg.nheads, cfg.headdim))  # (B, L, h, p)
             # dx written over dy when dy is the norm's (the same columns): it is read for the last time by the
             # kernel that stores dx, tile by tile (see ssd._backward), so they share them
             dx_out = dx_cols.unflatten(-1, (cfg.nheads, cfg.headdim))
             dx, ddt, dA, dB, dC, dD2, dz_scan, dh0 = ssd._backward(
-                dy, None, s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, dtp, a,
+                dy, None, s["x"], s["dt"], A, s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, dtp, a,
                 s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols)
             del dtp, a, dy, dh0, dx, dB, dC  # views of dxBC; dh0: None (no initial state)
             if norm_weight is None:
@@ -840,7 +850,7 @@ class _Mamba2Fused(torch.autograd.Function):
             for piece, part in zip(cfg.split(dzxbcdt), (dz0, dx0, dz, None, ddt), strict=True):
                 if part is not None:
                     piece.copy_(part)
-        dA_log = (dA * -torch.exp(A_log.to(f32))).to(A_log.dtype)  # dA/dA_log = A
+        dA_log = (dA * A).to(A_log.dtype)  # dA/dA_log = A
         dD = (dD2.sum(-1) if D.dim() == 1 else dD2).to(D.dtype)
         return (dzxbcdt, dconv_w, dconv_b, ddt.sum((0, 1)).to(dt_bias.dtype), dA_log, dD,
                 dnw, dW, db, None)
@@ -904,13 +914,12 @@ def mamba2_deferred_forward(
         s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, True, cfg)  # z gates inside the scan
         ss = torch.empty(zxbcdt.shape[:-1].numel(), ssd.scan_partials(s["d"]), device=zxbcdt.device,
                          dtype=torch.float32)  # (B * L, K)
-        u = ssd._forward(s["x"], s["dt"], s["A"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, s["d"],
-                         s["softplus"], want_final=False, ss=ss)[0].flatten(-2)  # (B, L, d_ssm)
+        u = ssd._forward(s["x"], s["dt"], s["A_log"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, s["d"],
+                         s["softplus"], want_final=False, ss=ss, a_is_log=True)[0].flatten(-2)  # (B, L, d_ssm)
         del s
-        # (d_model, d_ssm): the product in float32 rounded once into out_proj's dtype, one kernel (not a multiply
-        # and a cast: two launches a layer)
-        w = torch.empty(out_proj_weight.shape, device=out_proj_weight.device, dtype=cfg.out_dtype)
-        torch.mul(out_proj_weight.to(torch.float32), norm_weight.to(torch.float32), out=w)
+        # (d_model, d_ssm): out_proj's weight times the norm's, in float32 rounded once into out_proj's dtype; made
+        # once and kept while both are unchanged (casts.folded)
+        w = casts.folded(out_proj_weight, norm_weight, cfg.out_dtype)
         raw = F.linear(u.to(cfg.out_dtype), w)  # (B, L, d_model)
     return PendingScaled(raw, ss, d_ssm, eps)
 
@@ -967,5 +976,5 @@ def mamba2_fused_forward(
     cfg = _LayerCfg(headdim=headdim, d_state=d_state, ngroups=ngroups, chunk_size=chunk_size,
                     norm_before_gate=norm_before_gate, eps=eps, dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
                     d_mlp=d_mlp, nheads=nheads, out_dtype=_mm_dtype(zxbcdt))
-    return _Mamba2Fused.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight,
-                              out_proj_bias, cfg)
+    return _Mamba2Fused.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
+                              casts.cast(out_proj_weight, cfg.out_dtype), casts.cast(out_proj_bias, cfg.out_dtype), cfg)

@@ -24,7 +24,9 @@ Forward kernels (one launch each):
 3. ``_chunk_scan_fwd``: C.B^T, the decay mask, the intra-chunk matmul, + C.S_c, + D x, times silu(z) (the
    official code's separate ``bmm`` kernel is folded in here: C.B^T never goes to memory); on request (``ss``, one
    group) each step's sum of squares of its output too, a partial sum a program: the deferred gated norm of the
-   fused layer's inference forward (``fused.mamba2_deferred_forward``).
+   fused layer's inference forward (``fused.mamba2_deferred_forward``). That forward, over two chunks with no
+   initial state (the seed), skips kernel 2: kernel 3 forms chunk 1's term from chunk 0's inputs (``PREV``,
+   ``_PREV_CHUNK_TERM``), so no state is stored or read.
 
 
 Without an initial state, chunk 0's entering state is 0: it is neither stored nor read (the readers mask it out by
@@ -125,6 +127,14 @@ _BIG_TILE_WARPS = 8
 # Software-pipelining stages of the loops over heads (Triton's default on sm_90 is 3; _chunk_bwd_bc runs with 2, which
 # ptxas needs there to stay unspilled): fixed, tried side by side by benchmarks/gpu_sweep.py
 _SCAN_FWD_STAGES = 3  # _chunk_scan_fwd
+# The deferred gated norm's inference forward (the scan with ss) over two chunks with no initial state (the seed's
+# lookback 120 at T 64) passes no state: _chunk_scan_fwd forms chunk 1's term from chunk 0's inputs (PREV) and
+# _state_fwd is not run, nor its (b, c, h, p, n) entering states written and read back (134 MB each way a seed
+# layer in bf16). H100 run 9d (benchmarks/gpu_sweep.py, 24 layers): 1.646 / 1.656 ms a layer's inference forward
+# against 1.748 without; the seed's forward in a CUDA graph 39.06 ms against 41.50 in the same call (255 registers
+# on 4 warps, 2 bytes spilled; on 8 warps 1.870). In training's forward (the plain scan, 8 warps pipelined: 183
+# registers, one block an SM where two) it lost: 186.4 against 185.3 ms a step, so it is not used there.
+_PREV_CHUNK_TERM = True
 # _chunk_scan_fwd with z and the rows' sums of squares (the deferred gated norm's inference forward) has settings of
 # its own, each timed on an H100 (benchmarks/results/h100-2026-11-26/, run 8; ms a layer of the seed's 24-layer
 # inference forward, benchmarks/gpu_sweep.py):
@@ -276,9 +286,10 @@ def _cumsum_fwd(
     dt_ptr, A_ptr, bias_ptr, dtp_ptr, a_ptr,
     L, nh, nchunks,
     s_dt_b, s_dt_l, s_dt_h,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, T: tl.constexpr, BLOCK_H: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, A_IS_LOG: tl.constexpr, T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    # grid (b, c, cdiv(h, BLOCK_H)); tile (T, BLOCK_H). Out: dtp, a as (b, h, c, T) float32.
+    # grid (b, c, cdiv(h, BLOCK_H)); tile (T, BLOCK_H). Out: dtp, a as (b, h, c, T) float32. A_IS_LOG: A_ptr holds
+    # A_log and A = -exp(A_log) is formed here (the layer's forward: two elementwise launches a layer fewer)
     pid_b, pid_c, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t = tl.arange(0, T)
     hh = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -292,6 +303,8 @@ def _cumsum_fwd(
         dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
     dt = tl.where(m, dt, 0.0)  # steps past L: dt = 0, so no decay and no update (the last state is kept)
     A = tl.load(A_ptr + hh, mask=hh < nh, other=0.0).to(tl.float32)
+    if A_IS_LOG:
+        A = -tl.exp(A)
     a = tl.cumsum(dt * A[None, :], axis=0)
     out = ((pid_b * nh + hh[None, :]) * nchunks + pid_c) * T + t[:, None]
     mo = hh[None, :] < nh
@@ -364,8 +377,8 @@ def _chunk_scan_fwd(
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
     HAS_D: tl.constexpr, D_SCALAR: tl.constexpr, HAS_Z: tl.constexpr, DZ: tl.constexpr, DT_IN_DECAY: tl.constexpr,
-    SUMSQ: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
-    BF16_DOT: tl.constexpr,
+    SUMSQ: tl.constexpr, PREV: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    PREC: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
     # grid (b * c, g, cdiv(hpg, hpp)): the outputs (T, p) of one chunk for up to hpp heads of one group, which
     # share B and C, so C.B^T is computed once for all of them. With DZ (backward, z given): the gate's gradient
@@ -375,7 +388,10 @@ def _chunk_scan_fwd(
     # outputs, was slower than _rmsnorm_fwd after it: 2.27 against 1.96 ms a seed layer's inference forward on an
     # H100, run 6; removed.) With SUMSQ (forward): also the sum over this program's heads and channels of the
     # squared outputs, per step, into ss (b * L, nsplit) float32 at column pid_s (one group: the deferred gated
-    # norm's partial sums, see condorbrain.ssm.pending).
+    # norm's partial sums, see condorbrain.ssm.pending). With PREV (two chunks, no initial state: see _forward),
+    # chunk 1's entering state is not read but its term formed here from chunk 0's inputs, with no state between:
+    #   y_l += exp(a_l) sum_s (C_l . B0_s) w_s x0_s,   w_s = dt0_s exp(a0_T - a0_s)   (s over chunk 0),
+    # C.B0^T once a program, then per head a (T, T) x (T, p) matmul where the state's term was a (T, n) x (n, p) one.
     pid_bc, g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     t = tl.arange(0, T)
@@ -387,6 +403,11 @@ def _chunk_scan_fwd(
     Cm = _load_tile(C_ptr + bi * s_C_b + g * s_C_g, jn, pos, mt, jn < n, s_C_l, s_C_n)  # (T, BN)
     # (T, T), 0 above the diagonal (s > l): the decays below then need no mask (_exp2_below)
     CB = tl.where(t[:, None] >= t[None, :], _mm(Cm, tl.trans(Bm), BF16_DOT, PREC), 0.0)
+    if PREV:  # chunk 0's steps (all masked in chunk 0 itself, whose programs never use them)
+        pos0 = pos - T
+        m0 = pos0 >= 0
+        B0 = _load_tile(B_ptr + bi * s_B_b + g * s_B_g, jn, pos0, m0, jn < n, s_B_l, s_B_n)  # (T, BN)
+        CB0 = _mm(Cm, tl.trans(B0), BF16_DOT, PREC)  # (T, T): every step of chunk 0 precedes every one of chunk 1
     h_lo = g * hpg + pid_s * hpp
     h_hi = tl.minimum(h_lo + hpp, (g + 1) * hpg)
     if SUMSQ:
@@ -397,9 +418,13 @@ def _chunk_scan_fwd(
         a = tl.load(a_ptr + base + t)
         # the head's other loads issued first, in their own dtypes, so that they are in flight while the
         # intra-chunk matmul runs (a program takes its heads one after another, one block of 8 warps per SM):
-        # the carried state (0 in chunk 0 without an initial state: not stored, so masked out)
-        S = tl.load(enter_ptr + (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :],
-                    mask=(ip[:, None] < p * (ci >= first_state)) & (jn[None, :] < n), other=0.0)  # (BP, BN)
+        # the carried state (0 in chunk 0 without an initial state: not stored, so masked out), or with PREV
+        # chunk 0's x (masked out in chunk 0)
+        if PREV:
+            x0 = _load_tile(x_ptr + bi * s_x_b + hd * s_x_h, ip, pos0, m0, ip < p, s_x_l, s_x_p)  # (T, BP)
+        else:
+            S = tl.load(enter_ptr + (((bi * nchunks + ci) * nh + hd) * p + ip[:, None]) * n + jn[None, :],
+                        mask=(ip[:, None] < p * (ci >= first_state)) & (jn[None, :] < n), other=0.0)  # (BP, BN)
         x = _load_tile(x_ptr + bi * s_x_b + hd * s_x_h, ip, pos, mt, ip < p, s_x_l, s_x_p)  # (T, BP)
         a2 = a * _LOG2E
         # with dt in the exponent and no mask per head, the seed's scan compiles to 120 registers a thread where it
@@ -409,7 +434,12 @@ def _chunk_scan_fwd(
             y = _mm(CB * _exp2_below(a2, a2 - _log2(tl.maximum(dt, 1e-30))), x, BF16_DOT, PREC)  # (T, BP)
         else:
             y = _mm(CB * _exp2_below(a2, a2), x * dt[:, None], BF16_DOT, PREC)  # (T, BP)
-        if ci >= first_state:  # the carried state's term (no matmul in chunk 0 without an initial state)
+        if PREV:
+            if ci >= 1:  # chunk 0's term (its dt and decay sums: the same head's previous T of each buffer)
+                a0 = tl.load(a_ptr + base - T + t)
+                w0 = tl.exp(tl.load(a_ptr + base - 1) - a0) * tl.load(dtp_ptr + base - T + t)  # (T,)
+                y += tl.exp(a)[:, None] * _mm(CB0 * w0[None, :], x0, BF16_DOT, PREC)
+        elif ci >= first_state:  # the carried state's term (no matmul in chunk 0 without an initial state)
             y += tl.exp(a)[:, None] * _mm(Cm, tl.trans(S.to(tl.float32)), BF16_DOT, PREC)
         if HAS_D:
             if D_SCALAR:  # one D a head (stride 0 over the channels): one load, not p
@@ -745,18 +775,24 @@ def _dims(x: Tensor, B: Tensor, chunk_size: int) -> dict:
     return dict(b=b, L=L, nh=nh, p=p, g=g, n=n, T=T, c=triton.cdiv(L, T), BP=_pow2(p), BN=_pow2(n))
 
 
-def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, ss=None):
+def _forward(x, dt, A, B, C, D2, z, dt_bias, h0, d, softplus, want_final=True, ss=None, a_is_log=False):
+    """The scan's forward kernels. a_is_log: A is A_log, and A = -exp(A_log) (float32) is formed in kernel 1."""
     dot = _dot_options(x, B, C)
-    dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus)
+    dtp, a = _dt_cumsum(dt, A, dt_bias, d, softplus, a_is_log)
     # the entering states in C's dtype when that is half precision, as the official forward keeps them (its
     # _state_passing_fwd(out_dtype=C.dtype)): kernel 3 reads half the bytes, the largest read of the forward (p n
     # per head and chunk); the sum carried from chunk to chunk stays float32 (the backward recomputes them: see
     # _backward for the dtype it stores them in)
     half = C.dtype in (torch.bfloat16, torch.float16)
-    enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32,
-                                    want_final=want_final)
+    prev = _PREV_CHUNK_TERM and ss is not None and d["c"] == 2 and h0 is None and not want_final
+    if prev:  # no state passed: kernel 3 forms chunk 1's term from chunk 0's inputs
+        enter, final = None, None
+    else:
+        enter, final = _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=C.dtype if half else torch.float32,
+                                        want_final=want_final)
     out = torch.empty(d["b"], d["L"], d["nh"], d["p"], device=x.device, dtype=x.dtype)
-    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, dt_positive=softplus, ss=ss)
+    _chunk_scan(x, B, C, z, D2, dtp, a, enter, None, out, d, dot, h0 is not None, dt_positive=softplus, ss=ss,
+                prev=prev)
     return out, final, dtp, a
 
 
@@ -765,9 +801,10 @@ def scan_partials(d: dict) -> int:
     return _head_split(d["nh"] // d["g"], _SCAN_SUMSQ_HEADS)[1]
 
 
-def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, dt_positive=False, ss=None):
+def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, dt_positive=False, ss=None, prev=False):
     """Kernel 3: the outputs y silu(z) (or y) into ``out``; given ``dout`` (backward, with z), dz instead.
-    ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``).
+    ``enter`` from :func:`_entering_states` with an initial state or not (``has_h0``); with ``prev`` (two chunks, no
+    initial state, a forward) None: chunk 1's term from chunk 0 is formed by the kernel itself.
     dt_positive: every dtp > 0 (it went through softplus), so that its factor can join the decay's exponent as
     log2 dt. ss: (b * L, scan_partials(d)) float32 (forward, one group): each step's output's sum of squares, in
     as many partial sums, is stored there too."""
@@ -778,19 +815,20 @@ def _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, out, d, dot, has_h0, dt_pos
         raise ValueError(f"ss: a forward of one group only, into a contiguous float32 ({d['b'] * d['L']}, {nsplit}) "
                          f"buffer; got {d['g']} groups, {None if ss is None else (tuple(ss.shape), ss.dtype)}")
     _chunk_scan_fwd[(d["b"] * d["c"], d["g"], nsplit)](
-        x, B, C, z if z is not None else x, D2 if D2 is not None else x, dtp, a, enter,
+        x, B, C, z if z is not None else x, D2 if D2 is not None else x, dtp, a, enter if enter is not None else x,
         dout if dout is not None else x, out, ss if ss is not None else a,
         d["L"], d["nh"], d["c"], hpg, hpp, nsplit, d["p"], d["n"], 0 if has_h0 else 1,
         *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *_strides(dout, 4), *out.stride(),
         HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None, DZ=dout is not None,
-        DT_IN_DECAY=dt_positive, SUMSQ=ss is not None, T=d["T"], BP=d["BP"], BN=d["BN"],
+        DT_IN_DECAY=dt_positive, SUMSQ=ss is not None, PREV=prev, T=d["T"], BP=d["BP"], BN=d["BN"],
         **dot, **launch_options(num_warps=_SCAN_SUMSQ_WARPS if ss is not None else _BIG_TILE_WARPS,
                                 num_stages=_SCAN_SUMSQ_STAGES if ss is not None else _SCAN_FWD_STAGES))
 
 
-def _dt_cumsum(dt, A, dt_bias, d, softplus):
+def _dt_cumsum(dt, A, dt_bias, d, softplus, a_is_log=False):
     """Kernel 1: the processed dt and a = cumsum(dt A) per chunk, both (b, h, c, T) float32. The forward's first
-    step; also run alone by a caller that recomputes them for the backward rather than keeping them."""
+    step; also run alone by a caller that recomputes them for the backward rather than keeping them. a_is_log: A
+    holds A_log (A = -exp(A_log) in the kernel)."""
     b, L, nh, T, c = (d[k] for k in ("b", "L", "nh", "T", "c"))
     f32 = dict(device=dt.device, dtype=torch.float32)
     dtp = torch.empty(b, nh, c, T, **f32)
@@ -798,7 +836,7 @@ def _dt_cumsum(dt, A, dt_bias, d, softplus):
     BH = min(_pow2(nh), 64)
     _cumsum_fwd[(b, c, triton.cdiv(nh, BH))](
         dt, A, dt_bias if dt_bias is not None else dt, dtp, a, L, nh, c, *dt.stride(),
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, T=T, BLOCK_H=BH, **launch_options(T, BH))
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, A_IS_LOG=a_is_log, T=T, BLOCK_H=BH, **launch_options(T, BH))
     return dtp, a
 
 
@@ -819,6 +857,8 @@ def _entering_states(x, B, dtp, a, h0, d, dot, enter_dtype=torch.float32, want_f
     b, L, nh, p, n, T, c, BN = (d[k] for k in ("b", "L", "nh", "p", "n", "T", "c", "BN"))
     enter = torch.empty(b, c, nh, p, n, device=x.device, dtype=enter_dtype)
     final = torch.empty(b, nh, p, n, device=x.device, dtype=torch.float32) if want_final else None
+    if c == 1 and h0 is None and not want_final:  # nothing to pass on: no launch
+        return enter, final
     rows = _state_rows(d)
     # the last chunk's own end state only makes the final state: without it, c - 1 chunks (none when c is 1)
     _state_fwd[(b, nh, triton.cdiv(p, rows))](
