@@ -88,16 +88,12 @@ def _cached(key: tuple, sources: tuple[Tensor, ...], shape: torch.Size, dtype: t
     return entry.out
 
 
-def _copy(out: Tensor, w: Tensor) -> None:
-    out.copy_(w)
-
-
 def cast(w: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     """``w.to(dtype)`` from the cache where one applies (no gradient recorded: see :func:`_cached`), else w itself,
     for the caller's own cast (which, where a gradient is recorded, autograd sees as it always did). None -> None."""
     if w is None or w.dtype == dtype:
         return w
-    out = _cached(("cast", dtype), (w,), w.shape, dtype, _copy)
+    out = _cached(("cast", dtype), (w,), w.shape, dtype, Tensor.copy_)  # make(out, w): out.copy_(w)
     return w if out is None else out
 
 
