@@ -75,13 +75,22 @@ import gpu  # noqa: E402
 # program, 2.203 on 16; removed), fused._CONV_WARPS=2 (1.742 against 1.742 / 1.757), 8 (2.715), fused._BLOCK_L=64
 # on 4 or 8 warps (1.741, 1.866), 32 or 8 on 2 warps (1.787, 1.767): settled. ssd._BC_HEADS=4 ran clean under
 # compute-sanitizer at one layer (0 errors), so its faults of runs 6b and 7 are still unexplained.
+# Run 10 (24 layers, --train-only; ms a layer's training step, the default 7.78 / 7.80): the backward's loops
+# software-pipelined, fused._CONV_BWD_STAGES=3 with fused._CONV_BWD_BL=8 (7.52; 2 stages 7.55 on 16 steps, 7.60 on
+# 8; 4 stages 7.52) and fused._NORM_BWD_STAGES=3 on 4-row tiles over 4096 programs, 4 warps (with the conv's: 7.30),
+# and fused._SAVE_CONV_OUT=1 (7.51 alone; all three 7.03): now the defaults. Register caps (ptxas .maxnreg) on the
+# latency-bound backward kernels: _chunk_bwd_dx at 168 (7.76) and 128 (8.26), _chunk_bwd_bc at 128 (7.81), no
+# better: not kept. fused._CONV_BWD_PROGRAMS=32768 (7.85), fused._CONV_BWD_BC=64 (7.34 against 7.03). The forward
+# conv and its backward's SiLU derivative over runs of a row's steps in a pipelined loop: 7.01-7.04 training and
+# 1.626-1.640 inference against 7.03 / 1.626 (noise: removed). Run 10e: the conv's backward as one kernel (g kept in
+# registers, its shifted rows by 0/1 matmuls) 7.52 against 7.00 (removed; see fused.py).
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
+    "fused._SAVE_CONV_OUT=0",  # the conv output recomputed by the backward (6.3 GiB less at the seed)
+    "fused._CONV_BWD_STAGES=1+fused._CONV_BWD_BL=16",  # the conv's backward unpipelined (run 9's)
+    "fused._NORM_BWD_STAGES=1+fused._NORM_BWD_ROWS=16+fused._NORM_BWD_PROGRAMS=1073741824+fused._NORM_BWD_WARPS=8",
     "ssd._PREV_CHUNK_TERM=0",  # the deferred scan with the states passed between chunks (_state_fwd)
     "fused._DEFER_NORM=0",  # the inference forward with each gated norm's own kernel
-    # the norm's backward on 16 warps (one 16-warp block an SM where one 8-warp one; 128 registers, 77 spill
-    # instructions a warp: 13% more instructions, benchmarks/sass_counts.py) for a kernel at half the copy floor
-    "fused._NORM_BWD_WARPS=16",
     "default",
     "ssd._BC_HEADS=4",
 )
@@ -142,8 +151,9 @@ def applied(variant: str) -> Iterator[None]:
             restore()
 
 
-def measure(variant: str, setup: gpu.Setup, timer: gpu.Timer, long: bool = True) -> dict[str, Any]:
-    """The timings of one variant, per layer."""
+def measure(variant: str, setup: gpu.Setup, timer: gpu.Timer, long: bool = True,
+            train_only: bool = False) -> dict[str, Any]:
+    """The timings of one variant, per layer (train_only: the training step's alone)."""
     n = setup.layers
     with applied(variant):
         row: dict[str, Any] = {"variant": variant}
@@ -151,6 +161,8 @@ def measure(variant: str, setup: gpu.Setup, timer: gpu.Timer, long: bool = True)
         sec, _ = timer(step, setup.warmup, setup.reps)
         row["train_ms_per_layer"] = sec * 1e3 / n
         del step
+        if train_only:
+            return row
         fwd, _ = gpu.infer_step(MODEL, setup)
         sec, _ = timer(fwd, setup.warmup, setup.reps * 2)
         row["infer_ms_per_layer"] = sec * 1e3 / n
@@ -180,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
     ap.add_argument("--long", action=argparse.BooleanOptionalAction, default=True,
                     help="also the (d) per-token cost ratio, longest / shortest length (two more training steps)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="time the training step alone (settings of the backward's kernels): no inference, "
+                         "streaming or long rows")
     ap.add_argument("--deadline-s", type=float, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-results/gpu_sweep.json"))
     args = ap.parse_args(argv)
@@ -193,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     print("; ".join(f"{k} {v}" for k, v in env.items() if k != "mamba_ssm_fused"))
     print(f"{MODEL}: d_model {setup.d}, {setup.layers} layers, lookback {setup.L}, batch {setup.batch} "
           f"(streaming: batch 1); median of repeats; per layer")
-    head = f"{'variant':<48} {'train ms':>10} {'infer ms':>10} {'stream us':>10}"
-    if args.long:
+    head = f"{'variant':<48} {'train ms':>10}" + ("" if args.train_only else f" {'infer ms':>10} {'stream us':>10}")
+    if args.long and not args.train_only:
         head += f" {f'L{setup.long_lengths[-1]} ms':>10} {'cost/L0':>8}"
     print(head, flush=True)
     start, rows = time.monotonic(), []
@@ -202,11 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.deadline_s is not None and time.monotonic() - start >= args.deadline_s:
             row = {"variant": v, "skipped": f"time budget (--deadline-s {args.deadline_s:g}) spent"}
         else:
-            row = {"variant": v, **gpu.guarded(measure, v, setup, timer, args.long)}
+            row = {"variant": v, **gpu.guarded(measure, v, setup, timer, args.long and not args.train_only,
+                                               args.train_only)}
         rows.append(row)
         if "train_ms_per_layer" in row:
-            line = (f"{v:<48} {row['train_ms_per_layer']:>10.3f} {row['infer_ms_per_layer']:>10.3f} "
-                    f"{row['stream_us_per_layer']:>10.2f}")
+            line = f"{v:<48} {row['train_ms_per_layer']:>10.3f}"
+            if "infer_ms_per_layer" in row:
+                line += f" {row['infer_ms_per_layer']:>10.3f} {row['stream_us_per_layer']:>10.2f}"
             if "long_cost_ratio" in row:
                 line += f" {row['long_ms_per_layer']:>10.3f} {row['long_cost_ratio']:>8.3f}"
             print(line, flush=True)

@@ -51,3 +51,16 @@ def test_tiny_cpu_run_records_every_variant(sweep, tmp_path: Path):
                     "long_cost_ratio"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["variant"], key)
     assert "has no setting NO_SUCH" in rows[2]["error"]
+
+
+def test_tiny_cpu_run_train_only(sweep, tmp_path: Path, capsys):
+    """--train-only: the training step alone (the backward's settings), no inference, streaming or long rows."""
+    out = tmp_path / "sweep.json"
+    variants = ["default", "fused._CONV_BWD_STAGES=1+fused._SAVE_CONV_OUT=0"]
+    assert sweep.main(["--device", "cpu", "--tiny", "--train-only", "--out", str(out), "--variants", *variants]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == variants
+    for r in rows:
+        assert math.isfinite(r["train_ms_per_layer"]) and r["train_ms_per_layer"] > 0
+        assert not {"infer_ms_per_layer", "stream_us_per_layer", "long_cost_ratio"} & set(r), r
+    assert "infer ms" not in capsys.readouterr().out

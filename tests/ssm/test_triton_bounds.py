@@ -483,7 +483,9 @@ VARIANTS = {
     "max_chunk_32": {"ssd._MAX_CHUNK": 32},
     # _chunk_bwd_bc split over heads and state columns at once (production's d_state 128 has 2 column blocks)
     "bc_heads_4_state_block_16": {"ssd._BC_HEADS": 4, "ssd._BWD_STATE_BLOCK": 16},
-    "norm_bwd_rows_4": {"fused._NORM_BWD_ROWS": 4, "fused._NORM_BWD_PROGRAMS": 4096},
+    # run 9's: one 16-row tile a program of the norm's backward, 16-step tiles of the conv's, the conv recomputed
+    "run9_backward": {"fused._NORM_BWD_ROWS": 16, "fused._NORM_BWD_PROGRAMS": 1 << 30, "fused._NORM_BWD_STAGES": 1,
+                      "fused._CONV_BWD_BL": 16, "fused._CONV_BWD_STAGES": 1, "fused._SAVE_CONV_OUT": False},
 }
 
 

@@ -56,6 +56,17 @@ def test_conv(device, bias, silu, programs, monkeypatch):
     check_conv(device, bias, silu, width=4)
 
 
+@pytest.mark.parametrize("programs", [4, 1], ids=["2 runs a row", "whole rows"])
+@pytest.mark.parametrize("stages", [1, 2])
+def test_conv_backward_pipelined(device, stages, programs, monkeypatch):
+    """_conv_bwd's loop over a run of steps software-pipelined or not (``fused._CONV_BWD_STAGES``; the pipeliner
+    only acts on a GPU), with 8-step or 16-step tiles: the same output and gradients."""
+    monkeypatch.setattr(fused_module, "_CONV_BWD_STAGES", stages)
+    monkeypatch.setattr(fused_module, "_CONV_BWD_BL", 16 if stages == 1 else 8)
+    monkeypatch.setattr(fused_module, "_CONV_BWD_PROGRAMS", programs)
+    check_conv(device, True, True, width=4)
+
+
 @pytest.mark.parametrize("width", [2, 3])
 def test_conv_widths(device, width, monkeypatch):
     # d_conv 2 and 3 (3: the taps padded to 4 and masked), whole rows per backward program
@@ -237,6 +248,19 @@ def test_layer_norm_output_both_ways(device, name, out_in_bwd, monkeypatch):
     test_layer_matches_mamba2(device, name, True, monkeypatch)
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["conv output kept", "conv output recomputed"])
+@pytest.mark.parametrize("name", ["default", "groups+norm_before_gate+D_hdim+bias"])
+def test_layer_conv_output_kept(device, name, kept, monkeypatch):
+    """The conv's output kept by the forward for the backward (``fused._SAVE_CONV_OUT``) or recomputed there: the
+    same output and gradients as the float64 layer either way, and the conv's forward run once or twice."""
+    calls = []
+    real = fused_module._conv_forward
+    monkeypatch.setattr(fused_module, "_conv_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(fused_module, "_SAVE_CONV_OUT", kept)
+    test_layer_matches_mamba2(device, name, True, monkeypatch)
+    assert len(calls) == (1 if kept else 2)  # the forward's, and the backward's unless kept
+
+
 def test_layer_bfloat16(device):
     torch.manual_seed(0)
     m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16)
@@ -272,12 +296,15 @@ def test_layer_autocast_bfloat16(device, grads_in_bf16, monkeypatch):
         assert_close(f"d{k}", g[k], g_ref[k], 5e-2)
 
 
-def test_fused_layer_saves_what_the_official_one_saves(device, triton_backend):
+@pytest.mark.parametrize("kept", [False, True], ids=["conv output recomputed", "conv output kept"])
+def test_fused_layer_saves_what_the_official_one_saves(device, triton_backend, kept, monkeypatch):
     """Activations kept per token by one layer's training forward (bf16 autocast), the slope between two lengths
     (what does not grow with L, e.g. bf16 copies of weights, cancels): at most what the official fused layer
     (mamba_split_conv1d_scan_combined) keeps: in_proj's input, zxbcdt and the scan's output before the norm, 2 bytes
-    each per channel, + its 1/rms (4 bytes per group) and a few bytes of slack. The previous chain of three
-    autograd functions also kept the conv output, the norm's output, the scan's float32 dt and decay sums."""
+    each per channel, + its 1/rms (4 bytes per group) and a few bytes of slack; and the conv's output (2 bytes a
+    channel) besides where it is kept (``fused._SAVE_CONV_OUT``, the default), nothing else. The previous chain of
+    three autograd functions also kept the norm's output, the scan's float32 dt and decay sums."""
+    monkeypatch.setattr(fused_module, "_SAVE_CONV_OUT", kept)
     torch.manual_seed(0)
     m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16).to(device)
     batch, lengths = 2, (32, 64)
@@ -288,5 +315,7 @@ def test_fused_layer_saves_what_the_official_one_saves(device, triton_backend):
             per_len.append(saved_activation_bytes(lambda u=u: m(u))["all"])
     per_token = (per_len[1] - per_len[0]) / (batch * (lengths[1] - lengths[0]))
     d_in_proj = m.in_proj.out_features
-    bound = (d_in_proj + m.d_ssm + m.d_model) * 2 + 64
+    conv_dim = m.d_ssm + 2 * m.ngroups * m.d_state
+    bound = (d_in_proj + m.d_ssm + m.d_model + (conv_dim if kept else 0)) * 2 + 64
     assert per_token <= bound, f"{per_token:.0f} bytes per token kept, official-like bound {bound}"
+    assert per_token >= bound - 64  # and the conv output is kept where it should be

@@ -17,16 +17,17 @@ With no gradient recorded (inference), :func:`mamba2_deferred_forward` drops 3.:
 its output by silu(z) and stores each row's sum of squares, out_proj runs on that with the norm's weight folded into
 its own, and the norm's 1/rms (one factor a row) is left to the next norm (:mod:`condorbrain.ssm.pending`).
 
-The node keeps zxbcdt, the scan's output before the norm and the norm's 1/rms (4 bytes per row and group), as
-the official ``mamba_split_conv1d_scan_combined`` does: nothing else per token. Per token and layer at the seed
-sizes (bf16 autocast, d_model 512, d_state 64, headdim 64) that is 6.4 KB (+ in_proj's 1 KB input) where three
-chained autograd functions and an nn.Linear kept 10.9 KB: the conv output, the norm's output, float32 dt and decay
-sums as well (``benchmarks/activation_memory.py``). The backward recomputes the conv output (``_conv_fwd``) and
-the scan's dt and decay sums (one small kernel); the norm's backward (``_rmsnorm_bwd``) stores the norm's output
-for out_proj's weight gradient as it goes (``_NORM_OUT_IN_BWD``; else ``_rmsnorm_fwd`` reruns for it); the SSD's
-backward kernels; the conv's backward, ``_conv_bwd_gate`` (the SiLU's derivative) then ``_conv_bwd``. Each piece
-of the input gradient is written straight into its columns of dzxbcdt. The switches are module constants, tried
-side by side by ``benchmarks/gpu_sweep.py``; the tests run every way. The remaining small pieces (A =
+The node keeps zxbcdt, the scan's output before the norm and the norm's 1/rms (4 bytes per row and group), as the
+official ``mamba_split_conv1d_scan_combined`` does, and the conv's output (``_SAVE_CONV_OUT``, on: 2.3 KB a token at
+the seed, for 3.5% of the training step on an H100). Per token and layer at the seed sizes (bf16 autocast, d_model
+512, d_state 64, headdim 64) that is 8.7 KB (6.4 without the conv output; + in_proj's 1 KB input) where three
+chained autograd functions and an nn.Linear kept 10.9 KB: the norm's output, float32 dt and decay sums as well
+(``benchmarks/activation_memory.py``). The backward recomputes the scan's dt and decay sums (one small kernel) and,
+with ``_SAVE_CONV_OUT`` off, the conv output (``_conv_fwd``); the norm's backward (``_rmsnorm_bwd``) stores the
+norm's output for out_proj's weight gradient as it goes (``_NORM_OUT_IN_BWD``; else ``_rmsnorm_fwd`` reruns for it);
+the SSD's backward kernels; the conv's backward, ``_conv_bwd_gate`` (the SiLU's derivative) then ``_conv_bwd``. Each
+piece of the input gradient is written straight into its columns of dzxbcdt. The switches are module constants,
+tried side by side by ``benchmarks/gpu_sweep.py``; the tests run every way. The remaining small pieces (A =
 -exp(A_log) in the backward, the d_mlp gated-MLP branch when d_ssm < d_inner, a dt_limit clamp, sums of per-block
 partial gradients, out_proj's matmuls) stay in PyTorch; in the forward, A is formed inside the scan's first kernel,
 and where no gradient is recorded the weights in the matmul dtype come from :mod:`condorbrain.ssm.casts` (made
@@ -67,7 +68,16 @@ _CONV_WARPS: int | None = None
 # two blocks an SM, as run 5 timed it). On 8 warps (sm_90, ptxas): 128 registers, two blocks an SM (16 warps where 4
 # gave 8), no barrier in its loop (8 on 4), but 34% more instructions a tile (benchmarks/sass_counts.py): 9.38
 # against 8.53 ms a layer's training step on an H100 (benchmarks/results/h100-2026-11-26/, run 6)
-_CONV_BWD_BL, _CONV_BWD_BC, _CONV_BWD_WARPS = 16, 128, 4
+# Now (H100 run 10, benchmarks/gpu_sweep.py, ms a seed layer's training step): its loop over a row's steps
+# software-pipelined (tl.range num_stages: the next tile's loads in flight as async copies to shared memory while
+# this one is computed), 8 steps a tile: 120 registers, four blocks an SM. 3 stages on 8 steps 7.52 / 7.52, 2 on 16
+# 7.55, 2 on 8 7.60, 4 on 8 7.52, against 7.78 / 7.80 unpipelined on 16 (8 unpipelined: 7.75; ptxas' register
+# cap at 128 on 16: no better). The loads were the kernel's latency: 8 warps an SM, one tile's loads at a time
+_CONV_BWD_BL, _CONV_BWD_BC, _CONV_BWD_WARPS, _CONV_BWD_STAGES = 8, 128, 4, 3
+# (The two as one kernel, g never written: dy and x read once, the rows of g shifted for dx by 0/1 matmuls on the
+# tensor cores from a tile and the next one kept in registers; bit for bit the two kernels' dx in bf16. H100 run
+# 10e: 7.52 against 7.00 ms a seed layer's training step (16 x 64 tiles, 162 registers, three 4-warp blocks an SM;
+# 32-step tiles 7.47, 128 channels on 8 warps 7.81), the seed step 180.7 ms against 169.2: removed.)
 _CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
 _BLOCK_ROWS = 16  # rows (batch * time) per program of the RMSNorm's forward
 # The RMSNorm's backward: tiles of _NORM_BWD_ROWS rows, a program over a run of them with its partial weight
@@ -77,8 +87,15 @@ _BLOCK_ROWS = 16  # rows (batch * time) per program of the RMSNorm's forward
 # benchmarks/results/h100-2026-11-26/): 8.14 ms a layer's training step where 4-row tiles in runs over 4096
 # programs (128 registers, two blocks an SM, fewer instructions a row by sm_90's SASS) took 8.53, and 23.6 ms of
 # the step in run 7's profile where those took 30.7: the static counts priced the small tiles faster, but this
-# kernel streams 1.5 GB a seed layer and more rows a tile keep more bytes in flight
-_NORM_BWD_ROWS, _NORM_BWD_PROGRAMS, _NORM_BWD_WARPS = 16, 1 << 30, 8
+# kernel streams 1.5 GB a seed layer and more rows a tile keep more bytes in flight.
+# Now (H100 run 10, benchmarks/gpu_sweep.py, ms a seed layer's training step): 4-row tiles in runs over ~4096
+# programs again, but the loop over a run's tiles software-pipelined (tl.range num_stages: the next tiles' y, z,
+# dout in flight while this one is reduced; the gated norm at 188 registers on 4 warps, two blocks an SM). With the
+# conv's backward pipelined too: 3 stages 7.30, 2 stages 7.33, 2 over 2048 programs 7.36, 2-row tiles 7.43,
+# against 7.52 with 16-row tiles unpipelined; with the conv output kept as well, 3 stages 7.03, 4 stages 7.15. Alone:
+# 7.59 against 7.78 (8-row tiles on 8 warps 7.86). So bytes in flight were what it lacked, and the pipeliner keeps
+# them in flight without the large tile
+_NORM_BWD_ROWS, _NORM_BWD_PROGRAMS, _NORM_BWD_WARPS, _NORM_BWD_STAGES = 4, 4096, 4, 3
 # The norms' backward kernels store the forward's output (which the next Linear's weight gradient needs) rather
 # than the forward kernel rerunning for it first: y and z (or the block's input) are read once, not twice
 # (benchmarks/gpu_sweep.py tries both)
@@ -90,6 +107,11 @@ _NORM_OUT_IN_BWD = True
 # _chunk_bwd_bc, _chunk_bwd_dx, the conv's backward), 2.3 KB per token at the seed instead of 4.6
 # (benchmarks/gpu_sweep.py tries both)
 _GRADS_IN_ACT_DTYPE = True
+# The fused layer's forward keeps the conv's output for the backward (2.3 KB a token and layer at the seed in bf16:
+# +6.3 GiB at the seed's 24 layers x 1024 x 120) rather than the backward rerunning _conv_fwd for it (0.29 ms a seed
+# layer on an H100, run 9's profile): H100 run 10, 7.51 against 7.78 ms a seed layer's training step, 7.03 against
+# 7.30 with the two pipelined backward kernels above. Off: the layer keeps what the official one keeps, no more
+_SAVE_CONV_OUT = True
 
 
 def _pow2(n: int) -> int:
@@ -167,6 +189,7 @@ def _conv_bwd(
     L, C, nsplit, steps,
     s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_g_b, s_g_l, s_g_c, s_o_b, s_o_l, s_o_c,
     HAS_BIAS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     # grid (b, nsplit, cdiv(C, BC)): a program takes ``steps`` consecutive steps (a multiple of BL) of one row, BL at
     # a time. With g = dL/dpre (pre = the conv before its activation; _conv_bwd_gate's output, or dy itself):
@@ -187,7 +210,7 @@ def _conv_bwd(
     acc_w = tl.zeros([KP, BL, BC], dtype=tl.float32)
     acc_b = tl.zeros([BL, BC], dtype=tl.float32)
     t_lo = pid_s * steps
-    for t0 in range(t_lo, tl.minimum(t_lo + steps, L), BL):
+    for t0 in tl.range(t_lo, tl.minimum(t_lo + steps, L), BL, num_stages=STAGES):
         t = t0 + tl.arange(0, BL)
         dx = tl.zeros([BL, BC], dtype=tl.float32)
         g0 = tl.zeros([BL, BC], dtype=tl.float32)
@@ -276,7 +299,7 @@ def _conv_backward(
             x, w, bias if bias is not None else w, g, dx, dwp, dbp if dbp is not None else dwp,
             L, C, nsplit, steps, *x.stride(), *w.stride(), *g.stride(), *dx.stride(),
             HAS_BIAS=bias is not None, K=K, KP=triton.next_power_of_2(K),
-            BL=_CONV_BWD_BL, BC=BCb, **launch_options(num_warps=_CONV_BWD_WARPS))
+            BL=_CONV_BWD_BL, BC=BCb, STAGES=_CONV_BWD_STAGES, **launch_options(num_warps=_CONV_BWD_WARPS))
     dw = dwp.sum((0, 1)).t().reshape(weight.shape).to(weight.dtype)
     db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
     return dx, dw, db
@@ -362,7 +385,7 @@ def _rmsnorm_bwd(
     rows, L, gs, ngroups, rpp,
     s_y_b, s_y_l, s_z_b, s_z_l, s_d_b, s_d_l, s_dz_b, s_dz_l, s_dy_b, s_dy_l, s_dr_b, s_dr_l,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, HAS_DRES: tl.constexpr, OUT: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
 ):
     # grid (cdiv(rows, rpp), ngroups): a program takes rpp rows (a multiple of ROWS), ROWS at a time, and
     # accumulates its partial dw in registers (one store per program: the partials stay few with small tiles).
@@ -376,7 +399,7 @@ def _rmsnorm_bwd(
     col = gi * gs + tl.arange(0, BLOCK)
     w = tl.load(w_ptr + col, mask=col < gs * ngroups, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK], dtype=tl.float32)
-    for r0 in range(pid_r * rpp, tl.minimum(pid_r * rpp + rpp, rows), ROWS):
+    for r0 in tl.range(pid_r * rpp, tl.minimum(pid_r * rpp + rpp, rows), ROWS, num_stages=STAGES):
         r = r0 + tl.arange(0, ROWS)
         m = (r[:, None] < rows) & (tl.arange(0, BLOCK)[None, :] < gs)
         bi, li = r // L, r % L
@@ -528,7 +551,8 @@ def _rmsnorm_backward(
             dout.stride(0), dout.stride(1), *(dz.stride()[:2] if dz is not None else (0, 0)), dy.stride(0),
             dy.stride(1), *(dres.stride()[:2] if dres is not None else (0, 0)),
             HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, HAS_DRES=dres is not None,
-            OUT=out is not None, ROWS=_NORM_BWD_ROWS, BLOCK=BLOCK, **launch_options(num_warps=_NORM_BWD_WARPS))
+            OUT=out is not None, ROWS=_NORM_BWD_ROWS, BLOCK=BLOCK, STAGES=_NORM_BWD_STAGES,
+            **launch_options(num_warps=_NORM_BWD_WARPS))
     return dy, dz, dwp.sum(0).to(weight.dtype)
 
 
@@ -699,12 +723,13 @@ class _LayerCfg:
 
 
 def _scan_inputs(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, dt_bias: Tensor, A_log: Tensor,
-                 D: Tensor, use_z: bool, cfg: _LayerCfg) -> dict:
+                 D: Tensor, use_z: bool, cfg: _LayerCfg, conv_out: Tensor | None = None) -> dict:
     """The conv output and everything the SSD kernels take, from zxbcdt (run by the forward and again by the
-    backward, which keeps none of it): x, B, C as views of the conv output, dt as a view of zxbcdt (or, with a
-    dt_limit, the clamped softplus(dt + dt_bias) in float32, which has no kernel), and the SSD's size dict."""
+    backward, unless the forward kept the conv output: ``conv_out``, see _SAVE_CONV_OUT): x, B, C as views of the
+    conv output, dt as a view of zxbcdt (or, with a dt_limit, the clamped softplus(dt + dt_bias) in float32, which
+    has no kernel), and the SSD's size dict."""
     _, _, z, xBC, dt = cfg.split(zxbcdt)
-    xBC = _conv_forward(xBC, conv_weight, conv_bias, silu=True)  # (B, L, conv_dim)
+    xBC = _conv_forward(xBC, conv_weight, conv_bias, silu=True) if conv_out is None else conv_out  # (B, L, conv_dim)
     x, B, C = torch.split(xBC, [cfg.d_ssm, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], dim=-1)
     x = x.unflatten(-1, (cfg.nheads, cfg.headdim))  # (B, L, h, p)
     B = B.unflatten(-1, (cfg.ngroups, cfg.d_state))  # (B, L, g, n)
@@ -737,6 +762,7 @@ class _Mamba2Fused(torch.autograd.Function):
         with torch.autocast(dev.type, enabled=False), on_device(zxbcdt):
             z0, x0, z, _, _ = cfg.split(zxbcdt)
             s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
+            conv_out = s["xBC"] if _SAVE_CONV_OUT else None
             y = ssd._forward(s["x"], s["dt"], s["A_log"], s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None,
                              s["d"], s["softplus"], want_final=False, a_is_log=True)[0].flatten(-2)  # (B, L, d_ssm)
             del s
@@ -750,21 +776,22 @@ class _Mamba2Fused(torch.autograd.Function):
                 dt_ = cfg.out_dtype
                 out = F.linear(out.to(dt_), out_weight.to(dt_), out_bias.to(dt_) if out_bias is not None else None)
         ctx.save_for_backward(zxbcdt, y, rstd, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight,
-                              out_bias)
+                              out_bias, conv_out)
         ctx.cfg = cfg
         return out
 
     @staticmethod
     def backward(ctx, dout):
         (zxbcdt, y, rstd, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_weight,
-         out_bias) = ctx.saved_tensors
+         out_bias, conv_out) = ctx.saved_tensors
         cfg = ctx.cfg
         gs = cfg.d_ssm // cfg.ngroups
         f32 = torch.float32
         with torch.autocast(zxbcdt.device.type, enabled=False), on_device(zxbcdt):
             z0, x0, z, xBC_in, dt_in = cfg.split(zxbcdt)
-            # the conv's output recomputed
-            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg)
+            # the conv's output recomputed (or the forward's, kept)
+            s = _scan_inputs(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight is None, cfg, conv_out)
+            del conv_out
             # out_proj's input, the norm's output, recomputed for its weight gradient: by the norm's backward kernel
             # below, which forms it on the way (_NORM_OUT_IN_BWD), or by the forward's kernel here
             normed = None
