@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-s", type=float, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-results/gpu_sweep.json"))
     args = ap.parse_args(argv)
+    args.long = args.long and not args.train_only  # --train-only: no long rows either
     for v in args.variants:
         parse(v)  # a typo fails before any timing
     setup = gpu.make_setup(args.device, args.tiny, quick=True)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{MODEL}: d_model {setup.d}, {setup.layers} layers, lookback {setup.L}, batch {setup.batch} "
           f"(streaming: batch 1); median of repeats; per layer")
     head = f"{'variant':<48} {'train ms':>10}" + ("" if args.train_only else f" {'infer ms':>10} {'stream us':>10}")
-    if args.long and not args.train_only:
+    if args.long:
         head += f" {f'L{setup.long_lengths[-1]} ms':>10} {'cost/L0':>8}"
     print(head, flush=True)
     start, rows = time.monotonic(), []
@@ -217,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.deadline_s is not None and time.monotonic() - start >= args.deadline_s:
             row = {"variant": v, "skipped": f"time budget (--deadline-s {args.deadline_s:g}) spent"}
         else:
-            row = {"variant": v, **gpu.guarded(measure, v, setup, timer, args.long and not args.train_only,
-                                               args.train_only)}
+            row = {"variant": v, **gpu.guarded(measure, v, setup, timer, args.long, args.train_only)}
         rows.append(row)
         if "train_ms_per_layer" in row:
             line = f"{v:<48} {row['train_ms_per_layer']:>10.3f}"
