@@ -18,9 +18,13 @@
 #      tf32 operands) tried side by side on 4 layers.
 #   4. (what is left) benchmarks/gpu_profile.py: where the time of a training step, an inference forward and a
 #      streaming step goes, kernel by kernel, ours and the official layer's (when exported, below).
+#   5. with GPU_SANITIZE=1, compute-sanitizer (memcheck) on one layer's training step (gpu_sweep.py --layers 1
+#      --train-only: every kernel of the step, forward and backward, at the seed's batch and length; ~230 s on an
+#      H100): the pipelined loops' shared-memory buffers are the compiler's, which no interpreter run checks.
 #
 # GPU_TESTS=0, GPU_BENCH=0, GPU_PROFILE=0 skip steps 1, 2 and 4 (e.g. one call for the tests and the sweep, a second
-# for the benchmark, its A/B and the profile).
+# for the benchmark, its A/B and the profile; a call of its own for step 5:
+# `GPU_TESTS=0 GPU_BENCH=0 GPU_PROFILE=0 GPU_SANITIZE=1 bash benchmarks/gpu_checks.sh 300`).
 # From the device tool, in the repository root (results come back from $OUT: gpu.txt, tests_cuda.log, gpu.log,
 # gpu.json, gpu_ab.log/.json, gpu_sweep.log, gpu_profile.log; GPU_MODELS picks gpu.py's rows, GPU_PROFILE_MODELS the
 # profile's):
@@ -87,4 +91,14 @@ if [ "${GPU_PROFILE:-1}" != 0 ]; then  # GPU_PROFILE=0: no profile
         > "$out/gpu_profile.log" 2>&1
     echo "profile: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
     rm -f "$out/gpu_profile.json"  # at most 8 files come back; the log has its tables
+fi
+
+if [ -n "${GPU_SANITIZE:-}" ]; then
+    if command -v compute-sanitizer > /dev/null && [ -z "$smoke" ]; then
+        timeout $(($(left) - 5)) compute-sanitizer --tool memcheck python3 benchmarks/gpu_sweep.py --layers 1 \
+            --train-only --variants default --out /tmp/sanitize_sweep.json > "$out/sanitizer.log" 2>&1
+        echo "sanitizer: exit $? after ${SECONDS} s; $(grep 'ERROR SUMMARY' "$out/sanitizer.log")" | tee -a "$out/gpu.txt"
+    else
+        echo "sanitizer: skipped (no compute-sanitizer, or a CPU smoke run)" | tee -a "$out/gpu.txt"
+    fi
 fi

@@ -216,6 +216,32 @@ def test_output_only(device, h0, L):
             assert_close(f"d{k}", f32[k].grad, f64[k].grad, 1e-4)
 
 
+def test_D_as_a_stride0_view_gets_per_channel_gradients(device):
+    # a 2-D (h, p) D that is a stride-0 view over the channels (one value a head) is loaded once a head (D_SCALAR)
+    # and still gets its gradient per element; a 1-D D gets the sum over the channels, which the kernel forms
+    # itself (DD_HEAD: its per-step sums reduced with dA's, one partial a head and channel block)
+    inputs = make_inputs(1, 37, 2, 16, 1, 16)
+    h, p = inputs["x"].shape[-2:]
+    names = ("x", "dt", "A", "B", "C")
+    f32 = {k: inputs[k].float().to(device) for k in (*names, "z", "dt_bias")}
+    w = torch.randn(inputs["x"].shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    kw = {"chunk_size": 16, "z": f32["z"], "dt_bias": f32["dt_bias"], "dt_softplus": True}
+    D1 = inputs["D"].float().to(device).requires_grad_()
+    D2 = D1[:, None].expand(h, p)
+    D2.retain_grad()
+    assert ssd_module._d_scalar(D2)
+    (ssd_scan_triton(*(f32[k] for k in names), D=D2, **kw) * w.to(device).float()).sum().backward()
+    D_ref = inputs["D"][:, None].expand(h, p).clone().requires_grad_()  # the same values, a plain (h, p) tensor
+    f64 = {k: inputs[k] for k in (*names, "z", "dt_bias")}
+    (ssd_scan_ref(*(f64[k] for k in names), D=D_ref, z=f64["z"], dt_bias=f64["dt_bias"], dt_softplus=True)
+     * w).sum().backward()
+    assert D2.grad.shape == (h, p)
+    assert_close("dD (h, p)", D2.grad, D_ref.grad, 1e-4)
+    assert D2.grad.std(-1).min() > 0  # the channels' gradients differ: not a head's sum spread over them
+    D1b = inputs["D"].float().to(device).requires_grad_()
+    (ssd_scan_triton(*(f32[k] for k in names), D=D1b, **kw) * w.to(device).float()).sum().backward()
+    assert_close("dD (h,)", D1b.grad, D_ref.grad.sum(-1), 1e-4)
+
 def test_strided_inputs(device):
     # x, B, C as views into one wide tensor (how Mamba-2 calls it on the conv output): no copy, same result
     b, L, h, p, g, n = 1, 24, 2, 16, 1, 16

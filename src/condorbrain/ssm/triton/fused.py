@@ -857,7 +857,7 @@ class _Mamba2Fused(torch.autograd.Function):
             dx_out = dx_cols.unflatten(-1, (cfg.nheads, cfg.headdim))
             dx, ddt, dA, dB, dC, dD2, dz_scan, dh0 = ssd._backward(
                 dy, None, s["x"], s["dt"], A, s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, dtp, a,
-                s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols)
+                s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols, dd_per_head=D.dim() == 1)
             del dtp, a, dy, dh0, dx, dB, dC  # views of dxBC; dh0: None (no initial state)
             if norm_weight is None:
                 dz = dz_scan.flatten(-2)

@@ -588,7 +588,9 @@ def _chunk_bwd_bc(
         G = tl.load(dst_ptr + soff, mask=(ip[:, None] < p * (ci < last_g)) & (jn[None, :] < n), other=0.0)
         # intra-chunk: y_l = sum_s (C_l . B_s) exp(a_l - a_s) dt_s x_s
         decay = _decay(a, causal)  # (T, T)
-        dCB = _mm(dy, tl.trans(x * dt[:, None]), BF16_DOT, PREC) * decay  # (T, T)
+        # dt scales dCB's columns after the matmul, not x's rows before it: x enters the matmul as loaded (627 -> 577
+        # instructions a head in the loop, triton 3.6 for sm_90)
+        dCB = _mm(dy, tl.trans(x), BF16_DOT, PREC) * (decay * dt[None, :])  # (T, T)
         dCBs += dCB  # the heads share B and C: their intra-chunk dC, dB are two matmuls of the sum, after the loop
         dMM = dCB * CBp  # (T, T): dL/dM[l, s], this block's part
         daS = tl.sum(dMM, axis=1) - tl.sum(dMM, axis=0)  # (T,): through exp(a_l - a_s)
@@ -611,6 +613,43 @@ def _chunk_bwd_bc(
 
 
 @triton.jit
+def _revcumsum(U, v):
+    # (T,) reverse cumsum of v, sum_{l >= r} v_l, as U @ V (U (T, T) of 0/1: [r, l] = 1 for l >= r; _chunk_bwd_dx
+    # says why a matmul) on the tensor cores at float32's precision, whatever the inputs' dtype: v split into three
+    # bfloat16 columns, v = h1 + h2 + h3 to ~2^-27 of v (each the rounding of what the ones before leave), U exact,
+    # every product exact, summed in float32. (An "ieee" float32 matmul, for float32 inputs, ran on the FMA units:
+    # 4x the loop's instructions and spills, sm_90.) tl.dot's smallest width is 16 columns; the ones past three are
+    # 0. Interpreted: the same bf16 values in a float32 matmul (the interpreter's bf16 tl.dot multiplies raw bits)
+    j = tl.arange(0, 16)[None, :]
+    h1 = v.to(tl.bfloat16).to(tl.float32)
+    h2 = (v - h1).to(tl.bfloat16).to(tl.float32)
+    h3 = v - h1 - h2
+    V = tl.where(j == 0, h1[:, None], tl.where(j == 1, h2[:, None], tl.where(j == 2, h3[:, None], 0.0)))
+    if _COMPILED:
+        S = tl.dot(U.to(tl.bfloat16), V.to(tl.bfloat16))
+    else:
+        S = tl.dot(U, V.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+    return tl.sum(S, axis=1)
+
+
+@triton.jit
+def _add2(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
+
+
+@triton.jit
+def _add3(a0, a1, a2, b0, b1, b2):
+    return a0 + b0, a1 + b1, a2 + b2
+
+
+@triton.jit
+def _add4(a0, a1, a2, a3, b0, b1, b2, b3):
+    # the combine of tl.reduce over several operands at once: their exchanges across warps share one round of
+    # shared memory and barriers, where a tl.sum each took its own
+    return a0 + b0, a1 + b1, a2 + b2, a3 + b3
+
+
+@triton.jit
 def _chunk_bwd_dx(
     x_ptr, dtraw_ptr, A_ptr, bias_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dout_ptr,
     dtp_ptr, a_ptr, dst_ptr, dalast_ptr, daS_ptr,
@@ -626,18 +665,30 @@ def _chunk_bwd_dx(
     s_o_b, s_o_l, s_o_h, s_o_p,
     HAS_D: tl.constexpr, D_SCALAR: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
-    BF16_DOT: tl.constexpr, NBN: tl.constexpr, NBLK: tl.constexpr,
+    BF16_DOT: tl.constexpr, NBN: tl.constexpr, NBLK: tl.constexpr, DD_HEAD: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * nps): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T
     # once) and one of nps blocks of BP head channels: dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the
     # fused layer's dxBC), ddt (b, L, h, nps) float32 w.r.t. the raw dt, partial over the channel blocks (every
     # per-step gradient here is a sum over the head's channels plus terms from other kernels, which the block-0
-    # program adds), and partial dD (b, c, h, p) and dA (b, c, h, nps).
+    # program adds), and partial dD (b, c, h, p), or with DD_HEAD (one D a head, whose caller sums dD over the
+    # channels) (b, c, h, nps), and dA (b, c, h, nps).
     # Never reads the entering states S: dL/da through the carried state and through the intra-chunk decays comes
     # from _chunk_bwd_bc (daS, nbn partial sums: it forms dL/d(C.B^T) for dB, dC anyway), and dz (which needs y)
-    # from _chunk_scan_fwd. A program holds CB, M (T, T), x, dy, M^T dy, B G^T, dx (T, p), and G (p, n), B (T, n)
-    # as dot operands (registers: see _DX_CHANNEL_BLOCKS). B, C are reloaded per head (L1/L2 hits) rather than
-    # kept live across heads.
+    # from _chunk_scan_fwd. A program holds B C^T, M^T (T, T), x, dy, M^T dy, B G^T, dx (T, p), and G (p, n) as
+    # dot operands (registers: see _DX_CHANNEL_BLOCKS); B (T, n), the same for every head of the group, is loaded
+    # once (the compiler keeps it in shared memory, as the operand of B G^T; reloaded a head, it took 21 more
+    # registers).
+    # Where the time went (run 10d: ~20% of the SM's issue rate, latency-bound at 8 warps an SM): the loop's
+    # shared-memory round trips, a barrier each, between the layouts of the wgmma accumulators and of the (T,)
+    # per-step vectors, and loads outside the software pipeline. So M^T is formed directly in the accumulator's
+    # layout of a matmul and enters M^T dy from registers (M formed and transposed went through shared memory);
+    # the reverse cumsum is a matmul (_revcumsum), whose output lands where ddt is; the sums over a chunk's steps
+    # (dL/da_T through the end state, dA, and dD with DD_HEAD) are one reduction of several operands, where each
+    # was its own across the warps; B is loaded once and G enters its matmul as loaded. sm_90 with triton 3.6
+    # (the H100 runs' compiler; benchmarks/sass_counts.py), a head in the loop, run 10d's kernel -> this one:
+    # barriers 27 -> 9, instructions 871 -> 808, global loads outside the pipeline 21 -> 8, registers 251 -> 204
+    # (two blocks an SM either way). Not yet timed on a GPU (benchmarks/results/h100-2026-11-26/NOTES.md).
     pid_bc, g, pid_sq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bi, ci = pid_bc // nchunks, pid_bc % nchunks
     pid_s, pid_q = pid_sq // nps, pid_sq % nps
@@ -647,10 +698,11 @@ def _chunk_bwd_dx(
     pos = ci * T + t
     mt = pos < L
     mtp = mt[:, None] & (ip[None, :] < p)
-    Bp = B_ptr + bi * s_B_b + g * s_B_g
-    CB = _mm(_load_tile(C_ptr + bi * s_C_b + g * s_C_g, jn, pos, mt, jn < n, s_C_l, s_C_n),
-             tl.trans(_load_tile(Bp, jn, pos, mt, jn < n, s_B_l, s_B_n)), BF16_DOT, PREC)  # (T, T)
-    CB = tl.where(t[:, None] >= t[None, :], CB, 0.0)  # 0 above the diagonal: the decays need no mask
+    Bm = _load_tile(B_ptr + bi * s_B_b + g * s_B_g, jn, pos, mt, jn < n, s_B_l, s_B_n)  # (T, BN)
+    BC = _mm(Bm, tl.trans(_load_tile(C_ptr + bi * s_C_b + g * s_C_g, jn, pos, mt, jn < n, s_C_l, s_C_n)),
+             BF16_DOT, PREC)  # (T, T): [s, l] = B_s . C_l = (C.B^T)[l, s]
+    BC = tl.where(t[:, None] <= t[None, :], BC, 0.0)  # 0 below the diagonal (s > l): the decays need no mask
+    U = tl.where(t[:, None] <= t[None, :], 1.0, 0.0)  # (T, T): [r, l] = 1 for l >= r
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
         x = _load_tile(x_ptr + bi * s_x_b + hd * s_x_h, ip, pos, mt, ip < p, s_x_l, s_x_p)  # (T, BP)
@@ -678,45 +730,67 @@ def _chunk_bwd_dx(
             dy = dout * z * sigmoid(z)
         # recompute the forward quantities of the chunk
         a2 = a * _LOG2E
-        M = CB * _exp2_below(a2, a2)  # (T, T) masked decay
-        if HAS_D:
+        # (T, T) masked decay, transposed: [s, l] = M[l, s] = (C.B^T)[l, s] exp(a_l - a_s), in the accumulator's
+        # layout of B C^T, which the next matmul takes from registers (M^T formed from M went through shared memory)
+        Mt = BC * tl.exp2(tl.minimum(a2[None, :] - a2[:, None], 64.0))  # capped where BC is 0, as _exp2_below
+        if HAS_D and not DD_HEAD:
             tl.store(dDp_ptr + ((bi * nchunks + ci) * nh + hd) * p + ip, tl.sum(dy * x, axis=0), mask=ip < p)
 
         # intra-chunk term y_l = sum_s M[l, s] dt_s x_s
-        MtDy = _mm(tl.trans(M), dy, BF16_DOT, PREC)  # (T, BP)
-        ddt = tl.sum(MtDy * x, axis=1)
+        MtDy = _mm(Mt, dy, BF16_DOT, PREC)  # (T, BP)
+        if DD_HEAD:  # dD's per-step sums over the channels in the same pass (and layout) as ddt's
+            ddt, dDs = tl.reduce((MtDy * x, dy * x), 1, _add2)
+        else:
+            ddt = tl.sum(MtDy * x, axis=1)
         dx = MtDy * dt[:, None]
         # dL/da through the intra-chunk decays and the carried state: _chunk_bwd_bc's, per block of state columns
         # (the partials as one masked (NBN, T) load, and dalast's below as one (NBLK,) load, rather than loops of
         # runtime trip counts inside the pipelined loop over heads: at the seed both are 1, the first loop then ran
         # no iteration, and on an H100 this kernel alone, with other stages or partial sums, made illegal accesses
         # (benchmarks/results/h100-2026-11-26/NOTES.md), which no interpreter run shows)
-        jb = tl.arange(0, NBN)
-        da = tl.sum(tl.load(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nbn + jb[:, None]) * T + t[None, :],
-                            mask=jb[:, None] < nbn, other=0.0), axis=0)  # (b, h, c, nbn, T) summed over nbn
-        da = da * own
-        # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G
-        dend = a_end * 0.0  # dL/da_T through the end state
+        if NBN == 1:
+            da = own * tl.load(daS_ptr + ((bi * nh + hd) * nchunks + ci) * T + t)
+        else:
+            jb = tl.arange(0, NBN)
+            da = own * tl.sum(tl.load(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nbn + jb[:, None]) * T
+                                      + t[None, :], mask=jb[:, None] < nbn, other=0.0), axis=0)
+        # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G: dL/da_s gets
+        # -q_s, dL/da_T (dend) their sum
+        q = dt * 0.0
         if ci < last_g:  # G (BP, BN)
-            Bm = _load_tile(Bp, jn, pos, mt, jn < n, s_B_l, s_B_n)  # (T, BN)
-            BG = _mm(Bm, tl.trans(G.to(tl.float32)), BF16_DOT, PREC)  # (T, BP): B_s . G[p, :]
+            # G as loaded (bf16 with BF16_DOT, as _backward stores it then), no cast: the compiler then takes it
+            # straight from the pipeline's shared-memory buffer as the matmul's operand (a transposed view), where
+            # a cast went through registers and shared memory again, a barrier more
+            BG = _mm(Bm, tl.trans(G), BF16_DOT, PREC)  # (T, BP): B_s . G[p, :]
             w = wend * dt
             dx += w[:, None] * BG
             xBG = tl.sum(x * BG, axis=1)  # (T,)
             ddt += wend * xBG
-            dend = tl.sum(w * xBG)  # and minus this per step:
-            da -= w * xBG
+            q = w * xBG
         jk = tl.arange(0, NBLK)  # through the passing to the next chunk (partial sums over state blocks)
-        dend += own * tl.sum(tl.load(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + jk, mask=jk < nblocks,
+        dlast = own * tl.sum(tl.load(dalast_ptr + ((bi * nh + hd) * nchunks + ci) * nblocks + jk, mask=jk < nblocks,
                                      other=0.0))
-        da += tl.where(t == T - 1, dend, 0.0)
         if HAS_D:
             dx += dy * Dv
-        # a = cumsum(dt A): dL/d(dt_r A) = sum_{l >= r} dL/da_l
-        dAdt = tl.cumsum(da, axis=0, reverse=True)  # one scan, not a sum and a scan
+        # a = cumsum(dt A): dL/d(dt_r A) = sum_{l >= r} dL/da_l, dL/da_l = da_l - q_l, plus dend at l = T - 1,
+        # which every r reaches: dAdt_r = (the sum without dend)_r + dend, and dend = sum(q) + dlast comes from
+        # the one reduction below, with dA's sums (sum_r dt_r dAdt_r = that without dend + dend sum_r dt_r).
+        # The reverse cumsum as a matmul, U (T, T) times the (T,) vector: tl.cumsum runs in a blocked layout only,
+        # so the vector went there and back through shared memory, a barrier each way and two in the scan; the
+        # matmul's operand goes there once, and its output comes in the accumulator's layout, where ddt is.
+        dAdt = _revcumsum(U, da - q)
         A = tl.load(A_ptr + hd).to(tl.float32)
         ddt += A * dAdt
-        tl.store(dAp_ptr + ((bi * nchunks + ci) * nh + hd) * nps + pid_q, tl.sum(tl.where(mt, dAdt * dt, 0.0)))
+        dAr = tl.where(mt, dAdt * dt, 0.0)
+        dtr = tl.where(mt, dt, 0.0)
+        if DD_HEAD:
+            qs, dAs, dts, dDh = tl.reduce((q, dAr, dtr, dDs), 0, _add4)
+            tl.store(dDp_ptr + ((bi * nchunks + ci) * nh + hd) * nps + pid_q, dDh)
+        else:
+            qs, dAs, dts = tl.reduce((q, dAr, dtr), 0, _add3)
+        dend = qs + dlast
+        ddt += A * dend
+        tl.store(dAp_ptr + ((bi * nchunks + ci) * nh + hd) * nps + pid_q, dAs + dend * dts)
         if SOFTPLUS:
             raw = tl.load(dtraw_ptr + bi * s_dt_b + pos * s_dt_l + hd * s_dt_h, mask=mt, other=0.0)
             raw = raw.to(tl.float32)
@@ -874,7 +948,10 @@ def _check_out(name: str, buf: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} buffer: {shape} floating point (any strides), got {tuple(buf.shape)} {buf.dtype}")
 
 
-def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None, dB=None, dC=None):
+def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None, dB=None, dC=None,
+              dd_per_head=False):
+    # dd_per_head: D2 is one D a head (a stride-0 view over the channels) and the caller wants dD summed over the
+    # channels: the dD returned is then (h, 1), else (h, p)
     # dx, dB, dC: buffers for them ((b, L, h, p) and (b, L, g, n), float32 or half, any strides: e.g. column slices
     # of one buffer, which the fused layer's conv backward then reads whole; stored rounded once, from float32) or
     # None (new float32 ones). dx may be dout itself
@@ -942,7 +1019,8 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     nps = _dx_channel_blocks(BP)
     ddt = torch.empty(b, L, nh, nps, **f32)  # partial over the channel blocks: summed below
     dz = torch.empty(b, L, nh, p, **f32) if z is not None else None
-    dDp = torch.empty(b, c, nh, p, **f32) if D2 is not None else None
+    dd_head = dd_per_head and _d_scalar(D2)
+    dDp = torch.empty(b, c, nh, nps if dd_head else p, **f32) if D2 is not None else None
     dAp = torch.empty(b, c, nh, nps, **f32)
     _chunk_bwd_dx[(b * c, g, nsplit * nps)](
         x, dt, A, dt_bias if dt_bias is not None else A, B, C, z if z is not None else x,
@@ -953,7 +1031,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         *dx.stride(), HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None,
         HAS_BIAS=dt_bias is not None,
         SOFTPLUS=softplus, T=T, BP=BP // nps, BN=BN, **dot,
-        NBN=triton.next_power_of_2(nbn), NBLK=triton.next_power_of_2(nblocks),
+        NBN=triton.next_power_of_2(nbn), NBLK=triton.next_power_of_2(nblocks), DD_HEAD=dd_head,
         **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
     ddt = ddt[..., 0] if nps == 1 else ddt.sum(-1)  # (b, L, h)
     del dst, dalast, daS  # (b, c, h, p, n), as large as dx: not alive beside dz below
@@ -961,7 +1039,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         # and S spilled 660-790 B per thread at T 64)
         _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None, dt_positive=softplus)
         del enter
-    dD2 = dDp.sum((0, 1)) if dDp is not None else None  # (h, p)
+    dD2 = None if dDp is None else dDp.sum((0, 1, 3))[:, None] if dd_head else dDp.sum((0, 1))  # (h, 1) or (h, p)
     return dx, ddt, dAp.sum((0, 1, 3)), dB, dC, dD2, dz, dh0
 
 
@@ -986,7 +1064,8 @@ class _SSDScan(torch.autograd.Function):
         D2 = None if D is None else (D[:, None].expand(d["nh"], d["p"]) if D.dim() == 1 else D)
         with on_device(x):
             dx, ddt, dA, dB, dC, dD2, dz, dh0 = _backward(
-                dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, ctx.softplus)
+                dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, ctx.softplus,
+                dd_per_head=D is not None and D.dim() == 1)
         dD = None if D is None else (dD2.sum(-1) if D.dim() == 1 else dD2)
         dbias = None if dt_bias is None else ddt.sum((0, 1))
         grads = [dx, ddt, dA, dB, dC, dD, dz, dbias, dh0]  # dh0 None without an initial state
