@@ -183,6 +183,19 @@ def test_backward_split_over_state_columns(device, monkeypatch, D, z, p):
     check(make_inputs(1, 37, 6, p, 1, 40, D=D, z=z), device)
 
 
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_column_sums_in_dx(device, monkeypatch, dtype, rtol):
+    # ssd._COLSUM_IN_DX: dL/da's column sums of dL/dM formed by _chunk_bwd_dx (dt_s times ddt's intra-chunk term)
+    # rather than by _chunk_bwd_bc, which keeps the row sums. In bf16 the two halves come from differently rounded
+    # matmuls unless dx adds M^T's residual to its bf16 M^T dy: without it, dA was 4.5% off here (0.6% with it, as
+    # the default path). Then over 3 state blocks and 2 channel blocks (dx's per-block pieces of dL/da summed on the
+    # host)
+    monkeypatch.setattr(ssd_module, "_COLSUM_IN_DX", True)
+    check(make_inputs(1, 33, 2, 16, 1, 16), device, dtype=dtype, rtol=rtol)
+    monkeypatch.setattr(ssd_module, "_BWD_STATE_BLOCK", 16)
+    check(make_inputs(1, 37, 3, 40, 1, 40, D="channel", z=False), device, dtype=dtype, rtol=rtol)
+
 @pytest.mark.parametrize("h0", [True, False])
 def test_state_rows_split(device, monkeypatch, h0):
     # few sequences (here 2 x 3 heads): _state_fwd / _state_bwd take a head's state 16 rows at a time

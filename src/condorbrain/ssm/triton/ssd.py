@@ -155,6 +155,14 @@ _SCAN_SUMSQ_WARPS = 4
 # not an index of ours (tests/ssm/test_triton_bounds.py checks those at every setting); left at 3
 _DX_STAGES = 3
 _BC_STAGES = 2  # _chunk_bwd_bc
+# dL/da_s's part through the intra-chunk decays has row sums and column sums of dL/dM (_chunk_bwd_bc). The column
+# sums are dt_s x_s . (M^T dy)_s, which _chunk_bwd_dx forms for ddt anyway, in registers; in _chunk_bwd_bc (8 warps
+# in two warpgroups) a column sum and its conversion cross the warps (sm_90, triton 3.6, a head in its loop: 577 ->
+# 448 instructions, 17 -> 12 barriers with them moved). But dx's M^T dy takes M^T rounded to bf16, and that rounding
+# (2^-9) does not cancel against the row sums bc forms in float32 (dA 4.5% off in the bf16 test): so with them moved,
+# dx adds the residual M^T - bf16(M^T) as a second bf16 matmul (808 -> 897 instructions, 204 -> 247 registers, still
+# two blocks an SM). Which is faster is a GPU's to say (benchmarks/gpu_sweep.py): off until timed
+_COLSUM_IN_DX = False
 # The backward's entering states and state gradients stored in bf16 when the matmuls take bf16 operands (see
 # _backward; benchmarks/gpu_sweep.py tries float32)
 _BWD_STATES_BF16 = True
@@ -536,7 +544,7 @@ def _chunk_bwd_bc(
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_g, s_o_s, s_o_n,
     HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
-    BF16_DOT: tl.constexpr,
+    BF16_DOT: tl.constexpr, COLSUM_DX: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * NB): dB, dC of one chunk for up to hpp heads of one group and one block of BN state
     # columns (NB = cdiv(n, BN) blocks), summed over those heads in registers: (b, L, g, nsplit, n) float32 partial
@@ -593,7 +601,9 @@ def _chunk_bwd_bc(
         dCB = _mm(dy, tl.trans(x), BF16_DOT, PREC) * (decay * dt[None, :])  # (T, T)
         dCBs += dCB  # the heads share B and C: their intra-chunk dC, dB are two matmuls of the sum, after the loop
         dMM = dCB * CBp  # (T, T): dL/dM[l, s], this block's part
-        daS = tl.sum(dMM, axis=1) - tl.sum(dMM, axis=0)  # (T,): through exp(a_l - a_s)
+        daS = tl.sum(dMM, axis=1)  # (T,): through exp(a_l - a_s), its row sums
+        if not COLSUM_DX:  # minus its column sums (else _chunk_bwd_dx's: _COLSUM_IN_DX)
+            daS -= tl.sum(dMM, axis=0)
         # carried state: y_l += exp(a_l) S C_l (S is 0 in chunk 0 without an initial state: not stored)
         if ci >= first_state:
             dyS = ea[:, None] * _mm(dy, S.to(tl.float32), BF16_DOT, PREC)  # (T, BN); S (BP, BN) entering state
@@ -666,6 +676,7 @@ def _chunk_bwd_dx(
     HAS_D: tl.constexpr, D_SCALAR: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
     BF16_DOT: tl.constexpr, NBN: tl.constexpr, NBLK: tl.constexpr, DD_HEAD: tl.constexpr,
+    COLSUM_DX: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * nps): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T
     # once) and one of nps blocks of BP head channels: dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the
@@ -738,10 +749,15 @@ def _chunk_bwd_dx(
 
         # intra-chunk term y_l = sum_s M[l, s] dt_s x_s
         MtDy = _mm(Mt, dy, BF16_DOT, PREC)  # (T, BP)
+        if COLSUM_DX and BF16_DOT:  # M^T's bf16 rounding, as a second matmul of the residual (_COLSUM_IN_DX)
+            MtDy += _mm(Mt - Mt.to(tl.bfloat16).to(tl.float32), dy, BF16_DOT, PREC)
+        # ddt's intra-chunk term x_s . (M^T dy)_s, which dt_s times is also the column sum of dL/dM, dL/da_s's part
+        # through the decays exp(a_l - a_s) taken from the row sums (with COLSUM_DX; else _chunk_bwd_bc's)
         if DD_HEAD:  # dD's per-step sums over the channels in the same pass (and layout) as ddt's
-            ddt, dDs = tl.reduce((MtDy * x, dy * x), 1, _add2)
+            ddt0, dDs = tl.reduce((MtDy * x, dy * x), 1, _add2)
         else:
-            ddt = tl.sum(MtDy * x, axis=1)
+            ddt0 = tl.sum(MtDy * x, axis=1)
+        ddt = ddt0
         dx = MtDy * dt[:, None]
         # dL/da through the intra-chunk decays and the carried state: _chunk_bwd_bc's, per block of state columns
         # (the partials as one masked (NBN, T) load, and dalast's below as one (NBLK,) load, rather than loops of
@@ -778,6 +794,8 @@ def _chunk_bwd_dx(
         # The reverse cumsum as a matmul, U (T, T) times the (T,) vector: tl.cumsum runs in a blocked layout only,
         # so the vector went there and back through shared memory, a barrier each way and two in the scan; the
         # matmul's operand goes there once, and its output comes in the accumulator's layout, where ddt is.
+        if COLSUM_DX:
+            da -= dt * ddt0
         dAdt = _revcumsum(U, da - q)
         A = tl.load(A_ptr + hd).to(tl.float32)
         ddt += A * dAdt
@@ -999,7 +1017,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dBp, dCp, daS,
         L, nh, g, c, hpg, hpp, p, n, first_state, last_g,
         *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(), *dBp.stride(),
-        HAS_Z=z is not None, T=T, BP=BP, BN=BNb, **dot,
+        HAS_Z=z is not None, T=T, BP=BP, BN=BNb, **dot, COLSUM_DX=_COLSUM_IN_DX,
         **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_BC_STAGES))
     # the head splits summed now, one at a time, so that the (b, L, g, nsplit, n) partials are not alive beside dx
     if not direct:  # (b, L, g, n): a view of the one split, or the splits' sum (into the buffer if given)
@@ -1032,6 +1050,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         HAS_BIAS=dt_bias is not None,
         SOFTPLUS=softplus, T=T, BP=BP // nps, BN=BN, **dot,
         NBN=triton.next_power_of_2(nbn), NBLK=triton.next_power_of_2(nblocks), DD_HEAD=dd_head,
+        COLSUM_DX=_COLSUM_IN_DX,
         **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
     ddt = ddt[..., 0] if nps == 1 else ddt.sum(-1)  # (b, L, h)
     del dst, dalast, daS  # (b, c, h, p, n), as large as dx: not alive beside dz below
