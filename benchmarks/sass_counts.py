@@ -28,6 +28,11 @@ launched; each distinct specialisation compiled once by Triton's own pipeline an
     python benchmarks/sass_counts.py --price run7.json                  # this tree priced at run 7's H100 rates
     python benchmarks/sass_counts.py --price run7.json --variant ssd._DX_HEADS=4        # a setting the other way
     python benchmarks/sass_counts.py --price run5.json --calibration h200-run5          # (bdbc8fc's counts)
+
+The compiler is the installed triton's; the H100 image's is triton 3.6 (torch 2.11), whose registers and layouts
+differ from 3.9's (the checkout's, with torch 2.13): to count what the GPU runs,
+    pip install --target /tmp/t36 --no-deps triton==3.6.0
+    PYTHONPATH=/tmp/t36:src python benchmarks/sass_counts.py --case training
 """
 
 from __future__ import annotations

@@ -751,8 +751,8 @@ def _chunk_bwd_dx(
         MtDy = _mm(Mt, dy, BF16_DOT, PREC)  # (T, BP)
         if COLSUM_DX and BF16_DOT:  # M^T's bf16 rounding, as a second matmul of the residual (_COLSUM_IN_DX)
             MtDy += _mm(Mt - Mt.to(tl.bfloat16).to(tl.float32), dy, BF16_DOT, PREC)
-        # ddt's intra-chunk term x_s . (M^T dy)_s, which dt_s times is also the column sum of dL/dM, dL/da_s's part
-        # through the decays exp(a_l - a_s) taken from the row sums (with COLSUM_DX; else _chunk_bwd_bc's)
+        # ddt's intra-chunk term x_s . (M^T dy)_s. dt_s times it is also the column sum of dL/dM, which dL/da_s
+        # loses through the decays exp(a_l - a_s): subtracted below with COLSUM_DX, else by _chunk_bwd_bc
         if DD_HEAD:  # dD's per-step sums over the channels in the same pass (and layout) as ddt's
             ddt0, dDs = tl.reduce((MtDy * x, dy * x), 1, _add2)
         else:
