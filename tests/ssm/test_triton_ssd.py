@@ -183,7 +183,6 @@ def test_backward_split_over_state_columns(device, monkeypatch, D, z, p):
     check(make_inputs(1, 37, 6, p, 1, 40, D=D, z=z), device)
 
 
-
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
 def test_column_sums_in_dx(device, monkeypatch, dtype, rtol):
     # ssd._COLSUM_IN_DX: dL/da's column sums of dL/dM formed by _chunk_bwd_dx (dt_s times ddt's intra-chunk term)
@@ -195,6 +194,7 @@ def test_column_sums_in_dx(device, monkeypatch, dtype, rtol):
     check(make_inputs(1, 33, 2, 16, 1, 16), device, dtype=dtype, rtol=rtol)
     monkeypatch.setattr(ssd_module, "_BWD_STATE_BLOCK", 16)
     check(make_inputs(1, 37, 3, 40, 1, 40, D="channel", z=False), device, dtype=dtype, rtol=rtol)
+
 
 @pytest.mark.parametrize("h0", [True, False])
 def test_state_rows_split(device, monkeypatch, h0):
@@ -254,6 +254,7 @@ def test_D_as_a_stride0_view_gets_per_channel_gradients(device):
     D1b = inputs["D"].float().to(device).requires_grad_()
     (ssd_scan_triton(*(f32[k] for k in names), D=D1b, **kw) * w.to(device).float()).sum().backward()
     assert_close("dD (h,)", D1b.grad, D_ref.grad.sum(-1), 1e-4)
+
 
 def test_strided_inputs(device):
     # x, B, C as views into one wide tensor (how Mamba-2 calls it on the conv output): no copy, same result
