@@ -85,11 +85,13 @@ import gpu  # noqa: E402
 # 1.626-1.640 inference against 7.03 / 1.626 (noise: removed). Run 10e: the conv's backward as one kernel (g kept in
 # registers, its shifted rows by 0/1 matmuls) 7.52 against 7.00 (removed; see fused.py).
 # Fourteenth session (no GPU): _chunk_bwd_dx and _chunk_bwd_bc restructured (ssd.py; not yet timed: the A/B against
-# 921f88e is gpu_checks.sh's with .baseline), and ssd._COLSUM_IN_DX, which moves a column sum from bc to dx, for the
-# first run to decide.
+# 921f88e is gpu_checks.sh's with .baseline), and two switches for the first run to decide: ssd._COLSUM_IN_DX, which
+# moves a column sum from bc to dx, and ssd._DX_MAXNREG=168 (dx in three blocks an SM).
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
     "ssd._COLSUM_IN_DX=1",  # dL/da's column sums of dL/dM in _chunk_bwd_dx (M^T's bf16 residual as a 2nd matmul)
+    "ssd._DX_MAXNREG=168",  # _chunk_bwd_dx in 168 registers (no spill at the seed): three blocks an SM
+    "ssd._COLSUM_IN_DX=1+ssd._DX_MAXNREG=168",  # both (dx still without a spill, triton 3.6)
     "fused._SAVE_CONV_OUT=0",  # the conv output recomputed by the backward (6.3 GiB less at the seed)
     "fused._CONV_BWD_STAGES=1+fused._CONV_BWD_BL=16",  # the conv's backward unpipelined (run 9's)
     "fused._NORM_BWD_STAGES=1+fused._NORM_BWD_ROWS=16+fused._NORM_BWD_PROGRAMS=1073741824+fused._NORM_BWD_WARPS=8",

@@ -174,6 +174,11 @@ _BWD_STATES_BF16 = True
 # 8.44 (noise), 2.04 its inference forward against 1.955
 _DX_CHANNEL_BLOCKS = 2
 _DX_WARPS = 4
+# ptxas' register cap for _chunk_bwd_dx (None: its own choice). Capped at 168 it ran no faster in run 10a (7.76
+# against 7.78 ms a layer, at 210 registers); this session's kernel takes 204 and fits 168 with no spill (sm_90,
+# triton 3.6, the H100 image's: 813 instructions a head against 808; 3.9 spills 18 B), three 4-warp blocks an SM
+# where two: for a GPU to decide
+_DX_MAXNREG = None
 
 
 def _pow2(n: int) -> int:
@@ -203,11 +208,12 @@ def on_device(t: Tensor) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | None = None) -> dict:
+def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | None = None,
+                   maxnreg: int | None = None) -> dict:
     """Launch options from the tile size: a fixed choice (no autotuner, so nothing needs a driver); one warp under
     the interpreter. ``num_warps`` / ``num_stages`` override the choice for a kernel tuned on ptxas' report (see
-    _BIG_TILE_WARPS). FP fusion (FMA) is named explicitly: Triton 3.9 warns when it is left to its default, and
-    the tests turn warnings into errors."""
+    _BIG_TILE_WARPS); ``maxnreg`` caps ptxas' registers a thread (compiled only). FP fusion (FMA) is named
+    explicitly: Triton 3.9 warns when it is left to its default, and the tests turn warnings into errors."""
     size = 1
     for t in tile:
         size *= t
@@ -218,6 +224,8 @@ def launch_options(*tile: int, num_warps: int | None = None, num_stages: int | N
     options = {"num_warps": num_warps, "enable_fp_fusion": True}
     if num_stages is not None and not interpreting():
         options["num_stages"] = num_stages
+    if maxnreg is not None and not interpreting():
+        options["maxnreg"] = maxnreg
     return options
 
 
@@ -1051,7 +1059,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         SOFTPLUS=softplus, T=T, BP=BP // nps, BN=BN, **dot,
         NBN=triton.next_power_of_2(nbn), NBLK=triton.next_power_of_2(nblocks), DD_HEAD=dd_head,
         COLSUM_DX=_COLSUM_IN_DX,
-        **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES))
+        **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES, maxnreg=_DX_MAXNREG))
     ddt = ddt[..., 0] if nps == 1 else ddt.sum(-1)  # (b, L, h)
     del dst, dalast, daS  # (b, c, h, p, n), as large as dx: not alive beside dz below
     if z is not None:  # dz = dout y silu'(z): the forward's kernel 3 again, for y (in _chunk_bwd_dx, y's tiles
