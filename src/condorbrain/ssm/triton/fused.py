@@ -855,7 +855,7 @@ class _Mamba2Fused(torch.autograd.Function):
             # dx written over dy when dy is the norm's (the same columns): it is read for the last time by the
             # kernel that stores dx, tile by tile (see ssd._backward), so they share them
             dx_out = dx_cols.unflatten(-1, (cfg.nheads, cfg.headdim))
-            dx, ddt, dA, dB, dC, dD2, dz_scan, dh0 = ssd._backward(
+            dx, ddt, dA, dB, dC, dD, dz_scan, dh0 = ssd._backward(
                 dy, None, s["x"], s["dt"], A, s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, dtp, a,
                 s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols, dd_per_head=D.dim() == 1)
             del dtp, a, dy, dh0, dx, dB, dC  # views of dxBC; dh0: None (no initial state)
@@ -878,8 +878,7 @@ class _Mamba2Fused(torch.autograd.Function):
                 if part is not None:
                     piece.copy_(part)
         dA_log = (dA * A).to(A_log.dtype)  # dA/dA_log = A
-        dD = (dD2.sum(-1) if D.dim() == 1 else dD2).to(D.dtype)
-        return (dzxbcdt, dconv_w, dconv_b, ddt.sum((0, 1)).to(dt_bias.dtype), dA_log, dD,
+        return (dzxbcdt, dconv_w, dconv_b, ddt.sum((0, 1)).to(dt_bias.dtype), dA_log, dD.to(D.dtype),
                 dnw, dW, db, None)
 
 

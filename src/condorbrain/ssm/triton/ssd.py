@@ -780,7 +780,7 @@ def _chunk_bwd_dx(
                                       + t[None, :], mask=jb[:, None] < nbn, other=0.0), axis=0)
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, with upstream gradient G: dL/da_s gets
         # -q_s, dL/da_T (dend) their sum
-        q = dt * 0.0
+        q = tl.zeros_like(dt)
         if ci < last_g:  # G (BP, BN)
             # G as loaded (bf16 with BF16_DOT, as _backward stores it then), no cast: the compiler then takes it
             # straight from the pipeline's shared-memory buffer as the matmul's operand (a transposed view), where
@@ -976,8 +976,8 @@ def _check_out(name: str, buf: Tensor, shape: tuple[int, ...]) -> None:
 
 def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None, dB=None, dC=None,
               dd_per_head=False):
-    # dd_per_head: D2 is one D a head (a stride-0 view over the channels) and the caller wants dD summed over the
-    # channels: the dD returned is then (h, 1), else (h, p)
+    # dd_per_head: D2 is the caller's one D a head, viewed over the channels (D[:, None].expand): the dD returned
+    # is then per head (h,), as D is, else (h, p) as D2
     # dx, dB, dC: buffers for them ((b, L, h, p) and (b, L, g, n), float32 or half, any strides: e.g. column slices
     # of one buffer, which the fused layer's conv backward then reads whole; stored rounded once, from float32) or
     # None (new float32 ones). dx may be dout itself
@@ -1066,8 +1066,10 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         # and S spilled 660-790 B per thread at T 64)
         _chunk_scan(x, B, C, z, D2, dtp, a, enter, dout, dz, d, dot, h0 is not None, dt_positive=softplus)
         del enter
-    dD2 = None if dDp is None else dDp.sum((0, 1, 3))[:, None] if dd_head else dDp.sum((0, 1))  # (h, 1) or (h, p)
-    return dx, ddt, dAp.sum((0, 1, 3)), dB, dC, dD2, dz, dh0
+    dD = None
+    if dDp is not None:  # in D's shape: (h,) per head (summed over the channels in the kernel with DD_HEAD), or (h, p)
+        dD = dDp.sum((0, 1, 3)) if dd_head else dDp.sum((0, 1)).sum(-1) if dd_per_head else dDp.sum((0, 1))
+    return dx, ddt, dAp.sum((0, 1, 3)), dB, dC, dD, dz, dh0
 
 
 class _SSDScan(torch.autograd.Function):
@@ -1090,10 +1092,9 @@ class _SSDScan(torch.autograd.Function):
             dout = torch.zeros_like(x)
         D2 = None if D is None else (D[:, None].expand(d["nh"], d["p"]) if D.dim() == 1 else D)
         with on_device(x):
-            dx, ddt, dA, dB, dC, dD2, dz, dh0 = _backward(
+            dx, ddt, dA, dB, dC, dD, dz, dh0 = _backward(
                 dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, ctx.softplus,
                 dd_per_head=D is not None and D.dim() == 1)
-        dD = None if D is None else (dD2.sum(-1) if D.dim() == 1 else dD2)
         dbias = None if dt_bias is None else ddt.sum((0, 1))
         grads = [dx, ddt, dA, dB, dC, dD, dz, dbias, dh0]  # dh0 None without an initial state
         inputs = [x, dt, A, B, C, D, z, dt_bias, h0]
