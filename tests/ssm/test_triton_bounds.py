@@ -486,6 +486,8 @@ VARIANTS = {
     # run 9's: one 16-row tile a program of the norm's backward, 16-step tiles of the conv's, the conv recomputed
     "run9_backward": {"fused._NORM_BWD_ROWS": 16, "fused._NORM_BWD_PROGRAMS": 1 << 30, "fused._NORM_BWD_STAGES": 1,
                       "fused._CONV_BWD_BL": 16, "fused._CONV_BWD_STAGES": 1, "fused._SAVE_CONV_OUT": False},
+    # the conv's SiLU derivative where the SSD's backward kernels store dx, dB, dC: the conv's input read there
+    "dsilu_in_ssd": {"fused._DSILU_IN_SSD": True},
 }
 
 
@@ -629,7 +631,8 @@ def test_fused_layer_in_bounds(variant, monkeypatch):
 
 
 @pytest.mark.parametrize("name,variant", [("groups_mlp", "defaults"), ("groups_mlp", "bc_heads_4"),
-                                          ("no_norm", "defaults"), ("no_norm", "dx_channel_blocks_1")])
+                                          ("no_norm", "defaults"), ("no_norm", "dx_channel_blocks_1"),
+                                          ("no_norm", "dsilu_in_ssd")])
 def test_fused_layer_options_in_bounds(name, variant, monkeypatch):
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
     _set(monkeypatch, variant)
@@ -637,7 +640,7 @@ def test_fused_layer_options_in_bounds(name, variant, monkeypatch):
         _layer_step(name)
 
 
-@pytest.mark.parametrize("variant", ["defaults", "bc_heads_4"])
+@pytest.mark.parametrize("variant", ["defaults", "bc_heads_4", "dsilu_in_ssd"])
 def test_fused_layer_autocast_in_bounds(variant, monkeypatch):
     # bf16 autocast, as training runs: bf16 activations, the SSD's gradients stored in bf16 into dxBC's columns
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")

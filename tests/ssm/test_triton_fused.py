@@ -261,6 +261,57 @@ def test_layer_conv_output_kept(device, name, kept, monkeypatch):
     assert len(calls) == (1 if kept else 2)  # the forward's, and the backward's unless kept
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["conv output kept", "conv output recomputed"])
+@pytest.mark.parametrize("name", ["default", "groups+norm_before_gate+D_hdim+bias",
+                                  "no_rmsnorm+mlp+dt_limit+no_conv_bias", "headdim_32", "d_conv_3"])
+def test_layer_dsilu_in_ssd(device, name, kept, monkeypatch):
+    """The conv's SiLU derivative applied by the SSD's backward kernels where they store dx, dB, dC, the conv
+    recomputed there (``fused._DSILU_IN_SSD``), the conv output kept or recomputed: the same output and gradients as
+    the float64 layer, and the conv's backward run without a SiLU of its own (no ``_conv_bwd_gate``). Layers: 2
+    groups and a conv bias (B, C of group 1 at their offsets), no conv bias, 3 taps, and dx in two channel blocks."""
+    gates = []
+    real = fused_module._conv_backward
+    monkeypatch.setattr(fused_module, "_conv_backward", lambda *a, **k: gates.append(k["silu"]) or real(*a, **k))
+    monkeypatch.setattr(fused_module, "_DSILU_IN_SSD", True)
+    monkeypatch.setattr(fused_module, "_SAVE_CONV_OUT", kept)
+    test_layer_matches_mamba2(device, name, True, monkeypatch)
+    assert gates == [False]
+
+
+def test_dsilu_conv_of_the_wrong_shape_is_refused():
+    """ssd._backward's conv (the SiLU's derivative in its stores): the conv's input, weight and bias must have the
+    columns the scan's x, B, C split into (h p + 2 g n), or it says what it expected."""
+    from condorbrain.ssm.triton import ssd
+
+    d = {"b": 2, "L": 5, "nh": 2, "p": 16, "g": 1, "n": 16}
+    x = torch.zeros(2, 5, 2, 16)
+    ok = (torch.zeros(2, 5, 64), torch.zeros(64, 4), torch.zeros(64))
+    args, opts = ssd._conv_args(ok, x, d)
+    assert opts == {"DSILU": True, "HAS_CB": True, "K": 4} and args[1].shape == (4, 64) and args[6:] == (1, 64)
+    for bad in ((torch.zeros(2, 5, 48), *ok[1:]), (ok[0], torch.zeros(48, 4), ok[2]), (*ok[:2], torch.zeros(4))):
+        with pytest.raises(ValueError, match=r"conv: xin \(2, 5, 64\), weight \(64, K\)"):
+            ssd._conv_args(bad, x, d)
+
+
+@pytest.mark.parametrize("autocast", [True, False], ids=["bf16 autocast", "float32"])
+def test_layer_dsilu_in_ssd_is_the_gate_kernels_result(device, autocast, monkeypatch):
+    """With ``fused._DSILU_IN_SSD`` the SSD's kernels round dx, dB, dC to the stored dtype and multiply by silu'(pre)
+    in the same operations, in the same order, as the conv's gate kernel did on the stored values: every gradient is
+    the same, bit for bit (here, under the interpreter; a compiler may contract the float operations differently in
+    two kernels), in bf16 activations under autocast and in float32."""
+    torch.manual_seed(0)
+    m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16, ngroups=2, bias=True)
+    u = torch.randn(2, 37, 32)
+    monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
+    grads = {}
+    for way in (False, True):
+        monkeypatch.setattr(fused_module, "_DSILU_IN_SSD", way)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            _, _, grads[way] = layer_grads(copy.deepcopy(m).to(device), u.to(device), lambda m, u: m(u))
+    for k, g in grads[False].items():
+        assert torch.equal(grads[True][k], g), k
+
+
 def test_layer_bfloat16(device):
     torch.manual_seed(0)
     m = Mamba2(d_model=32, d_state=16, headdim=16, chunk_size=16)

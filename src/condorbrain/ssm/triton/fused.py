@@ -25,11 +25,12 @@ chained autograd functions and an nn.Linear kept 10.9 KB: the norm's output, flo
 (``benchmarks/activation_memory.py``). The backward recomputes the scan's dt and decay sums (one small kernel) and,
 with ``_SAVE_CONV_OUT`` off, the conv output (``_conv_fwd``); the norm's backward (``_rmsnorm_bwd``) stores the
 norm's output for out_proj's weight gradient as it goes (``_NORM_OUT_IN_BWD``; else ``_rmsnorm_fwd`` reruns for it);
-the SSD's backward kernels; the conv's backward, ``_conv_bwd_gate`` (the SiLU's derivative) then ``_conv_bwd``. Each
-piece of the input gradient is written straight into its columns of dzxbcdt. The switches are module constants,
-tried side by side by ``benchmarks/gpu_sweep.py``; the tests run every way. The remaining small pieces (A =
--exp(A_log) in the backward, the d_mlp gated-MLP branch when d_ssm < d_inner, a dt_limit clamp, sums of per-block
-partial gradients, out_proj's matmuls) stay in PyTorch; in the forward, A is formed inside the scan's first kernel,
+the SSD's backward kernels; the conv's backward, ``_conv_bwd_gate`` (the SiLU's derivative; with ``_DSILU_IN_SSD``
+applied where the SSD's kernels store their gradients instead) then ``_conv_bwd``. Each piece of the input gradient
+is written straight into its columns of dzxbcdt. The switches are module constants, tried side by side by
+``benchmarks/gpu_sweep.py``; the tests run every way. The remaining small pieces (A = -exp(A_log) in the backward,
+the d_mlp gated-MLP branch when d_ssm < d_inner, a dt_limit clamp, sums of per-block partial gradients, out_proj's
+matmuls) stay in PyTorch; in the forward, A is formed inside the scan's first kernel,
 and where no gradient is recorded the weights in the matmul dtype come from :mod:`condorbrain.ssm.casts` (made
 once). The conv and the norms are also exposed on their own (``causal_conv1d_silu_triton``,
 ``rmsnorm_gated_triton``, and the pre-norm block's ``rmsnorm_linear_triton`` / ``add_rmsnorm_linear_triton``).
@@ -51,7 +52,7 @@ from torch import Tensor
 from condorbrain.ssm import casts
 from condorbrain.ssm.pending import PendingScaled
 from condorbrain.ssm.triton import ssd
-from condorbrain.ssm.triton.ssd import launch_options, on_device, sigmoid
+from condorbrain.ssm.triton.ssd import _conv_pre, _dsilu, launch_options, on_device, sigmoid
 
 __all__ = ["add_rmsnorm_linear_triton", "add_rmsnorm_triton", "causal_conv1d_silu_triton", "mamba2_deferred_forward",
            "mamba2_fused_forward", "rmsnorm_gated_triton", "rmsnorm_linear_triton"]
@@ -112,6 +113,22 @@ _GRADS_IN_ACT_DTYPE = True
 # layer on an H100, run 9's profile): H100 run 10, 7.51 against 7.78 ms a seed layer's training step, 7.03 against
 # 7.30 with the two pipelined backward kernels above. Off: the layer keeps what the official one keeps, no more
 _SAVE_CONV_OUT = True
+# The conv's SiLU derivative applied by the SSD's backward kernels where they store dx, dB, dC (ssd._backward's
+# conv: silu'(pre) with pre, the conv before its SiLU, recomputed there from the conv's input, K loads a tile), so
+# that _conv_bwd_gate is not run: it streamed the conv's output gradient in and out and the conv's input again, ~6.9
+# KB a token and layer at the seed (8.1 ms of run 10d's 166.9 ms step on an H100, ~85% of the copy floor), where the
+# SSD's kernels read the conv's input once more, ~2.3 KB (the taps' overlap from L1/L2), in the epilogue of
+# _chunk_bwd_dx (a head's tile) and _chunk_bwd_bc (B, C once a program). Bit for bit the gate kernel's result (the
+# same operations in the same order: ssd._dsilu_store). The price, sm_90 with triton 3.6 (benchmarks/sass_counts.py):
+# a head in _chunk_bwd_dx's loop 808 -> 1203 instructions (26 global loads where 8; 244 registers, still two blocks
+# an SM; no barrier more), _chunk_bwd_bc +984 a program (of 16 heads). Priced at run 7's issue rates that is a loss
+# (dx +11.2 ms, bc +2.2, the gate -8.1: +5.3 ms a seed step); but those kernels are latency-bound, at ~20% of the
+# issue rate, and the added work is independent of their loop's chains. (The SiLU itself applied by the SSD's kernels
+# to what they load, so that the conv's output is kept before it and the derivative needs no conv, compiled to a
+# sigmoid an element in every kernel that reads x, B or C, and several where the compiler recomputes it in each
+# layout the tile is used in: a head in _chunk_bwd_bc's loop 577 -> 1009 instructions, _chunk_scan_fwd at 169
+# registers, one block an SM where two; not kept.) Off until a GPU times it (benchmarks/gpu_sweep.py)
+_DSILU_IN_SSD = False
 
 
 def _pow2(n: int) -> int:
@@ -121,26 +138,6 @@ def _pow2(n: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Causal depthwise conv1d + SiLU
 # ----------------------------------------------------------------------------------------------------------------
-
-@triton.jit
-def _conv_pre(
-    x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k,
-    HAS_BIAS: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
-):
-    # The conv before its activation on a (BL, BC) tile of row bi (steps t, channels cc masked by mc), float32:
-    # bias[c] + sum_k w[c, k] x[t - K + 1 + k, c] (steps before 0 read as 0). The forward's and, recomputed, the
-    # backward's (_conv_bwd_gate).
-    acc = tl.zeros([BL, BC], dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cc, mask=mc, other=0.0).to(tl.float32)[None, :]
-    for k in tl.static_range(K):
-        src = t - (K - 1) + k
-        m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
-        xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
-        wk = tl.load(w_ptr + cc * s_w_c + k * s_w_k, mask=mc, other=0.0).to(tl.float32)
-        acc += xv.to(tl.float32) * wk[None, :]
-    return acc
-
 
 @triton.jit
 def _conv_fwd(
@@ -178,8 +175,7 @@ def _conv_bwd_gate(
     mt = (t[:, None] < L) & mc[None, :]
     g = tl.load(dy_ptr + bi * s_d_b + t[:, None] * s_d_l + cc[None, :] * s_d_c, mask=mt, other=0.0).to(tl.float32)
     pre = _conv_pre(x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, HAS_BIAS, K, BL, BC)
-    sg = sigmoid(pre)
-    g = g * sg * (1.0 + pre * (1.0 - sg))
+    g = g * _dsilu(pre)
     tl.store(g_ptr + bi * s_g_b + t[:, None] * s_g_l + cc[None, :] * s_g_c, g.to(g_ptr.dtype.element_ty), mask=mt)
 
 
@@ -855,9 +851,12 @@ class _Mamba2Fused(torch.autograd.Function):
             # dx written over dy when dy is the norm's (the same columns): it is read for the last time by the
             # kernel that stores dx, tile by tile (see ssd._backward), so they share them
             dx_out = dx_cols.unflatten(-1, (cfg.nheads, cfg.headdim))
+            # with _DSILU_IN_SSD, dx, dB, dC w.r.t. the conv's output before its SiLU (the conv recomputed there)
+            dsilu = _DSILU_IN_SSD
+            conv = (xBC_in, conv_weight.reshape(conv_weight.shape[0], -1), conv_bias) if dsilu else None
             dx, ddt, dA, dB, dC, dD, dz_scan, dh0 = ssd._backward(
                 dy, None, s["x"], s["dt"], A, s["B"], s["C"], s["D2"], s["z"], s["dt_bias"], None, dtp, a,
-                s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols, dd_per_head=D.dim() == 1)
+                s["d"], s["softplus"], dx=dx_out, dB=dB_cols, dC=dC_cols, dd_per_head=D.dim() == 1, conv=conv)
             del dtp, a, dy, dh0, dx, dB, dC  # views of dxBC; dh0: None (no initial state)
             if norm_weight is None:
                 dz = dz_scan.flatten(-2)
@@ -868,9 +867,9 @@ class _Mamba2Fused(torch.autograd.Function):
                 ddt = ddt * torch.sigmoid(raw) * ((sp >= cfg.dt_limit[0]) & (sp <= cfg.dt_limit[1]))
                 del raw, sp
             del s
-            # the conv: its output gradient dxBC in (g = dL/dpre written over it), its input gradient straight into
-            # dzxbcdt (rounded once, in the kernel)
-            _, dconv_w, dconv_b = _conv_backward(xBC_in, conv_weight, conv_bias, dxBC, silu=True, dx=dxBC_out,
+            # the conv: its output gradient dxBC in (g = dL/dpre written over it; with _DSILU_IN_SSD, dxBC is g
+            # already), its input gradient straight into dzxbcdt (rounded once, in the kernel)
+            _, dconv_w, dconv_b = _conv_backward(xBC_in, conv_weight, conv_bias, dxBC, silu=not dsilu, dx=dxBC_out,
                                                   dy_scratch=True)  # dxBC is freed after: g over it
             del dxBC
             # the small pieces (dt, the d_mlp branch, the scan's dz when the norm is off) copied in

@@ -157,8 +157,8 @@ _DX_STAGES = 3
 _BC_STAGES = 2  # _chunk_bwd_bc
 # dL/da_s's part through the intra-chunk decays has row sums and column sums of dL/dM (_chunk_bwd_bc). The column
 # sums are dt_s x_s . (M^T dy)_s, which _chunk_bwd_dx forms for ddt anyway, in registers; in _chunk_bwd_bc (8 warps
-# in two warpgroups) a column sum and its conversion cross the warps (sm_90, triton 3.6, a head in its loop: 577 ->
-# 448 instructions, 17 -> 12 barriers with them moved). But dx's M^T dy takes M^T rounded to bf16, and that rounding
+# in two warpgroups) a column sum and its conversion cross the warps (sm_90, triton 3.6, a head in its loop: 556 ->
+# 435 instructions, 12 -> 9 barriers with them moved). But dx's M^T dy takes M^T rounded to bf16, and that rounding
 # (2^-9) does not cancel against the row sums bc forms in float32 (dA 4.5% off in the bf16 test): so with them moved,
 # dx adds the residual M^T - bf16(M^T) as a second bf16 matmul (808 -> 897 instructions, 204 -> 247 registers, still
 # two blocks an SM). Which is faster is a GPU's to say (benchmarks/gpu_sweep.py): off until timed
@@ -336,6 +336,47 @@ def _load_tile(ptr, cols, pos, mrow, mcol, s_l, s_c):
     # layer's training step and 3.15 against 1.96 its inference forward on an H100, run 6; removed.)
     return tl.load(ptr + pos[:, None] * s_l + cols[None, :] * s_c, mask=mrow[:, None] & mcol[None, :],
                    other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv_pre(
+    x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k,
+    HAS_BIAS: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+):
+    # The layer's causal depthwise conv before its activation on a (BL, BC) tile of row bi (steps t, channels cc
+    # masked by mc), float32: bias[c] + sum_k w[c, k] x[t - K + 1 + k, c] (steps before 0 and from L on read as 0).
+    # The fused layer's conv kernels' (condorbrain.ssm.triton.fused), and the backward kernels' below where they
+    # apply the conv's SiLU derivative to what they store (DSILU)
+    acc = tl.zeros([BL, BC], dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cc, mask=mc, other=0.0).to(tl.float32)[None, :]
+    for k in tl.static_range(K):
+        src = t - (K - 1) + k
+        m = (src[:, None] >= 0) & (src[:, None] < L) & mc[None, :]
+        xv = tl.load(x_ptr + bi * s_x_b + src[:, None] * s_x_l + cc[None, :] * s_x_c, mask=m, other=0.0)
+        wk = tl.load(w_ptr + cc * s_w_c + k * s_w_k, mask=mc, other=0.0).to(tl.float32)
+        acc += xv.to(tl.float32) * wk[None, :]
+    return acc
+
+
+@triton.jit
+def _dsilu(pre):
+    # silu'(pre) = s (1 + pre (1 - s)), s = sigmoid(pre): what a gradient w.r.t. silu(pre) is multiplied by
+    s = sigmoid(pre)
+    return s * (1.0 + pre * (1.0 - s))
+
+
+@triton.jit
+def _dsilu_store(g, out_ptr, x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k,
+                 HAS_BIAS: tl.constexpr, K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr):
+    # g (BL, BC), a gradient w.r.t. silu(pre) of the conv's channels cc (pre: _conv_pre's, from the conv's input
+    # x_ptr), rounded to out_ptr's dtype (where it would have been stored), times silu'(pre): the gradient w.r.t. pre,
+    # float32, for the caller to store. The same operations, in the same order, as storing g and running the conv's
+    # gate kernel on it (fused._conv_bwd_gate), so the result is the same. Rounded first, the product also stays in
+    # the store's layout: multiplied in float32, the compiler converted silu'(pre) to the matmul's layout and the
+    # product back (sm_90: 4 barriers more a head in _chunk_bwd_dx)
+    pre = _conv_pre(x_ptr, w_ptr, bias_ptr, bi, t, cc, mc, L, s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, HAS_BIAS, K, BL, BC)
+    return g.to(out_ptr.dtype.element_ty).to(tl.float32) * _dsilu(pre)
 
 
 @triton.jit
@@ -543,7 +584,7 @@ def _state_bwd(
 @triton.jit
 def _chunk_bwd_bc(
     x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, dtp_ptr, a_ptr, enter_ptr, dst_ptr,
-    dB_ptr, dC_ptr, daS_ptr,
+    dB_ptr, dC_ptr, daS_ptr, ci_ptr, cw_ptr, cb_ptr,
     L, nh, ng, nchunks, hpg, hpp, p, n, first_state, last_g,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
@@ -551,8 +592,9 @@ def _chunk_bwd_bc(
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_g, s_o_s, s_o_n,
+    s_ci_b, s_ci_l, s_ci_c, s_cw_c, s_cw_k,
     HAS_Z: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
-    BF16_DOT: tl.constexpr, COLSUM_DX: tl.constexpr,
+    BF16_DOT: tl.constexpr, COLSUM_DX: tl.constexpr, DSILU: tl.constexpr, HAS_CB: tl.constexpr, K: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * NB): dB, dC of one chunk for up to hpp heads of one group and one block of BN state
     # columns (NB = cdiv(n, BN) blocks), summed over those heads in registers: (b, L, g, nsplit, n) float32 partial
@@ -585,7 +627,12 @@ def _chunk_bwd_bc(
     dCBs = tl.zeros([T, T], dtype=tl.float32)  # dL/d(C.B^T) summed over the heads
     h_lo = g * hpg + pid_s * hpp
     for hd in range(h_lo, tl.minimum(h_lo + hpp, (g + 1) * hpg)):
-        x = _load_tile(x_ptr + bi * s_x_b + hd * s_x_h, ip, pos, mt, ip < p, s_x_l, s_x_p)  # (T, BP)
+        # x in its own dtype (it enters matmuls only): with bf16 operands the compiler then feeds them from the
+        # software pipeline's shared-memory buffer, also transposed, where a float32 copy went to registers and back
+        x = tl.load(x_ptr + bi * s_x_b + pos[:, None] * s_x_l + hd * s_x_h + ip[None, :] * s_x_p, mask=mtp,
+                    other=0.0)  # (T, BP)
+        if not BF16_DOT:
+            x = x.to(tl.float32)
         dy = tl.load(dout_ptr + bi * s_d_b + pos[:, None] * s_d_l + hd * s_d_h + ip[None, :] * s_d_p,
                      mask=mtp, other=0.0).to(tl.float32)  # (T, BP)
         if HAS_Z:
@@ -605,26 +652,38 @@ def _chunk_bwd_bc(
         # intra-chunk: y_l = sum_s (C_l . B_s) exp(a_l - a_s) dt_s x_s
         decay = _decay(a, causal)  # (T, T)
         # dt scales dCB's columns after the matmul, not x's rows before it: x enters the matmul as loaded (627 -> 577
-        # instructions a head in the loop, triton 3.6 for sm_90)
+        # instructions a head in the loop, triton 3.6 for sm_90; x, S and G in their own dtypes and the row sums in
+        # one reduction: 577 -> 556, 17 -> 12 barriers)
         dCB = _mm(dy, tl.trans(x), BF16_DOT, PREC) * (decay * dt[None, :])  # (T, T)
         dCBs += dCB  # the heads share B and C: their intra-chunk dC, dB are two matmuls of the sum, after the loop
         dMM = dCB * CBp  # (T, T): dL/dM[l, s], this block's part
-        daS = tl.sum(dMM, axis=1)  # (T,): through exp(a_l - a_s), its row sums
-        if not COLSUM_DX:  # minus its column sums (else _chunk_bwd_dx's: _COLSUM_IN_DX)
+        daS = tl.zeros_like(ea)
+        if not COLSUM_DX:  # through exp(a_l - a_s): minus its column sums (else _chunk_bwd_dx's: _COLSUM_IN_DX)
             daS -= tl.sum(dMM, axis=0)
         # carried state: y_l += exp(a_l) S C_l (S is 0 in chunk 0 without an initial state: not stored)
         if ci >= first_state:
-            dyS = ea[:, None] * _mm(dy, S.to(tl.float32), BF16_DOT, PREC)  # (T, BN); S (BP, BN) entering state
+            dyS = ea[:, None] * _mm(dy, S, BF16_DOT, PREC)  # (T, BN); S (BP, BN) entering state
             dC += dyS
-            daS += tl.sum(Cm * dyS, axis=1)
+            if BN == T:  # its row sums with dL/dM's, in one reduction
+                dMM += Cm * dyS
+            else:
+                daS += tl.sum(Cm * dyS, axis=1)
+        daS += tl.sum(dMM, axis=1)  # plus dL/dM's row sums
         tl.store(daS_ptr + (((bi * nh + hd) * nchunks + ci) * nblk + pid_n) * T + t, daS)
         # this chunk's end state: sum_s exp(a_T - a_s) dt_s x_s B_s^T, upstream gradient G (none in the last chunk
         # without one for the final state: not stored)
         if ci < last_g:  # G (BP, BN)
             w = tl.exp(a_end - a) * dt
-            dB += w[:, None] * _mm(x, G.to(tl.float32), BF16_DOT, PREC)
+            dB += w[:, None] * _mm(x, G, BF16_DOT, PREC)
     dC += _mm(dCBs, Bm, BF16_DOT, PREC)  # sum_h dCB_h B = (sum_h dCB_h) B: one matmul, not one a head
     dB += _mm(tl.trans(dCBs), Cm, BF16_DOT, PREC)
+    if DSILU:  # B, C are silu(pre) of the conv's channels [nh p + g n + jn], [nh p + ng n + g n + jn]: times
+        # silu'(pre), after the rounding to the stored dtype, as the conv's gate kernel would take them (_dsilu_store)
+        cB = nh * p + g * n + jn
+        dB = _dsilu_store(dB, dB_ptr, ci_ptr, cw_ptr, cb_ptr, bi, pos, cB, jn < n, L, s_ci_b, s_ci_l, s_ci_c,
+                          s_cw_c, s_cw_k, HAS_CB, K, T, BN)
+        dC = _dsilu_store(dC, dC_ptr, ci_ptr, cw_ptr, cb_ptr, bi, pos, cB + ng * n, jn < n, L, s_ci_b, s_ci_l,
+                          s_ci_c, s_cw_c, s_cw_k, HAS_CB, K, T, BN)
     out = bi * s_o_b + pos[:, None] * s_o_l + g * s_o_g + pid_s * s_o_s + jn[None, :] * s_o_n
     tl.store(dB_ptr + out, dB.to(dB_ptr.dtype.element_ty), mask=mtn)
     tl.store(dC_ptr + out, dC.to(dC_ptr.dtype.element_ty), mask=mtn)
@@ -671,7 +730,7 @@ def _add4(a0, a1, a2, a3, b0, b1, b2, b3):
 def _chunk_bwd_dx(
     x_ptr, dtraw_ptr, A_ptr, bias_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dout_ptr,
     dtp_ptr, a_ptr, dst_ptr, dalast_ptr, daS_ptr,
-    dx_ptr, ddt_ptr, dDp_ptr, dAp_ptr,
+    dx_ptr, ddt_ptr, dDp_ptr, dAp_ptr, ci_ptr, cw_ptr, cb_ptr,
     L, nh, nchunks, hpg, hpp, p, n, nblocks, nbn, last_g, nps,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_dt_b, s_dt_l, s_dt_h,
@@ -681,10 +740,11 @@ def _chunk_bwd_dx(
     s_D_h, s_D_p,
     s_d_b, s_d_l, s_d_h, s_d_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
+    s_ci_b, s_ci_l, s_ci_c, s_cw_c, s_cw_k,
     HAS_D: tl.constexpr, D_SCALAR: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
     BF16_DOT: tl.constexpr, NBN: tl.constexpr, NBLK: tl.constexpr, DD_HEAD: tl.constexpr,
-    COLSUM_DX: tl.constexpr,
+    COLSUM_DX: tl.constexpr, DSILU: tl.constexpr, HAS_CB: tl.constexpr, K: tl.constexpr,
 ):
     # grid (b * c, g, nsplit * nps): the per-step gradients of one chunk for up to hpp heads of one group (C.B^T
     # once) and one of nps blocks of BP head channels: dx (b, L, h, p) float32 (strides s_o_*: e.g. columns of the
@@ -824,6 +884,9 @@ def _chunk_bwd_dx(
                 raw += tl.load(bias_ptr + hd).to(tl.float32)
             ddt = ddt * sigmoid(raw)
         tl.store(ddt_ptr + ((bi * L + pos) * nh + hd) * nps + pid_q, ddt, mask=mt)
+        if DSILU:  # x is silu(pre) of the conv's channels hd p + ip
+            dx = _dsilu_store(dx, dx_ptr, ci_ptr, cw_ptr, cb_ptr, bi, pos, hd * p + ip, ip < p, L, s_ci_b, s_ci_l,
+                              s_ci_c, s_cw_c, s_cw_k, HAS_CB, K, T, BP)
         tl.store(dx_ptr + bi * s_o_b + pos[:, None] * s_o_l + hd * s_o_h + ip[None, :] * s_o_p,
                  dx.to(dx_ptr.dtype.element_ty), mask=mtp)
 
@@ -974,8 +1037,26 @@ def _check_out(name: str, buf: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} buffer: {shape} floating point (any strides), got {tuple(buf.shape)} {buf.dtype}")
 
 
+def _conv_args(conv: tuple[Tensor, Tensor, Tensor | None] | None, x: Tensor, d: dict) -> tuple[tuple, dict]:
+    """The backward chunk kernels' conv arguments (ci, cw, cb pointers, then ci's 3 and cw's 2 strides) and
+    constexprs, from _backward's ``conv``; placeholders (x, never read) without one."""
+    if conv is None:
+        return (x, x, x, 0, 0, 0, 0, 0), {"DSILU": False, "HAS_CB": False, "K": 1}
+    xin, w, bias = conv
+    cdim = d["nh"] * d["p"] + 2 * d["g"] * d["n"]
+    if xin.shape != (d["b"], d["L"], cdim) or w.dim() != 2 or w.shape[0] != cdim or (
+            bias is not None and bias.shape != (cdim,)):
+        raise ValueError(f"conv: xin ({d['b']}, {d['L']}, {cdim}), weight ({cdim}, K), bias ({cdim},) or None; got "
+                         f"{tuple(xin.shape)}, {tuple(w.shape)}, {None if bias is None else tuple(bias.shape)}")
+    # the weights as (K, C) with the channels contiguous: a tile's taps are then vector loads, where (C, K) rows
+    # were a scalar load a channel and tap (32 a head in _chunk_bwd_dx); a (K, C) copy a call
+    wt = w.t().contiguous()
+    return ((xin, wt, bias if bias is not None else w, *xin.stride(), wt.stride(1), wt.stride(0)),
+            {"DSILU": True, "HAS_CB": bias is not None, "K": w.shape[1]})
+
+
 def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softplus, dx=None, dB=None, dC=None,
-              dd_per_head=False):
+              dd_per_head=False, conv=None):
     # dd_per_head: D2 is the caller's one D a head, viewed over the channels (D[:, None].expand): the dD returned
     # is then per head (h,), as D is, else (h, p) as D2
     # dx, dB, dC: buffers for them ((b, L, h, p) and (b, L, g, n), float32 or half, any strides: e.g. column slices
@@ -984,6 +1065,10 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     # (then overwritten in place) when z is None: _chunk_bwd_dx reads each (chunk, head) tile of dout before it
     # stores dx there and no other program reads that tile; the kernels before it are done with dout, and
     # _chunk_scan (for z, after it) would read dout again.
+    # conv: None, or (xin, weight, bias) of the layer's conv whose SiLU made x, B, C (x, B, C = silu(conv(xin))
+    # split as [x (h p), B (g n), C (g n)]; xin (b, L, h p + 2 g n) any strides, weight (h p + 2 g n, K), bias or
+    # None): dx, dB, dC are then stored as the gradients w.r.t. the conv's output before its SiLU, each multiplied by
+    # silu'(conv(xin)) where it is stored, the conv recomputed there (the fused layer's _DSILU_IN_SSD)
     b, L, nh, p, g, n, T, c, BP, BN = (d[k] for k in ("b", "L", "nh", "p", "g", "n", "T", "c", "BP", "BN"))
     hpg = nh // g
     f32 = dict(device=x.device, dtype=torch.float32)
@@ -1001,6 +1086,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     rows = _state_rows(d)
     nblocks = triton.cdiv(p, rows)
     dst = torch.empty(b, c, nh, p, n, device=x.device, dtype=sdt)  # dL/d(chunk c's own end state)
+    conv_args, conv_opts = _conv_args(conv, x, d)
     dalast = torch.empty(b, nh, c, nblocks, **f32)
     dh0 = torch.empty(b, nh, p, n, **f32) if h0 is not None else None  # no initial state: no gradient for it
     _state_bwd[(b, nh, nblocks)](
@@ -1022,10 +1108,10 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
         dBp, dCp = torch.empty(b, L, g, nsplit, n, **f32), torch.empty(b, L, g, nsplit, n, **f32)
     daS = torch.empty(b, nh, c, nbn, T, **f32)
     _chunk_bwd_bc[(b * c, g, nsplit * nbn)](
-        x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dBp, dCp, daS,
+        x, B, C, z if z is not None else x, dout, dtp, a, enter, dst, dBp, dCp, daS, *conv_args[:3],
         L, nh, g, c, hpg, hpp, p, n, first_state, last_g,
-        *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(), *dBp.stride(),
-        HAS_Z=z is not None, T=T, BP=BP, BN=BNb, **dot, COLSUM_DX=_COLSUM_IN_DX,
+        *x.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *dout.stride(), *dBp.stride(), *conv_args[3:],
+        HAS_Z=z is not None, T=T, BP=BP, BN=BNb, **dot, COLSUM_DX=_COLSUM_IN_DX, **conv_opts,
         **launch_options(num_warps=_BIG_TILE_WARPS, num_stages=_BC_STAGES))
     # the head splits summed now, one at a time, so that the (b, L, g, nsplit, n) partials are not alive beside dx
     if not direct:  # (b, L, g, n): a view of the one split, or the splits' sum (into the buffer if given)
@@ -1051,14 +1137,14 @@ def _backward(dout, dfinal, x, dt, A, B, C, D2, z, dt_bias, h0, dtp, a, d, softp
     _chunk_bwd_dx[(b * c, g, nsplit * nps)](
         x, dt, A, dt_bias if dt_bias is not None else A, B, C, z if z is not None else x,
         D2 if D2 is not None else x, dout, dtp, a, dst, dalast, daS,
-        dx, ddt, dDp if dDp is not None else dAp, dAp,
+        dx, ddt, dDp if dDp is not None else dAp, dAp, *conv_args[:3],
         L, nh, c, hpg, hpp, p, n, nblocks, nbn, last_g, nps,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 4), *_strides(D2, 2), *dout.stride(),
-        *dx.stride(), HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None,
+        *dx.stride(), *conv_args[3:], HAS_D=D2 is not None, D_SCALAR=_d_scalar(D2), HAS_Z=z is not None,
         HAS_BIAS=dt_bias is not None,
         SOFTPLUS=softplus, T=T, BP=BP // nps, BN=BN, **dot,
         NBN=triton.next_power_of_2(nbn), NBLK=triton.next_power_of_2(nblocks), DD_HEAD=dd_head,
-        COLSUM_DX=_COLSUM_IN_DX,
+        COLSUM_DX=_COLSUM_IN_DX, **conv_opts,
         **launch_options(num_warps=_DX_WARPS, num_stages=_DX_STAGES, maxnreg=_DX_MAXNREG))
     ddt = ddt[..., 0] if nps == 1 else ddt.sum(-1)  # (b, L, h)
     del dst, dalast, daS  # (b, c, h, p, n), as large as dx: not alive beside dz below
