@@ -37,13 +37,17 @@ def _inputs(n: int = 3000, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def test_values_equal_numpy_float64() -> None:
+    # rtol 1e-9, not float64's 1e-15: torch's float64 ndtr loses relative accuracy below the mean, as 0.5 (1 + erf)
+    # would, where scipy's does not (measured on an AVX-512 CPU: 9e-11 at x in [-5, -2], worse further out, where
+    # atol takes over), and one CI run on such a machine saw prices 8e-10 apart over 17.5% of this grid (not seen
+    # again with the same inputs: scipy's values to 1e-15). A formula error moves them by far more
     p = _inputs()
     ref = black_scholes(p["S"], p["K"], p["T"], p["r"], p["sigma"], p["is_call"], p["q"])
     t = {k: torch.from_numpy(v) for k, v in p.items()}
     out = black_scholes_torch(t["S"], t["K"], t["T"], t["r"], t["sigma"], t["is_call"], t["q"])
     for name in FIELDS:
         got = getattr(out, name).numpy()
-        np.testing.assert_allclose(got, getattr(ref, name), rtol=1e-11, atol=1e-13, err_msg=name)
+        np.testing.assert_allclose(got, getattr(ref, name), rtol=1e-9, atol=1e-13, err_msg=name)
 
 
 def test_values_equal_numpy_float32() -> None:
