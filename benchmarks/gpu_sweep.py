@@ -88,10 +88,15 @@ import gpu  # noqa: E402
 # 921f88e is gpu_checks.sh's with .baseline), and two switches for the first run to decide: ssd._COLSUM_IN_DX, which
 # moves a column sum from bc to dx, and ssd._DX_MAXNREG=168 (dx in three blocks an SM).
 # Fifteenth session (no GPU): fused._DSILU_IN_SSD, the conv's SiLU derivative applied where the SSD's backward
-# kernels store dx, dB, dC, the conv recomputed there (_conv_bwd_gate not run: ~4.6 KB a token and layer less moved).
+# kernels store dx, dB, dC, the conv recomputed there (_conv_bwd_gate not run: ~4.6 KB a token and layer less moved);
+# fused._CONV_BWD_SLIDE, the conv's whole backward (its SiLU's derivative too) as one kernel that carries the taps'
+# windows from step to step (~6.9 KB a token and layer less moved than _conv_bwd_gate + _conv_bwd).
 DEFAULT_VARIANTS = (  # the most telling first: a run's --deadline-s may stop before the last ones
     "default",
+    "fused._CONV_BWD_SLIDE=1",  # the conv's backward as one kernel, each input read once (2 warps, pipelined loads)
+    "fused._CONV_BWD_SLIDE=1+fused._CONV_SLIDE_WARPS=4",  # ... one channel a thread (its loads not pipelined)
     "fused._DSILU_IN_SSD=1",  # the SiLU's derivative where dx, dB, dC are stored: _conv_bwd_gate not run
+    "fused._DSILU_IN_SSD=1+fused._CONV_BWD_SLIDE=1",  # both
     "ssd._COLSUM_IN_DX=1",  # dL/da's column sums of dL/dM in _chunk_bwd_dx (M^T's bf16 residual as a 2nd matmul)
     "ssd._DX_MAXNREG=168",  # _chunk_bwd_dx in 168 registers (no spill at the seed): three blocks an SM
     "ssd._COLSUM_IN_DX=1+ssd._DX_MAXNREG=168",  # both (dx still without a spill, triton 3.6)

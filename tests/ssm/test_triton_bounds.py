@@ -488,6 +488,9 @@ VARIANTS = {
                       "fused._CONV_BWD_BL": 16, "fused._CONV_BWD_STAGES": 1, "fused._SAVE_CONV_OUT": False},
     # the conv's SiLU derivative where the SSD's backward kernels store dx, dB, dC: the conv's input read there
     "dsilu_in_ssd": {"fused._DSILU_IN_SSD": True},
+    # the conv's backward as one sliding kernel, a row's steps in runs of 8 (each run reads the next one's first 3
+    # steps and the previous one's last 3 inputs)
+    "conv_bwd_slide": {"fused._CONV_BWD_SLIDE": True, "fused._CONV_BWD_PROGRAMS": 1 << 20},
 }
 
 
@@ -627,12 +630,13 @@ def test_fused_layer_in_bounds(variant, monkeypatch):
     _set(monkeypatch, variant)
     with bounds_checked() as checked:
         _layer_step("default")
-    assert {"_conv_bwd", "_rmsnorm_bwd", "_chunk_bwd_bc"} <= set(checked.kernels), checked.kernels
+    conv_bwd = "_conv_bwd_slide" if VARIANTS[variant].get("fused._CONV_BWD_SLIDE") else "_conv_bwd"
+    assert {conv_bwd, "_rmsnorm_bwd", "_chunk_bwd_bc"} <= set(checked.kernels), checked.kernels
 
 
 @pytest.mark.parametrize("name,variant", [("groups_mlp", "defaults"), ("groups_mlp", "bc_heads_4"),
                                           ("no_norm", "defaults"), ("no_norm", "dx_channel_blocks_1"),
-                                          ("no_norm", "dsilu_in_ssd")])
+                                          ("no_norm", "dsilu_in_ssd"), ("groups_mlp", "conv_bwd_slide")])
 def test_fused_layer_options_in_bounds(name, variant, monkeypatch):
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")
     _set(monkeypatch, variant)
@@ -640,7 +644,7 @@ def test_fused_layer_options_in_bounds(name, variant, monkeypatch):
         _layer_step(name)
 
 
-@pytest.mark.parametrize("variant", ["defaults", "bc_heads_4", "dsilu_in_ssd"])
+@pytest.mark.parametrize("variant", ["defaults", "bc_heads_4", "dsilu_in_ssd", "conv_bwd_slide"])
 def test_fused_layer_autocast_in_bounds(variant, monkeypatch):
     # bf16 autocast, as training runs: bf16 activations, the SSD's gradients stored in bf16 into dxBC's columns
     monkeypatch.setenv("CONDORBRAIN_SCAN_BACKEND", "triton")

@@ -182,9 +182,10 @@ def _ssd_cases():
     # the variants benchmarks/gpu_sweep.py tries next (the first two faulted in _chunk_bwd_dx on an H100 before its
     # inner loops became masked loads; the last two are the fourteenth session's): they compile at the seed sizes
     # (the table printed gives their spills: with triton 3.6, the H100 image's compiler, none; with 3.9, dx capped
-    # at 168 registers spills 18 B), and the fifteenth session's fused._DSILU_IN_SSD
+    # at 168 registers spills 18 B), and the fifteenth session's fused._DSILU_IN_SSD and fused._CONV_BWD_SLIDE
     for variant in ("ssd._DX_STAGES=2", "ssd._BC_HEADS=4", "ssd._DX_MAXNREG=168", "ssd._COLSUM_IN_DX=1",
-                    "fused._DSILU_IN_SSD=1"):
+                    "fused._DSILU_IN_SSD=1", "fused._CONV_BWD_SLIDE=1",
+                    "fused._CONV_BWD_SLIDE=1+fused._DSILU_IN_SSD=1"):
         cases[f"mamba2 d_state 64, {variant}"] = switched(variant, lambda: _fused_layer(64, 64))
     return cases
 

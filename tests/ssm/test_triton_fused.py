@@ -67,6 +67,39 @@ def test_conv_backward_pipelined(device, stages, programs, monkeypatch):
     check_conv(device, True, True, width=4)
 
 
+@pytest.mark.parametrize("bias,silu,programs,width", [
+    *((bias, silu, programs, 4) for bias, silu in ((True, True), (False, True), (True, False))
+      for programs in (8192, 4, 1)),
+    (True, True, 8192, 3), (True, True, 8192, 2), (False, False, 8192, 2)])
+def test_conv_backward_slide(device, bias, silu, programs, width, monkeypatch):
+    """The conv's backward as one kernel carrying the taps' windows from step to step (``fused._CONV_BWD_SLIDE``):
+    the same output and gradients as the float64 reference, with a row's 37 steps in runs of 8 (each run forming the
+    next one's first 3 steps of g itself), in 2 runs, or whole, at 4, 3 and 2 taps."""
+    monkeypatch.setattr(fused_module, "_CONV_BWD_SLIDE", True)
+    monkeypatch.setattr(fused_module, "_CONV_BWD_PROGRAMS", programs)
+    calls = []
+    real = fused_module._conv_bwd_slide
+    monkeypatch.setattr(fused_module, "_conv_bwd_slide", _Recorder(real, calls))
+    check_conv(device, bias, silu, width)
+    assert calls, "the sliding kernel did not run"
+
+
+class _Recorder:
+    """A Triton kernel wrapped so that its launches are counted (kernel[grid](...))."""
+
+    def __init__(self, kernel, calls):
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        self.calls.append(grid)
+        return self.kernel[grid]
+
+
+def test_conv_backward_slide_bfloat16(device, monkeypatch):
+    monkeypatch.setattr(fused_module, "_CONV_BWD_SLIDE", True)
+    test_conv_bfloat16(device)
+
+
 @pytest.mark.parametrize("width", [2, 3])
 def test_conv_widths(device, width, monkeypatch):
     # d_conv 2 and 3 (3: the taps padded to 4 and masked), whole rows per backward program
@@ -276,6 +309,22 @@ def test_layer_dsilu_in_ssd(device, name, kept, monkeypatch):
     monkeypatch.setattr(fused_module, "_SAVE_CONV_OUT", kept)
     test_layer_matches_mamba2(device, name, True, monkeypatch)
     assert gates == [False]
+
+
+@pytest.mark.parametrize("dsilu", [False, True], ids=["gate in the conv", "gate in the SSD"])
+@pytest.mark.parametrize("name", ["default", "groups+norm_before_gate+D_hdim+bias",
+                                  "no_rmsnorm+mlp+dt_limit+no_conv_bias", "d_conv_3"])
+def test_layer_conv_backward_slide(device, name, dsilu, monkeypatch):
+    """The layer with the conv's backward as one sliding kernel (``fused._CONV_BWD_SLIDE``), with the SiLU's
+    derivative in it or in the SSD's stores (``fused._DSILU_IN_SSD``): the same output and gradients as the float64
+    layer, and the gate kernel never launched."""
+    monkeypatch.setattr(fused_module, "_CONV_BWD_SLIDE", True)
+    monkeypatch.setattr(fused_module, "_DSILU_IN_SSD", dsilu)
+    gates, slides = [], []
+    monkeypatch.setattr(fused_module, "_conv_bwd_gate", _Recorder(fused_module._conv_bwd_gate, gates))
+    monkeypatch.setattr(fused_module, "_conv_bwd_slide", _Recorder(fused_module._conv_bwd_slide, slides))
+    test_layer_matches_mamba2(device, name, True, monkeypatch)
+    assert not gates and len(slides) == 1
 
 
 def test_dsilu_conv_of_the_wrong_shape_is_refused():

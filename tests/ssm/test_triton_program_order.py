@@ -114,7 +114,7 @@ SWITCHES = {
                       "fused._NORM_BWD_ROWS": 16, "ssd._BWD_STATES_BF16": False, "ssd._DX_CHANNEL_BLOCKS": 1,
                       "ssd._BC_HEADS": 1, "ssd._DX_HEADS": 2, "fused._SAVE_CONV_OUT": False,
                       "fused._CONV_BWD_STAGES": 1, "fused._CONV_BWD_BL": 16, "fused._NORM_BWD_STAGES": 1,
-                      "ssd._COLSUM_IN_DX": True, "fused._DSILU_IN_SSD": True},
+                      "ssd._COLSUM_IN_DX": True, "fused._DSILU_IN_SSD": True, "fused._CONV_BWD_SLIDE": True},
 }
 
 

@@ -26,14 +26,15 @@ chained autograd functions and an nn.Linear kept 10.9 KB: the norm's output, flo
 with ``_SAVE_CONV_OUT`` off, the conv output (``_conv_fwd``); the norm's backward (``_rmsnorm_bwd``) stores the
 norm's output for out_proj's weight gradient as it goes (``_NORM_OUT_IN_BWD``; else ``_rmsnorm_fwd`` reruns for it);
 the SSD's backward kernels; the conv's backward, ``_conv_bwd_gate`` (the SiLU's derivative; with ``_DSILU_IN_SSD``
-applied where the SSD's kernels store their gradients instead) then ``_conv_bwd``. Each piece of the input gradient
-is written straight into its columns of dzxbcdt. The switches are module constants, tried side by side by
-``benchmarks/gpu_sweep.py``; the tests run every way. The remaining small pieces (A = -exp(A_log) in the backward,
-the d_mlp gated-MLP branch when d_ssm < d_inner, a dt_limit clamp, sums of per-block partial gradients, out_proj's
-matmuls) stay in PyTorch; in the forward, A is formed inside the scan's first kernel,
-and where no gradient is recorded the weights in the matmul dtype come from :mod:`condorbrain.ssm.casts` (made
-once). The conv and the norms are also exposed on their own (``causal_conv1d_silu_triton``,
-``rmsnorm_gated_triton``, and the pre-norm block's ``rmsnorm_linear_triton`` / ``add_rmsnorm_linear_triton``).
+applied where the SSD's kernels store their gradients instead) then ``_conv_bwd`` (with ``_CONV_BWD_SLIDE`` both as
+one kernel, ``_conv_bwd_slide``). Each piece of the input gradient is written straight into its columns of dzxbcdt.
+The switches are module constants, tried side by side by ``benchmarks/gpu_sweep.py``; the tests run every way. The
+remaining small pieces (A = -exp(A_log) in the backward, the d_mlp gated-MLP branch when d_ssm < d_inner, a dt_limit
+clamp, sums of per-block partial gradients, out_proj's matmuls) stay in PyTorch; in the forward, A is formed inside
+the scan's first kernel, and where no gradient is recorded the weights in the matmul dtype come from
+:mod:`condorbrain.ssm.casts` (made once). The conv and the norms are also exposed on their own
+(``causal_conv1d_silu_triton``, ``rmsnorm_gated_triton``, and the pre-norm block's ``rmsnorm_linear_triton`` /
+``add_rmsnorm_linear_triton``).
 
 Like :mod:`condorbrain.ssm.triton.ssd`, host code uses one fixed launch config (no autotuner, no device queries),
 so the same code runs under ``TRITON_INTERPRET=1`` on the CPU.
@@ -80,6 +81,16 @@ _CONV_BWD_BL, _CONV_BWD_BC, _CONV_BWD_WARPS, _CONV_BWD_STAGES = 8, 128, 4, 3
 # 10e: 7.52 against 7.00 ms a seed layer's training step (16 x 64 tiles, 162 registers, three 4-warp blocks an SM;
 # 32-step tiles 7.47, 128 channels on 8 warps 7.81), the seed step 180.7 ms against 169.2: removed.)
 _CONV_BWD_PROGRAMS = 8192  # _conv_bwd splits a row's steps over programs only where rows x channel blocks are fewer
+# The conv's backward as one kernel that walks a row's steps last first, one channel a thread, the taps' windows of
+# the input and of g = dL/dpre carried in registers (_conv_bwd_slide, d_conv <= 4): dy and x read once, dx written
+# once, and no g buffer, where _conv_bwd_gate then _conv_bwd move ~13.8 KB a token and layer at the seed (19.5 ms of
+# run 10d's 166.9 ms step, ~70% of their copy floor) and read their inputs' shifted tiles K times through L1: ~6.9
+# KB, ~6.9 ms at the floor. (Run 10e's one kernel shifted its tiles' rows with 0/1 matmuls on the tensor cores and
+# lost.) The steps of a program are sequential, so its loads are the pipeliner's to put in flight (_CONV_BWD_STAGES)
+# and there are b x cdiv(C, _CONV_SLIDE_BC) programs of 120 steps at the seed (9216). Off until a GPU times it
+# (benchmarks/gpu_sweep.py)
+_CONV_BWD_SLIDE = False
+_CONV_SLIDE_BC, _CONV_SLIDE_WARPS = 128, 2  # _conv_bwd_slide's channels a program, on 2 warps: 2 channels a thread
 _BLOCK_ROWS = 16  # rows (batch * time) per program of the RMSNorm's forward
 # The RMSNorm's backward: tiles of _NORM_BWD_ROWS rows, a program over a run of them with its partial weight
 # gradient in registers, about _NORM_BWD_PROGRAMS programs. Here no cap: one 16-row tile a program, the weight
@@ -230,6 +241,128 @@ def _conv_bwd(
         tl.store(dbp_ptr + part * C + cc, tl.sum(acc_b, axis=0), mask=mc)
 
 
+@triton.jit
+def _tap(w_ptr, cc, mc, s_w_c, s_w_k, j: tl.constexpr, K: tl.constexpr):
+    # weight j of 4 of the taps right-aligned (j = 4 - K + k for tap k; 0 for j < 4 - K): (BC,) float32
+    if j < 4 - K:
+        return tl.zeros(cc.shape, dtype=tl.float32)
+    else:
+        return tl.load(w_ptr + cc * s_w_c + (j - (4 - K)) * s_w_k, mask=mc, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row(ptr, t, cc, C, lo, L, s_l, s_c):
+    # step t of a row (channels cc < C) as float32, 0 outside [lo, L). The step's condition as a channel limit (C or
+    # 0): Triton's interpreter rejects a tensor mask and-ed with a scalar one
+    return tl.load(ptr + t * s_l + cc * s_c, mask=cc < C * (t >= lo) * (t < L), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _slide_step(g, x3, x2, x1, x0, g1, g2, g3, w0, w1, w2, w3, bias, SILU: tl.constexpr):
+    # one step t of _conv_bwd_slide: g = dy_t (silu'(pre_t) with SILU, pre_t from x[t - 3 .. t] = x3 .. x0) and
+    # dx[t] from g[t .. t + 3] = g, g1, g2, g3
+    if SILU:
+        g = g * _dsilu(bias + w0 * x3 + w1 * x2 + w2 * x1 + w3 * x0)
+    return g, w3 * g + w2 * g1 + w1 * g2 + w0 * g3
+
+
+@triton.jit
+def _slide_g(x_ptr, dy_ptr, t, cc, C, L, s_x_l, s_x_c, s_d_l, s_d_c, w0, w1, w2, w3, bias,
+             SILU: tl.constexpr):
+    # g at step t (dL/dpre; 0 from L on) from the conv's input: pre = bias + w . x[t - 3 .. t], dy silu'(pre)
+    g = _row(dy_ptr, t, cc, C, 0, L, s_d_l, s_d_c)
+    if SILU:
+        pre = bias + w0 * _row(x_ptr, t - 3, cc, C, 0, L, s_x_l, s_x_c)
+        pre += w1 * _row(x_ptr, t - 2, cc, C, 0, L, s_x_l, s_x_c)
+        pre += w2 * _row(x_ptr, t - 1, cc, C, 0, L, s_x_l, s_x_c)
+        pre += w3 * _row(x_ptr, t, cc, C, 0, L, s_x_l, s_x_c)
+        g = g * _dsilu(pre)
+    return g
+
+
+@triton.jit
+def _conv_bwd_slide(
+    x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dwp_ptr, dbp_ptr,
+    L, C, nsplit, steps,
+    s_x_b, s_x_l, s_x_c, s_w_c, s_w_k, s_d_b, s_d_l, s_d_c, s_o_b, s_o_l, s_o_c,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, K: tl.constexpr, BC: tl.constexpr, STAGES: tl.constexpr,
+):
+    # grid (b, nsplit, cdiv(C, BC)): the conv's whole backward (the SiLU's derivative too, with SILU) for ``steps``
+    # consecutive steps of row bi, walked last step first, one channel a thread, each input read once: the taps'
+    # windows are carried from step to step in registers. At step t (taps right-aligned to 4, w_j = 0 for j < 4 - K):
+    #   pre_t = bias + sum_j w_j x[t - 3 + j],   g_t = dy_t silu'(pre_t)  (or dy_t),
+    #   dx[t] = sum_j w_{3 - j} g[t + j],   dw_j += g_t x[t - 3 + j],   dbias += g_t,
+    # x[t - 3 .. t] and g[t + 1 .. t + 3] carried, x[t - 3] and dy_t loaded, dx[t] stored. The g of the 3 steps past
+    # the run (the next run's, or 0 from L on) is formed first. dw, dbias as _conv_bwd's per-program partials.
+    # Where _conv_bwd_gate and _conv_bwd read the conv's output gradient 2 times and write it once between them, and
+    # read the input K + K times through L1 (their tiles' shifted rows), this reads each once.
+    bi, pid_s, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    cc = pid_c * BC + tl.arange(0, BC)
+    mc = cc < C
+    w0 = _tap(w_ptr, cc, mc, s_w_c, s_w_k, 0, K)
+    w1 = _tap(w_ptr, cc, mc, s_w_c, s_w_k, 1, K)
+    w2 = _tap(w_ptr, cc, mc, s_w_c, s_w_k, 2, K)
+    w3 = _tap(w_ptr, cc, mc, s_w_c, s_w_k, 3, K)
+    bias = tl.zeros([BC], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cc, mask=mc, other=0.0).to(tl.float32)
+    xb = x_ptr + bi * s_x_b
+    db = dy_ptr + bi * s_d_b
+    t_lo = pid_s * steps
+    t_hi = tl.minimum(t_lo + steps, L)
+    g1 = _slide_g(xb, db, t_hi, cc, C, L, s_x_l, s_x_c, s_d_l, s_d_c, w0, w1, w2, w3, bias, SILU)
+    g2 = _slide_g(xb, db, t_hi + 1, cc, C, L, s_x_l, s_x_c, s_d_l, s_d_c, w0, w1, w2, w3, bias, SILU)
+    g3 = _slide_g(xb, db, t_hi + 2, cc, C, L, s_x_l, s_x_c, s_d_l, s_d_c, w0, w1, w2, w3, bias, SILU)
+    xa = _row(xb, t_hi - 3, cc, C, 0, L, s_x_l, s_x_c)  # x[t - 2], x[t - 1], x[t] at the first step t = t_hi - 1
+    xm = _row(xb, t_hi - 2, cc, C, 0, L, s_x_l, s_x_c)
+    xc = _row(xb, t_hi - 1, cc, C, 0, L, s_x_l, s_x_c)
+    dw0 = tl.zeros([BC], dtype=tl.float32)
+    dw1 = tl.zeros([BC], dtype=tl.float32)
+    dw2 = tl.zeros([BC], dtype=tl.float32)
+    dw3 = tl.zeros([BC], dtype=tl.float32)
+    dbs = tl.zeros([BC], dtype=tl.float32)
+    ob = dx_ptr + bi * s_o_b
+    # 4 steps an iteration, their 8 loads issued first (the stores between them could alias them, as far as the
+    # compiler knows, so it would not hoist them): steps before t_lo (the last iteration's, if the run is not a
+    # multiple of 4) read dy as 0 and store nothing, and so add nothing
+    for i in tl.range(0, t_hi - t_lo, 4, num_stages=STAGES):
+        t = t_hi - 1 - i
+        x3a = _row(xb, t - 3, cc, C, 0, L, s_x_l, s_x_c)  # x[t - 3 - u] for the u-th of the 4 steps
+        x3b = _row(xb, t - 4, cc, C, 0, L, s_x_l, s_x_c)
+        x3c = _row(xb, t - 5, cc, C, 0, L, s_x_l, s_x_c)
+        x3d = _row(xb, t - 6, cc, C, 0, L, s_x_l, s_x_c)
+        ga = _row(db, t, cc, C, t_lo, L, s_d_l, s_d_c)  # dy[t - u]
+        gb = _row(db, t - 1, cc, C, t_lo, L, s_d_l, s_d_c)
+        gc = _row(db, t - 2, cc, C, t_lo, L, s_d_l, s_d_c)
+        gd = _row(db, t - 3, cc, C, t_lo, L, s_d_l, s_d_c)
+        ga, dxa = _slide_step(ga, x3a, xa, xm, xc, g1, g2, g3, w0, w1, w2, w3, bias, SILU)
+        gb, dxb = _slide_step(gb, x3b, x3a, xa, xm, ga, g1, g2, w0, w1, w2, w3, bias, SILU)
+        gc, dxc = _slide_step(gc, x3c, x3b, x3a, xa, gb, ga, g1, w0, w1, w2, w3, bias, SILU)
+        gd, dxd = _slide_step(gd, x3d, x3c, x3b, x3a, gc, gb, ga, w0, w1, w2, w3, bias, SILU)
+        tl.store(ob + t * s_o_l + cc * s_o_c, dxa.to(dx_ptr.dtype.element_ty), mask=cc < C * (t >= t_lo))
+        tl.store(ob + (t - 1) * s_o_l + cc * s_o_c, dxb.to(dx_ptr.dtype.element_ty), mask=cc < C * (t - 1 >= t_lo))
+        tl.store(ob + (t - 2) * s_o_l + cc * s_o_c, dxc.to(dx_ptr.dtype.element_ty), mask=cc < C * (t - 2 >= t_lo))
+        tl.store(ob + (t - 3) * s_o_l + cc * s_o_c, dxd.to(dx_ptr.dtype.element_ty), mask=cc < C * (t - 3 >= t_lo))
+        dw0 += ga * x3a + gb * x3b + gc * x3c + gd * x3d
+        dw1 += ga * xa + gb * x3a + gc * x3b + gd * x3c
+        dw2 += ga * xm + gb * xa + gc * x3a + gd * x3b
+        dw3 += ga * xc + gb * xm + gc * xa + gd * x3a
+        dbs += ga + gb + gc + gd
+        g3, g2, g1 = gb, gc, gd  # g[t' + 3], g[t' + 2], g[t' + 1] at the next step t' = t - 4
+        xc, xm, xa = x3b, x3c, x3d  # x[t'], x[t' - 1], x[t' - 2]
+    part = bi * nsplit + pid_s
+    # the partials (b, nsplit, K, C): tap k is window slot 4 - K + k
+    if K == 4:
+        tl.store(dwp_ptr + (part * K + 0) * C + cc, dw0, mask=mc)
+    if K >= 3:
+        tl.store(dwp_ptr + (part * K + K - 3) * C + cc, dw1, mask=mc)
+    if K >= 2:
+        tl.store(dwp_ptr + (part * K + K - 2) * C + cc, dw2, mask=mc)
+    tl.store(dwp_ptr + (part * K + K - 1) * C + cc, dw3, mask=mc)
+    if HAS_BIAS:
+        tl.store(dbp_ptr + part * C + cc, dbs, mask=mc)
+
+
 def _conv_launch(x: Tensor, C: int) -> tuple[tuple[int, int, int], int]:
     """The grid of _conv_fwd and _conv_bwd_gate over x (b, L, C), and their channel block."""
     BC = min(_pow2(C), _CONV_BC)
@@ -283,6 +416,17 @@ def _conv_backward(
     nsplit = triton.cdiv(L, steps)
     dwp = torch.empty(b, nsplit, K, C, **f32)
     dbp = torch.empty(b, nsplit, C, **f32) if bias is not None else None
+    if _CONV_BWD_SLIDE and K <= 4:  # one kernel, each input read once (the SiLU's derivative in it too)
+        BCs = min(_pow2(C), _CONV_SLIDE_BC)
+        with on_device(x):
+            _conv_bwd_slide[(b, nsplit, triton.cdiv(C, BCs))](
+                x, w, bias if bias is not None else w, dy, dx, dwp, dbp if dbp is not None else dwp,
+                L, C, nsplit, steps, *x.stride(), *w.stride(), *dy.stride(), *dx.stride(),
+                HAS_BIAS=bias is not None, SILU=silu, K=K, BC=BCs, STAGES=_CONV_BWD_STAGES,
+                **launch_options(num_warps=_CONV_SLIDE_WARPS))
+        dw = dwp.sum((0, 1)).t().reshape(weight.shape).to(weight.dtype)
+        db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
+        return dx, dw, db
     with on_device(x):
         g = dy
         if silu:
