@@ -269,14 +269,13 @@ def _slide_step(g, x3, x2, x1, x0, g1, g2, g3, w0, w1, w2, w3, bias, SILU: tl.co
 @triton.jit
 def _slide_g(x_ptr, dy_ptr, t, cc, C, L, s_x_l, s_x_c, s_d_l, s_d_c, w0, w1, w2, w3, bias,
              SILU: tl.constexpr):
-    # g at step t (dL/dpre; 0 from L on) from the conv's input: pre = bias + w . x[t - 3 .. t], dy silu'(pre)
+    # g at step t (dL/dpre; 0 from L on) from the conv's input: _slide_step's g, its dx unused
     g = _row(dy_ptr, t, cc, C, 0, L, s_d_l, s_d_c)
-    if SILU:
-        pre = bias + w0 * _row(x_ptr, t - 3, cc, C, 0, L, s_x_l, s_x_c)
-        pre += w1 * _row(x_ptr, t - 2, cc, C, 0, L, s_x_l, s_x_c)
-        pre += w2 * _row(x_ptr, t - 1, cc, C, 0, L, s_x_l, s_x_c)
-        pre += w3 * _row(x_ptr, t, cc, C, 0, L, s_x_l, s_x_c)
-        g = g * _dsilu(pre)
+    x3 = _row(x_ptr, t - 3, cc, C, 0, L, s_x_l, s_x_c)
+    x2 = _row(x_ptr, t - 2, cc, C, 0, L, s_x_l, s_x_c)
+    x1 = _row(x_ptr, t - 1, cc, C, 0, L, s_x_l, s_x_c)
+    x0 = _row(x_ptr, t, cc, C, 0, L, s_x_l, s_x_c)
+    g, _ = _slide_step(g, x3, x2, x1, x0, g, g, g, w0, w1, w2, w3, bias, SILU)
     return g
 
 
@@ -416,30 +415,27 @@ def _conv_backward(
     nsplit = triton.cdiv(L, steps)
     dwp = torch.empty(b, nsplit, K, C, **f32)
     dbp = torch.empty(b, nsplit, C, **f32) if bias is not None else None
-    if _CONV_BWD_SLIDE and K <= 4:  # one kernel, each input read once (the SiLU's derivative in it too)
-        BCs = min(_pow2(C), _CONV_SLIDE_BC)
-        with on_device(x):
+    with on_device(x):
+        if _CONV_BWD_SLIDE and K <= 4:  # one kernel, each input read once (the SiLU's derivative in it too)
+            BCs = min(_pow2(C), _CONV_SLIDE_BC)
             _conv_bwd_slide[(b, nsplit, triton.cdiv(C, BCs))](
                 x, w, bias if bias is not None else w, dy, dx, dwp, dbp if dbp is not None else dwp,
                 L, C, nsplit, steps, *x.stride(), *w.stride(), *dy.stride(), *dx.stride(),
                 HAS_BIAS=bias is not None, SILU=silu, K=K, BC=BCs, STAGES=_CONV_BWD_STAGES,
                 **launch_options(num_warps=_CONV_SLIDE_WARPS))
-        dw = dwp.sum((0, 1)).t().reshape(weight.shape).to(weight.dtype)
-        db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
-        return dx, dw, db
-    with on_device(x):
-        g = dy
-        if silu:
-            g = dy if dy_scratch else torch.empty(b, L, C, **f32)
-            _conv_bwd_gate[grid](
-                x, w, bias if bias is not None else w, dy, g, L, C, *x.stride(), *w.stride(), *dy.stride(),
-                *g.stride(), HAS_BIAS=bias is not None, K=K, BL=_BLOCK_L, BC=BC,
-                **launch_options(_BLOCK_L * BC, num_warps=_CONV_WARPS))
-        _conv_bwd[(b, nsplit, nc)](
-            x, w, bias if bias is not None else w, g, dx, dwp, dbp if dbp is not None else dwp,
-            L, C, nsplit, steps, *x.stride(), *w.stride(), *g.stride(), *dx.stride(),
-            HAS_BIAS=bias is not None, K=K, KP=triton.next_power_of_2(K),
-            BL=_CONV_BWD_BL, BC=BCb, STAGES=_CONV_BWD_STAGES, **launch_options(num_warps=_CONV_BWD_WARPS))
+        else:
+            g = dy
+            if silu:
+                g = dy if dy_scratch else torch.empty(b, L, C, **f32)
+                _conv_bwd_gate[grid](
+                    x, w, bias if bias is not None else w, dy, g, L, C, *x.stride(), *w.stride(), *dy.stride(),
+                    *g.stride(), HAS_BIAS=bias is not None, K=K, BL=_BLOCK_L, BC=BC,
+                    **launch_options(_BLOCK_L * BC, num_warps=_CONV_WARPS))
+            _conv_bwd[(b, nsplit, nc)](
+                x, w, bias if bias is not None else w, g, dx, dwp, dbp if dbp is not None else dwp,
+                L, C, nsplit, steps, *x.stride(), *w.stride(), *g.stride(), *dx.stride(),
+                HAS_BIAS=bias is not None, K=K, KP=triton.next_power_of_2(K),
+                BL=_CONV_BWD_BL, BC=BCb, STAGES=_CONV_BWD_STAGES, **launch_options(num_warps=_CONV_BWD_WARPS))
     dw = dwp.sum((0, 1)).t().reshape(weight.shape).to(weight.dtype)
     db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
     return dx, dw, db
