@@ -13,6 +13,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the sm_90 compile of every Triton kernel (tests/ssm/test_triton_compile.py, ~50 s of one core) as soon as
+    collection has selected its tests, so that it runs beside the tests before them."""
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.endswith("test_triton_compile"):
+            item.module.start_early()
+            return
+
+
 @pytest.fixture(autouse=True)
 def _fixed_seeds():
     torch.manual_seed(0)

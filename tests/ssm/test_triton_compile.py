@@ -18,7 +18,9 @@ which runs Triton's whole pipeline and ptxas (shipped in the triton wheel) down 
 The compiling runs in a subprocess (this file run as a script) with ``TRITON_INTERPRET=0``: conftest sets
 ``TRITON_INTERPRET=1`` before triton is first imported, and then every ``@triton.jit`` is an interpreter wrapper that
 cannot be compiled (nor can a fresh JITFunction of its ``fn``, whose helpers are wrappers too). The host checks that
-want a CUDA device (``on_device``, ``status``) are patched out there, as the tensors are CPU ones. The batch is 2,
+want a CUDA device (``on_device``, ``status``) are patched out there, as the tensors are CPU ones. tests/conftest.py
+starts the subprocess as soon as collection has selected this file's tests (``start_early``), so that its ~50 s of
+one core overlap the tests before them. The batch is 2,
 not the seed's 1024: no kernel argument depends on it except the RMSNorm's row count b * L, divisible by 16 for both.
 
 Fails on a compile error, on shared memory over an H100's 227 KB per block (its opt-in maximum) and on a kernel that
@@ -30,11 +32,15 @@ no case launches. Registers and spills are reported, not checked (``pytest -s`` 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -468,17 +474,50 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+_early: tuple[subprocess.Popen, Path] | None = None  # the compile subprocess, started once collection is done
+
+
+def start_compiling(tmp: Path) -> tuple[subprocess.Popen, Path]:
+    """Start the compile subprocess (this file as a script) writing tmp/rows.json, its stderr to tmp/stderr.txt, with
+    a fresh cache under tmp, so that every kernel goes through the compiler and ptxas, whatever ran before."""
+    out = tmp / "rows.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp / "cache")}
+    with open(tmp / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-W", "error", __file__, str(out)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    return proc, out
+
+
+def start_early() -> None:
+    """Called by tests/conftest.py once collection has selected this file's tests: the compiling (~50 s of one core)
+    then runs beside the tests before them, on a second core, instead of ahead of this file's."""
+    global _early
+    if _early is None and importlib.util.find_spec("triton") is not None:
+        tmp = Path(tempfile.mkdtemp(prefix="triton_compile_"))
+        _early = start_compiling(tmp)
+        atexit.register(_discard, _early[0], tmp)  # also when the run ends before this file's tests (-x, Ctrl-C)
+
+
+def _discard(proc: subprocess.Popen, tmp: Path) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict:
+    global _early
     pytest.importorskip("triton", reason="triton is not installed (`pip install triton`, or the `dev` extra)")
-    tmp = tmp_path_factory.mktemp("triton_compile")
-    out = tmp / "rows.json"
-    # a fresh cache: every kernel goes through the compiler and ptxas, whatever ran before
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp / "cache")}
-    proc = subprocess.run([sys.executable, "-W", "error", __file__, str(out)], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+    (proc, out), _early = _early or start_compiling(tmp_path_factory.mktemp("triton_compile")), None
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the compile subprocess took over 600 s") from None
     if proc.returncode != 0 or not out.exists():
-        raise AssertionError(f"the compile subprocess failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}")
+        stderr = (out.parent / "stderr.txt").read_text()
+        raise AssertionError(f"the compile subprocess failed (rc {proc.returncode}):\n{stderr[-6000:]}")
     result = json.loads(out.read_text())
     if "skip" in result:
         pytest.skip(result["skip"])
