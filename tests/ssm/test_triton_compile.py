@@ -20,8 +20,8 @@ The compiling runs in a subprocess (this file run as a script) with ``TRITON_INT
 cannot be compiled (nor can a fresh JITFunction of its ``fn``, whose helpers are wrappers too). The host checks that
 want a CUDA device (``on_device``, ``status``) are patched out there, as the tensors are CPU ones. tests/conftest.py
 starts the subprocess as soon as collection has selected this file's tests (``start_early``), so that its ~50 s of
-one core overlap the tests before them. The batch is 2,
-not the seed's 1024: no kernel argument depends on it except the RMSNorm's row count b * L, divisible by 16 for both.
+one core overlap the tests before them. The batch is 2, not the seed's 1024: no kernel argument depends on it except
+the RMSNorm's row count b * L, divisible by 16 for both.
 
 Fails on a compile error, on shared memory over an H100's 227 KB per block (its opt-in maximum) and on a kernel that
 no case launches. Registers and spills are reported, not checked (``pytest -s`` prints the table): Triton's own
