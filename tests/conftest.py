@@ -19,7 +19,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         module = getattr(item, "module", None)
         if module is not None and module.__name__.endswith("test_triton_compile"):
-            item.module.start_early()
+            module.start_early()
             return
 
 

@@ -509,7 +509,8 @@ def _discard(proc: subprocess.Popen, tmp: Path) -> None:
 def compiled(tmp_path_factory) -> dict:
     global _early
     pytest.importorskip("triton", reason="triton is not installed (`pip install triton`, or the `dev` extra)")
-    (proc, out), _early = _early or start_compiling(tmp_path_factory.mktemp("triton_compile")), None
+    proc, out = _early or start_compiling(tmp_path_factory.mktemp("triton_compile"))
+    _early = None
     try:
         proc.wait(timeout=600)
     except subprocess.TimeoutExpired:
