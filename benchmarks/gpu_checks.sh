@@ -15,12 +15,14 @@
 #      then the A/B: the library's network again from another revision's source (.baseline/src, made by
 #      benchmarks/export_baseline.sh, carried) or under GPU_AB_ENV.
 #   3. with GPU_SWEEP=1, benchmarks/gpu_sweep.py: the kernels' fixed settings (tile sizes, heads per program, bf16 or
-#      tf32 operands) tried side by side on 4 layers.
+#      tf32 operands) tried side by side on 4 layers; GPU_SWEEP_ARGS are passed on to it (e.g. "--layers 24
+#      --train-only --variants default fused._CONV_BWD_SLIDE=1 default": ~7 s a variant at 24 layers, train only).
 #   4. (what is left) benchmarks/gpu_profile.py: where the time of a training step, an inference forward and a
 #      streaming step goes, kernel by kernel, ours and the official layer's (when exported, below).
 #   5. with GPU_SANITIZE=1, compute-sanitizer (memcheck) on one layer's training step (gpu_sweep.py --layers 1
 #      --train-only: every kernel of the step, forward and backward, at the seed's batch and length; ~230 s on an
 #      H100): the pipelined loops' shared-memory buffers are the compiler's, which no interpreter run checks.
+#      GPU_SANITIZE_VARIANT: a gpu_sweep.py variant to check instead of the default (a switch about to be adopted).
 #
 # GPU_TESTS=0, GPU_BENCH=0, GPU_PROFILE=0 skip steps 1, 2 and 4 (e.g. one call for the tests and the sweep, a second
 # for the benchmark, its A/B and the profile; a call of its own for step 5:
@@ -79,8 +81,9 @@ fi
 
 # With GPU_SWEEP=1: the kernels' fixed settings tried side by side (benchmarks/gpu_sweep.py), before the profile
 if [ -n "${GPU_SWEEP:-}" ]; then
+    # shellcheck disable=SC2086  # GPU_SWEEP_ARGS: words on purpose
     timeout $(($(left) - 40)) python3 benchmarks/gpu_sweep.py $smoke --deadline-s $(($(left) - 90)) \
-        --out "$out/gpu_sweep.json" > "$out/gpu_sweep.log" 2>&1
+        --out "$out/gpu_sweep.json" ${GPU_SWEEP_ARGS:-} > "$out/gpu_sweep.log" 2>&1
     echo "sweep: exit $? after ${SECONDS} s" | tee -a "$out/gpu.txt"
     rm -f "$out/gpu_sweep.json"  # at most 8 files come back; the log has the table
 fi
@@ -96,7 +99,8 @@ fi
 if [ -n "${GPU_SANITIZE:-}" ]; then
     if command -v compute-sanitizer > /dev/null && [ -z "$smoke" ]; then
         timeout $(($(left) - 5)) compute-sanitizer --tool memcheck python3 benchmarks/gpu_sweep.py --layers 1 \
-            --train-only --variants default --out /tmp/sanitize_sweep.json > "$out/sanitizer.log" 2>&1
+            --train-only --variants ${GPU_SANITIZE_VARIANT:-default} --out /tmp/sanitize_sweep.json \
+            > "$out/sanitizer.log" 2>&1
         echo "sanitizer: exit $? after ${SECONDS} s; $(grep 'ERROR SUMMARY' "$out/sanitizer.log")" | tee -a "$out/gpu.txt"
     else
         echo "sanitizer: skipped (no compute-sanitizer, or a CPU smoke run)" | tee -a "$out/gpu.txt"
